@@ -1,0 +1,241 @@
+"""Run configuration: frozen dataclasses, validated on creation, saved as YAML.
+
+A run directory's ``config.yaml`` holds a :class:`RunConfig` (data, model and
+training sections); it is everything needed to rebuild the model and its input
+pipeline from that folder alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+import yaml
+
+TASKS = ("classification", "binary", "multilabel", "matching", "contrastive")
+FUSIONS = ("concat", "sum", "mean", "gated")
+MODALITIES = ("both", "image", "text")
+POOLINGS = ("cls", "mean")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+
+
+def _check_choice(name: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {sorted(allowed)}; received {value!r}")
+
+
+def _check_positive(name: str, value, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}; received {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """How manifests are read and turned into model inputs.
+
+    Args:
+        image_col: manifest column holding the image path (relative to the manifest).
+        text_col: manifest column holding the caption.
+        label_col: manifest column holding the label (``|``-separated for multilabel).
+        image_size: images are resized to ``image_size x image_size``.
+        sequence_length: token sequence length for the text encoder.
+        skip_bad_rows: skip invalid rows (reported and saved) instead of stopping.
+        max_image_pixels: refuse images whose header claims more pixels than this.
+    """
+
+    image_col: str = "image"
+    text_col: str = "text"
+    label_col: str = "label"
+    image_size: int = 224
+    sequence_length: int = 64
+    skip_bad_rows: bool = False
+    max_image_pixels: int = 40_000_000
+
+    def __post_init__(self):
+        _check_positive("image_size", self.image_size)
+        _check_positive("sequence_length", self.sequence_length)
+        _check_positive("max_image_pixels", self.max_image_pixels)
+        if self.sequence_length < 3:
+            raise ValueError(
+                f"sequence_length must be >= 3 ([CLS], a token, [SEP]); received {self.sequence_length}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The fused model's architecture.
+
+    Args:
+        task: one of ``TASKS``.
+        text_encoder: ``minilm``, ``keras_nlp:PRESET_OR_DIR`` (also ``keras_hub:``) or
+            ``tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE``.
+        text_pooling: ``cls`` (the pooled [CLS] output) or ``mean`` (masked mean of tokens).
+        image_encoder: a ``keras.applications`` model name, e.g. ``vgg16``, ``resnet50``.
+        image_weights: ``imagenet``, ``none`` or a path to a local weights file.
+        fusion: one of ``FUSIONS``.
+        modalities: ``both``, ``image`` or ``text`` (single-modality baselines).
+        projection_dim: each branch is projected to this width before fusion.
+        hidden_dim: width of the head's hidden layer (0 for none).
+        dropout: dropout rate after fusion.
+        freeze_image / freeze_text: keep that encoder's weights fixed.
+        num_classes: set from the label vocabulary when training starts.
+    """
+
+    task: str = "classification"
+    text_encoder: str = "minilm"
+    text_pooling: str = "mean"
+    image_encoder: str = "vgg16"
+    image_weights: str = "imagenet"
+    fusion: str = "concat"
+    modalities: str = "both"
+    projection_dim: int = 256
+    hidden_dim: int = 256
+    dropout: float = 0.2
+    freeze_image: bool = False
+    freeze_text: bool = False
+    num_classes: int = 0
+
+    def __post_init__(self):
+        _check_choice("task", self.task, TASKS)
+        _check_choice("fusion", self.fusion, FUSIONS)
+        _check_choice("modalities", self.modalities, MODALITIES)
+        _check_choice("text_pooling", self.text_pooling, POOLINGS)
+        _check_positive("projection_dim", self.projection_dim)
+        _check_positive("hidden_dim", self.hidden_dim, allow_zero=True)
+        _check_positive("num_classes", self.num_classes, allow_zero=True)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); received {self.dropout!r}")
+        if not self.text_encoder:
+            raise ValueError("text_encoder must not be empty; received ''")
+        if not self.image_encoder:
+            raise ValueError("image_encoder must not be empty; received ''")
+
+    @property
+    def uses_image(self) -> bool:
+        return self.modalities in ("both", "image")
+
+    @property
+    def uses_text(self) -> bool:
+        return self.modalities in ("both", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How the model is fit.
+
+    Args:
+        epochs: number of passes over the training data.
+        batch_size: examples per replica per step (global batch = this x replicas).
+        learning_rate: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_fraction: share of the steps spent warming the learning rate up from 0.
+        early_stopping_patience: epochs without val improvement before stopping (0: off).
+        strategy: ``auto``, ``one_device``, ``mirrored`` or ``multi_worker``.
+        seed: seeds shuffling, initialisation and dropout.
+        shuffle_buffer: tf.data shuffle buffer size.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1
+    early_stopping_patience: int = 3
+    strategy: str = "auto"
+    seed: int = 42
+    shuffle_buffer: int = 2048
+
+    def __post_init__(self):
+        _check_positive("epochs", self.epochs)
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("learning_rate", self.learning_rate)
+        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("early_stopping_patience", self.early_stopping_patience, allow_zero=True)
+        _check_positive("shuffle_buffer", self.shuffle_buffer)
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1); received {self.warmup_fraction!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs: data, model and training sections."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def replace(self, **sections) -> "RunConfig":
+        """Returns a copy with some fields of some sections replaced.
+
+        Example:
+            ``cfg.replace(model={"fusion": "sum"}, train={"epochs": 2})``
+        """
+        updates = {}
+        for section, fields in sections.items():
+            if section not in ("data", "model", "train"):
+                raise ValueError(f"unknown config section {section!r}; allowed: data, model, train")
+            updates[section] = _replace_section(getattr(self, section), fields, section)
+        return dataclasses.replace(self, **updates)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> "RunConfig":
+        d = d or {}
+        unknown = set(d) - {"data", "model", "train"}
+        if unknown:
+            raise ValueError(
+                f"unknown config section(s) {sorted(unknown)}; allowed: ['data', 'model', 'train']"
+            )
+        return cls().replace(**{k: v for k, v in d.items() if v})
+
+
+def _replace_section(section, fields: dict, name: str):
+    if isinstance(fields, type(section)):
+        return fields
+    if not isinstance(fields, dict):
+        raise ValueError(f"config section {name!r} must be a mapping; received {fields!r}")
+    allowed = {f.name for f in dataclasses.fields(section)}
+    unknown = set(fields) - allowed
+    if unknown:
+        raise ValueError(
+            f"unknown {name} option(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
+    return dataclasses.replace(section, **fields)
+
+
+def load_config(path: str) -> RunConfig:
+    """Reads a RunConfig from a YAML or JSON file (``safe_load``: no code is run).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a mapping or holds unknown options.
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if path.endswith(".json"):
+        d = json.loads(text)
+    else:
+        d = yaml.safe_load(text)
+    if d is not None and not isinstance(d, dict):
+        raise ValueError(f"config file {path} must hold a mapping; received {type(d).__name__}")
+    try:
+        return RunConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def save_config(config: RunConfig, path: str) -> None:
+    """Writes ``config`` as YAML (atomically: temp file + rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)
+    os.replace(tmp, path)
