@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models and tiny data made in tmp folders (no network)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest  # noqa: E402
+
+from tfmm.config import RunConfig  # noqa: E402
+from tfmm.demo_data import write_demo_dataset  # noqa: E402
+
+WORDS = (
+    "a one this thing is painted the colour here it should be shown in as caption says "
+    "imagine coloured picture of something red green blue circle square triangle photo"
+).split()
+
+
+def make_tiny_bert_preset(folder: str) -> str:
+    """Writes a tiny KerasHub BERT preset (2 layers, width 16) with a small vocabulary."""
+    import keras_hub
+
+    os.makedirs(folder, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [",", "."]
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocab, lowercase=True)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocab), num_layers=2, num_heads=2, hidden_dim=16,
+        intermediate_dim=32, max_sequence_length=32,
+    )
+    backbone.save_to_preset(folder)
+    tokenizer.save_to_preset(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """Path of a tiny BERT preset folder; use as ``keras_nlp:<path>``."""
+    return make_tiny_bert_preset(str(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> dict:
+    """A small demo dataset (32x32 PNGs): ``{"train", "val", "test"}`` -> manifest path."""
+    return write_demo_dataset(str(tmp_path_factory.mktemp("demo")), n_train=72, n_val=18, n_test=18)
+
+
+@pytest.fixture
+def tiny_config(tiny_bert) -> RunConfig:
+    """A RunConfig that builds in seconds: VGG16 at 32x32, tiny BERT, 8-token text."""
+    return RunConfig().replace(
+        data={"image_size": 32, "sequence_length": 8},
+        model={"text_encoder": f"keras_nlp:{tiny_bert}", "image_weights": "none",
+               "projection_dim": 16, "hidden_dim": 16, "dropout": 0.1},
+        train={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
+    )

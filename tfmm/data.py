@@ -1,0 +1,366 @@
+"""Manifests in, ``tf.data.Dataset`` out.
+
+A manifest is a CSV, TSV or JSONL file (or a pandas DataFrame) with one row per
+example: an image path relative to the manifest's folder, a caption and a label
+(``|``-separated for multi-label). Rows are counted from 0, after the header.
+
+The pipeline runs in a fixed order (see :func:`make_dataset`):
+list -> shuffle (seeded) -> map(read + decode + resize) -> batch -> map(tokenize) -> prefetch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfmm.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+MULTILABEL_SEP = "|"
+_READERS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+
+
+@dataclasses.dataclass
+class Manifest:
+    """A validated-or-not table of examples.
+
+    Attributes:
+        frame: DataFrame with columns ``image`` (absolute path), ``text``, ``label``
+            (``label`` is absent for unlabeled data) and ``row`` (row number in the source).
+        source: the file it came from (or ``"<DataFrame>"``).
+        root: the folder image paths are relative to.
+    """
+
+    frame: pd.DataFrame
+    source: str
+    root: str
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def has_labels(self) -> bool:
+        return "label" in self.frame.columns
+
+
+@dataclasses.dataclass(frozen=True)
+class RowProblem:
+    """One bad row: where it is and why it cannot be used."""
+
+    source: str
+    row: int
+    image: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: row {self.row}: {self.image}: {self.reason}"
+
+
+class ManifestError(ValueError):
+    """Raised with every problem of a manifest at once."""
+
+    def __init__(self, problems: Sequence[RowProblem], hint: str = ""):
+        self.problems = list(problems)
+        shown = "\n  ".join(str(p) for p in self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(
+            f"{len(self.problems)} bad row(s):\n  {shown}{more}" + (f"\n{hint}" if hint else "")
+        )
+
+
+def _read_table(path: str) -> pd.DataFrame:
+    ext = os.path.splitext(path)[1].lower()
+    if ext in (".jsonl", ".json"):
+        return pd.read_json(path, lines=True, dtype=False)
+    if ext not in _READERS:
+        raise ValueError(
+            f"manifest {path!r}: unsupported extension {ext!r}; use .csv, .tsv or .jsonl"
+        )
+    return pd.read_csv(
+        path, sep=_READERS[ext], dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL
+    )
+
+
+def read_manifest(
+    source, config: DataConfig = DataConfig(), *, root: Optional[str] = None, require_labels: bool = True
+) -> Manifest:
+    """Reads a manifest file or DataFrame into a :class:`Manifest`.
+
+    Args:
+        source: path of a ``.csv``/``.tsv``/``.jsonl`` file, or a ``pandas.DataFrame``.
+        config: names the image/text/label columns.
+        root: folder image paths are relative to (default: the manifest's folder, or the
+            current folder for a DataFrame).
+        require_labels: raise if the label column is missing.
+
+    Raises:
+        FileNotFoundError: the manifest file does not exist.
+        ValueError: unsupported extension or a required column is missing (the message
+            lists the columns found).
+
+    Example:
+        >>> m = read_manifest("data/train.csv")
+        >>> m.frame.columns.tolist()
+        ['row', 'image', 'text', 'label']
+    """
+    if isinstance(source, pd.DataFrame):
+        df, name = source.copy(), "<DataFrame>"
+        root = os.path.abspath(root or os.getcwd())
+    else:
+        name = str(source)
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"manifest not found: {name}")
+        try:
+            df = _read_table(name)
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"manifest {name}: not valid UTF-8 ({e}); re-save it as UTF-8"
+            ) from e
+        except (pd.errors.ParserError, ValueError) as e:
+            raise ValueError(f"manifest {name}: could not be parsed: {e}") from e
+        root = os.path.abspath(root or os.path.dirname(os.path.abspath(name)))
+    wanted = {"image": config.image_col, "text": config.text_col}
+    if require_labels or config.label_col in df.columns:
+        wanted["label"] = config.label_col
+    missing = [col for col in wanted.values() if col not in df.columns]
+    if missing:
+        raise ValueError(
+            f"manifest {name}: missing column(s) {missing}; found {list(df.columns)}. "
+            "Name the columns with --image-col/--text-col/--label-col."
+        )
+    frame = pd.DataFrame({key: df[col] for key, col in wanted.items()})
+    frame = frame.fillna("").astype(str)
+    frame.insert(0, "row", np.arange(len(frame)))
+    frame["image"] = [
+        p if os.path.isabs(p) else os.path.normpath(os.path.join(root, p)) for p in frame["image"]
+    ]
+    return Manifest(frame.reset_index(drop=True), name, root)
+
+
+def split_labels(label: str, task: str) -> list:
+    """The label(s) of one row: several for ``multilabel``, else one."""
+    if task == "multilabel":
+        return [part.strip() for part in label.split(MULTILABEL_SEP) if part.strip()]
+    return [label.strip()] if label.strip() else []
+
+
+def build_label_vocab(manifest: Manifest, task: str = "classification") -> list:
+    """Sorted list of the distinct labels of ``manifest``."""
+    labels = set()
+    for value in manifest.frame["label"]:
+        labels.update(split_labels(value, task))
+    return sorted(labels)
+
+
+def save_labels(labels: Sequence[str], path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(labels) + "\n")
+
+
+def load_labels(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.rstrip("\n")]
+
+
+def _image_problem(path: str) -> Optional[str]:
+    """Why ``path`` is not a usable image, or None."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.exists(path):
+        return "file not found"
+    if not os.path.isfile(path):
+        return "not a file"
+    if os.path.getsize(path) == 0:
+        return "empty file (0 bytes)"
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+            img.verify()
+    except UnidentifiedImageError:
+        return f"not an image (supported: {', '.join(IMAGE_FORMATS)})"
+    except Exception as e:  # truncated or corrupt files raise many types
+        return f"unreadable image: {e}"
+    if fmt not in IMAGE_FORMATS:
+        return f"unsupported image format {fmt}; supported: {', '.join(IMAGE_FORMATS)} (convert it, e.g. to PNG)"
+    return None
+
+
+def validate_manifest(
+    manifest: Manifest, *, task: str = "classification", labels: Optional[Sequence[str]] = None
+) -> list:
+    """Checks every row; returns all problems found (empty list if none).
+
+    Checks: image file exists, is non-empty and is a JPEG/PNG/GIF/BMP image; text is not
+    empty; label is present and, when ``labels`` (the training vocabulary) is given, known.
+    """
+    known = set(labels) if labels is not None else None
+    problems = []
+    for rec in manifest.frame.itertuples(index=False):
+        reasons = []
+        why = _image_problem(rec.image)
+        if why:
+            reasons.append(why)
+        if not rec.text.strip():
+            reasons.append("empty text")
+        if manifest.has_labels:
+            row_labels = split_labels(rec.label, task)
+            if not row_labels:
+                reasons.append("empty label")
+            elif known is not None:
+                unknown = [x for x in row_labels if x not in known]
+                if unknown:
+                    reasons.append(f"unknown label(s) {unknown}; the model knows {sorted(known)}")
+        problems += [RowProblem(manifest.source, int(rec.row), rec.image, r) for r in reasons]
+    return problems
+
+
+def check_manifest(
+    manifest: Manifest,
+    *,
+    task: str = "classification",
+    labels: Optional[Sequence[str]] = None,
+    skip_bad_rows: bool = False,
+    skipped_path: Optional[str] = None,
+) -> Manifest:
+    """Validates ``manifest``; stops with every problem, or drops the bad rows.
+
+    Args:
+        skip_bad_rows: drop bad rows (logged, and written to ``skipped_path``) instead of
+            raising.
+        skipped_path: CSV file receiving the skipped rows with their reasons.
+
+    Raises:
+        ManifestError: bad rows and ``skip_bad_rows`` is False, or no usable row is left.
+    """
+    problems = validate_manifest(manifest, task=task, labels=labels)
+    if not problems:
+        return manifest
+    if not skip_bad_rows:
+        raise ManifestError(problems, hint="Fix these rows, or pass --skip-bad-rows to skip them.")
+    bad_rows = {p.row for p in problems}
+    if skipped_path:
+        with open(skipped_path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            if f.tell() == 0:
+                writer.writerow(["source", "row", "image", "reason"])
+            for p in problems:
+                writer.writerow([p.source, p.row, p.image, p.reason])
+    kept = manifest.frame[~manifest.frame["row"].isin(bad_rows)].reset_index(drop=True)
+    logger.warning(
+        "%s: skipped %d bad row(s) of %d%s", manifest.source, len(bad_rows), len(manifest),
+        f" (listed in {skipped_path})" if skipped_path else "",
+    )
+    if kept.empty:
+        raise ManifestError(problems, hint="No usable row is left.")
+    return Manifest(kept, manifest.source, manifest.root)
+
+
+def encode_labels(manifest: Manifest, labels: Sequence[str], task: str) -> np.ndarray:
+    """Label targets as float32: one-hot (classification), multi-hot (multilabel) or 0/1
+    of shape ``[N, 1]`` (binary: ``labels[1]`` is the positive class)."""
+    index = {name: i for i, name in enumerate(labels)}
+    rows = [split_labels(v, task) for v in manifest.frame["label"]]
+    if task == "binary":
+        return np.array([[float(index[r[0]])] for r in rows], dtype="float32")
+    out = np.zeros((len(rows), len(labels)), dtype="float32")
+    for i, row_labels in enumerate(rows):
+        for name in row_labels:
+            out[i, index[name]] = 1.0
+    return out
+
+
+def decode_image(image_bytes, image_size: int):
+    """Encoded JPEG/PNG/GIF/BMP bytes -> ``[S, S, 3]`` float32 RGB in ``[0, 255]``.
+
+    Grayscale and RGBA become RGB; a GIF gives its first frame. The serving export uses
+    this same function, so training and serving see identical pixels.
+    """
+    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image = tf.image.resize(image, (image_size, image_size), method="bilinear")
+    return tf.cast(image, tf.float32)
+
+
+def make_dataset(
+    manifest: Manifest,
+    *,
+    config: DataConfig,
+    preprocessor=None,
+    labels: Optional[Sequence[str]] = None,
+    task: str = "classification",
+    modalities: str = "both",
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 42,
+    shuffle_buffer: int = 2048,
+) -> tf.data.Dataset:
+    """The ``tf.data`` input pipeline over a (validated) manifest.
+
+    Args:
+        manifest: the examples.
+        config: image size (the sequence length comes with ``preprocessor``).
+        preprocessor: strings -> ``{token_ids, segment_ids, padding_mask}``; needed when
+            ``modalities`` includes text.
+        labels: the label vocabulary; when given (and the manifest has labels), elements are
+            ``(features, targets)``, else ``features`` alone.
+        task: selects the label encoding (see :func:`encode_labels`).
+        modalities: ``both``, ``image`` or ``text``: which features to produce.
+        batch_size: examples per batch (the global batch under a distribution strategy).
+        shuffle: shuffle with ``seed`` (reshuffled each epoch, reproducibly).
+
+    Returns:
+        A dataset of ``({"image", "token_ids", "segment_ids", "padding_mask"}, targets)``.
+    """
+    use_image = modalities in ("both", "image")
+    use_text = modalities in ("both", "text")
+    if use_text and preprocessor is None:
+        raise ValueError(f"modalities={modalities!r} needs a text preprocessor; received None")
+    frame = manifest.frame
+    columns = {"image": frame["image"].to_numpy(dtype=str), "text": frame["text"].to_numpy(dtype=str)}
+    with_targets = labels is not None and manifest.has_labels
+    if with_targets:
+        columns["targets"] = encode_labels(manifest, labels, task)
+
+    # 1. list: one element per row.
+    ds = tf.data.Dataset.from_tensor_slices(columns)
+    # 2. shuffle, seeded so that runs are reproducible.
+    if shuffle:
+        ds = ds.shuffle(min(shuffle_buffer, len(frame)), seed=seed, reshuffle_each_iteration=True)
+
+    # 3. read + decode + resize, in parallel.
+    def load(example):
+        out = {"text": example["text"]}
+        if use_image:
+            out["image"] = decode_image(tf.io.read_file(example["image"]), config.image_size)
+        if with_targets:
+            out["targets"] = example["targets"]
+        return out
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    # 4. batch.
+    ds = ds.batch(batch_size)
+
+    # 5. tokenize whole batches (faster than per example), then split features/targets.
+    def to_model_inputs(batch):
+        features = {}
+        if use_image:
+            features["image"] = batch["image"]
+        if use_text:
+            features.update(preprocessor(batch["text"]))
+        return (features, batch["targets"]) if with_targets else features
+
+    ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    # 6. prefetch so the model never waits for input.
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    # One manifest file cannot be sharded by file across workers: shard by element.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
