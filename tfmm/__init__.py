@@ -1,0 +1,28 @@
+"""tfmm: image + text models for Keras 3 / TensorFlow.
+
+Example:
+    >>> import tfmm
+    >>> config = tfmm.RunConfig().replace(model={"image_weights": "none"})
+    >>> result = tfmm.train(config, "data/train.csv", "data/val.csv", "runs/first")
+    >>> metrics = tfmm.evaluate("runs/first", "data/test.csv")
+"""
+
+import os as _os
+
+_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from tfmm.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config, save_config  # noqa: E402
+from tfmm.data import Manifest, ManifestError, make_dataset, read_manifest  # noqa: E402
+from tfmm.evaluate import evaluate, load_run, predict  # noqa: E402
+from tfmm.model import build_model  # noqa: E402
+from tfmm.train import train  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "load_config", "save_config",
+    "Manifest", "ManifestError", "make_dataset", "read_manifest", "load_manifest",
+    "build_model", "train", "evaluate", "load_run", "predict",
+]
+
+load_manifest = read_manifest

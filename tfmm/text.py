@@ -114,7 +114,7 @@ class KerasHubTextPreprocessor:
         import keras_hub
 
         saved_vocab = os.path.join(source, SAVED_VOCAB)
-        if os.path.isfile(saved_vocab):  # a tokenizer saved in a run directory
+        if os.path.isfile(os.path.join(source, SAVED_TOKENIZER_CONFIG)):  # saved in a run dir
             with open(os.path.join(source, SAVED_TOKENIZER_CONFIG), encoding="utf-8") as f:
                 options = json.load(f)
             self.tokenizer = keras_hub.models.BertTokenizer(vocabulary=saved_vocab, **options)
