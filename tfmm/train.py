@@ -2,13 +2,14 @@
 
 A run directory holds ``config.yaml`` (enough to rebuild everything), ``labels.txt``,
 ``tokenizer/`` (the text preprocessor's vocabulary), ``checkpoints/``, ``logs/``
-(TensorBoard), ``history.json`` and the final ``model.keras``.
+(TensorBoard), ``history.json`` / ``history.csv`` and the final ``model.keras``, plus
+``train_state.json`` (running/finished, strategy, replicas, global batch) and, while
+training, ``backup/<worker>/`` for crash-safe resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -17,9 +18,11 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from tfmm import compat, distribute, resume
 from tfmm import data as tfdata
 from tfmm import heads, text
 from tfmm.config import RunConfig, save_config
+from tfmm.distribute import select_strategy  # noqa: F401  (moved; kept importable from here)
 from tfmm.model import build_model
 
 logger = logging.getLogger(__name__)
@@ -40,22 +43,7 @@ class TrainResult:
     run_dir: str
     config: RunConfig
     labels: list
-
-
-def select_strategy(name: str = "auto") -> tf.distribute.Strategy:
-    """Returns the ``tf.distribute`` strategy for ``--strategy``.
-
-    ``auto`` picks MirroredStrategy when more than one GPU is visible, else the default
-    (single-device) strategy.
-    """
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name in ("auto", "one_device"):
-        return tf.distribute.get_strategy()
-    raise ValueError(f"strategy must be one of ['auto', 'mirrored', 'multi_worker', 'one_device']; received {name!r}")
+    initial_epoch: int = 0
 
 
 def make_optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -100,16 +88,22 @@ def _check_writable(path: str) -> None:
         raise OSError(f"output dir {path!r} is not writable: {e}") from e
 
 
-def default_callbacks(run_dir: str, config: RunConfig, has_val: bool) -> list:
-    """TensorBoard, best checkpoint, early stopping and a CSV log, all under ``run_dir``."""
+def default_callbacks(run_dir: str, config: RunConfig, has_val: bool, prior_history: Optional[dict] = None) -> list:
+    """TensorBoard, best checkpoint, early stopping and a CSV log, all under ``run_dir``.
+
+    ``prior_history`` (a resumed run's earlier epochs) makes the CSV log append and the
+    best checkpoint start from the best value seen so far.
+    """
     monitor = "val_loss" if has_val else "loss"
+    best_path = os.path.join(run_dir, "checkpoints", "best.weights.h5")
+    prior = [v for v in (prior_history or {}).get(monitor, []) if not math.isnan(v)]
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs")),
         keras.callbacks.ModelCheckpoint(
-            os.path.join(run_dir, "checkpoints", "best.weights.h5"),
-            monitor=monitor, save_best_only=True, save_weights_only=True,
+            best_path, monitor=monitor, save_best_only=True, save_weights_only=True,
+            initial_value_threshold=min(prior) if prior and os.path.exists(best_path) else None,
         ),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=bool(prior_history)),
     ]
     if config.train.early_stopping_patience:
         callbacks.append(
@@ -129,8 +123,15 @@ def train(
     *,
     callbacks: Optional[list] = None,
     verbose="auto",
+    overwrite: bool = False,
+    strategy: Optional[tf.distribute.Strategy] = None,
 ) -> TrainResult:
     """Trains a fused model on a manifest and writes a run directory.
+
+    Distributed training (``config.train.strategy``, see :mod:`tfmm.distribute`): every
+    worker runs this same call; only the chief writes ``output_dir``. An interrupted run
+    (killed, preempted) resumes when called again with the same ``output_dir``, at the
+    start of the interrupted epoch (see :mod:`tfmm.resume`).
 
     Args:
         config: the run configuration.
@@ -139,20 +140,37 @@ def train(
         output_dir: the run directory (created).
         callbacks: extra Keras callbacks, added to the defaults.
         verbose: passed to ``model.fit`` (``"auto"`` shows a progress bar).
+        overwrite: discard a previous run in ``output_dir`` and train from scratch.
+        strategy: a ``tf.distribute`` strategy to use instead of ``config.train.strategy``.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (``initial_epoch`` > 0 when this call resumed a run).
 
     Raises:
         tfmm.data.ManifestError: bad rows (all listed) and ``skip_bad_rows`` is off.
+        tfmm.resume.RunFinishedError: ``output_dir`` holds a finished run and ``overwrite`` is off.
         OSError: ``output_dir`` is not writable.
 
     Example:
         >>> result = tfmm.train(tfmm.RunConfig(), "data/train.csv", "data/val.csv", "runs/a")
         >>> result.history["val_accuracy"][-1]
     """
+    # The strategy first: MultiWorkerMirroredStrategy must exist before TensorFlow runs an op.
+    if strategy is None:
+        strategy = distribute.select_strategy(config.train.strategy, config.train.devices)
+    if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
+        compat.apply_distribute_fixes()
     run_dir = os.path.abspath(output_dir)
     _check_writable(run_dir)
+    start = resume.prepare_run(run_dir, config, strategy, overwrite=overwrite)
+    with distribute.worker_output_dir(run_dir, strategy) as write_dir:
+        result = _train_in(write_dir, start, strategy, config, train_data, val_data, callbacks, verbose)
+    return dataclasses.replace(result, run_dir=run_dir)
+
+
+def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks, verbose) -> TrainResult:
+    """The body of :func:`train`: ``run_dir`` is where this worker writes (the chief: the
+    run directory; another worker: a temporary folder)."""
     keras.utils.set_random_seed(config.train.seed)
     task, dc = config.model.task, config.data
     skipped = os.path.join(run_dir, SKIPPED_FILE)
@@ -181,8 +199,7 @@ def train(
         if hasattr(preprocessor, "save"):
             preprocessor.save(os.path.join(run_dir, TOKENIZER_DIR))
 
-    strategy = select_strategy(config.train.strategy)
-    global_batch = config.train.batch_size * strategy.num_replicas_in_sync
+    global_batch = distribute.global_batch_size(config.train.batch_size, strategy)
     logger.info("strategy %s: %d replica(s), global batch %d",
                 type(strategy).__name__, strategy.num_replicas_in_sync, global_batch)
     common = dict(config=dc, preprocessor=preprocessor, labels=labels, task=task,
@@ -196,15 +213,35 @@ def train(
     tfdata.save_labels(labels, os.path.join(run_dir, LABELS_FILE))
     with strategy.scope():
         model = build_model(config)
-        compile_model(model, config, steps_per_epoch)
+        optimizer_config = _scaled_learning_rate(config, strategy)
+        compile_model(model, optimizer_config, steps_per_epoch)
+    if start.chief:
+        resume.write_state(start.run_dir, distribution={
+            **distribute.describe(strategy, config.train.batch_size),
+            "learning_rate": optimizer_config.train.learning_rate})
+    backup = resume.TrainingBackup(start.backup_dir, save_freq=config.train.save_every or "epoch")
     history = model.fit(
         train_ds, validation_data=val_ds, epochs=config.train.epochs,
-        callbacks=default_callbacks(run_dir, config, val_ds is not None) + list(callbacks or []),
+        callbacks=default_callbacks(run_dir, config, val_ds is not None, start.prior_history)
+        + list(callbacks or []) + [backup],  # the backup last: each epoch is logged before it counts as done
         verbose=verbose,
     )
-    model.save(os.path.join(run_dir, MODEL_FILE))
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    with open(os.path.join(run_dir, "history.json"), "w", encoding="utf-8") as f:
-        json.dump(hist, f, indent=2)
+    resume.save_model_atomic(model, os.path.join(run_dir, MODEL_FILE))
+    hist = {k: list(start.prior_history.get(k, [])) + [float(v) for v in history.history.get(k, [])]
+            for k in {**start.prior_history, **history.history}}
+    resume.write_json_atomic(os.path.join(run_dir, "history.json"), hist)
+    completed = start.initial_epoch + len(history.history.get("loss", []))
+    resume.finish_run(start, epochs_completed=completed, stopped_early=completed < config.train.epochs)
     logger.info("saved run to %s", run_dir)
-    return TrainResult(model, hist, run_dir, config, labels)
+    return TrainResult(model, hist, run_dir, config, labels, initial_epoch=start.initial_epoch)
+
+
+def _scaled_learning_rate(config: RunConfig, strategy: tf.distribute.Strategy) -> RunConfig:
+    """The config the optimizer is built from: the learning rate x replicas when
+    ``scale_learning_rate`` is on (config.yaml keeps the unscaled value)."""
+    tc = config.train
+    lr = distribute.scaled_learning_rate(tc.learning_rate, strategy, tc.scale_learning_rate)
+    if lr != tc.learning_rate:
+        logger.info("learning rate scaled linearly to %g (%g x %d replicas)", lr, tc.learning_rate,
+                    strategy.num_replicas_in_sync)
+    return config.replace(train={"learning_rate": lr})
