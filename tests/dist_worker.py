@@ -32,18 +32,19 @@ def run_cli(argv) -> int:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
     if args.dump_weights:
+        import importlib
+
         import numpy as np
 
-        import tfmm.train
-
-        original = tfmm.train.train
+        train_module = importlib.import_module("tfmm.train")  # (tfmm.train is also the function)
+        original = train_module.train
 
         def train_and_dump(*a, **k):
             result = original(*a, **k)
             np.savez(args.dump_weights, *result.model.get_weights())
             return result
 
-        tfmm.train.train = train_and_dump
+        train_module.train = train_and_dump
     from tfmm.cli import main
 
     return main(cli_args)

@@ -47,6 +47,22 @@ def test_parse_devices():
         distribute.parse_devices("GPU:0,/device:GPU:0")
 
 
+@pytest.mark.parametrize("name, devices, workers, gpus, expected", [
+    ("auto", [], 1, 0, "default"),
+    ("auto", [], 0, 1, "default"),
+    ("auto", [], 0, 4, "mirrored"),  # more than one GPU
+    ("auto", [], 2, 0, "multi_worker"),  # TF_CONFIG names more than one worker
+    ("auto", [], 2, 4, "multi_worker"),
+    ("auto", ["/device:CPU:0", "/device:CPU:1"], 0, 0, "mirrored"),
+    ("auto", ["/device:GPU:1"], 0, 4, "one_device"),
+    ("mirrored", [], 0, 0, "mirrored"),
+    ("one_device", [], 0, 4, "default"),
+    ("multi_worker", [], 0, 0, "multi_worker"),
+])
+def test_choose_strategy(name, devices, workers, gpus, expected):
+    assert distribute.choose_strategy(name, devices, workers, gpus) == expected
+
+
 def test_select_strategy_single_process(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     default = distribute.select_strategy("auto")
@@ -71,13 +87,27 @@ def test_chief_paths_and_batch_math(tmp_path, monkeypatch):
     assert distribute.backup_dir(run_dir, strategy) == os.path.join(run_dir, "backup", "worker-0")
     with distribute.worker_output_dir(run_dir, strategy) as out:
         assert out == run_dir
-    assert distribute.allgather_ints(strategy, [1, 2]) == [[1, 2]]
+    assert distribute.allgather(strategy, [1, 2.5]) == [[1.0, 2.5]]
     four = types.SimpleNamespace(num_replicas_in_sync=4)
     assert distribute.global_batch_size(8, four) == 32
     assert distribute.scaled_learning_rate(1e-3, four, True) == pytest.approx(4e-3)
     assert distribute.scaled_learning_rate(1e-3, four, False) == 1e-3
     info = distribute.describe(strategy, 8)
     assert info["num_replicas"] == 1 and info["global_batch"] == 8 and info["is_chief"]
+
+
+def test_manifest_datasets_shard_by_element(demo_data):
+    """One manifest file cannot be split by file across workers: DATA sharding, so each
+    worker keeps its own share of the elements."""
+    import tensorflow as tf
+
+    from tfmm import data as tfdata
+    from tfmm.config import DataConfig
+
+    config = DataConfig(image_size=32)
+    manifest = tfdata.read_manifest(demo_data["val"], config)
+    ds = tfdata.make_dataset(manifest, config=config, modalities="image", batch_size=4)
+    assert ds.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
 
 
 def test_train_config_fields_and_cli_flags():
@@ -122,10 +152,23 @@ def _train_args(demo_data, tiny_bert, run_dir, *extra):
             "--batch-size", "8", "--learning-rate", "1e-3", "--early-stopping-patience", "0", *extra]
 
 
-def _spawn(worker_args, cli_args, log_path, tf_config=None):
-    log = open(log_path, "w")
-    return subprocess.Popen([sys.executable, WORKER, "cli", *worker_args, "--", *cli_args],
-                            env=_env(tf_config), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+@pytest.fixture
+def spawn():
+    """Starts `tests/dist_worker.py cli` processes; kills any still running at teardown."""
+    procs = []
+
+    def start(worker_args, cli_args, log_path, tf_config=None):
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, WORKER, "cli", *worker_args, "--", *cli_args],
+                                    env=_env(tf_config), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _wait(proc, log_path, timeout=600):
@@ -149,12 +192,12 @@ def _metadata(run_dir):
 
 
 @pytest.mark.slow
-def test_mirrored_two_cpus_killed_mid_epoch_resumes(demo_data, tiny_bert, tmp_path):
+def test_mirrored_two_cpus_killed_mid_epoch_resumes(demo_data, tiny_bert, tmp_path, spawn):
     run_dir = str(tmp_path / "run")
-    args = _train_args(demo_data, tiny_bert, run_dir, "--epochs", "3", "--strategy", "mirrored",
+    args = _train_args(demo_data, tiny_bert, run_dir, "--epochs", "2", "--strategy", "mirrored",
                        "--devices", "CPU:0,CPU:1", "--save-every", "2")
     log1 = str(tmp_path / "attempt1.log")
-    proc = _spawn(["--logical-cpus", "2"], args, log1)
+    proc = spawn(["--logical-cpus", "2"], args, log1)
     # 72 rows / global batch 16 = 5 steps per epoch; backups at steps 2 and 4 and at epoch ends.
     # Kill once a mid-epoch backup of epoch 2 exists: the second epoch is half done.
     deadline = time.time() + 600
@@ -170,20 +213,20 @@ def test_mirrored_two_cpus_killed_mid_epoch_resumes(demo_data, tiny_bert, tmp_pa
         assert json.load(f)["status"] == "running"
 
     log2 = str(tmp_path / "attempt2.log")
-    out = _wait(_spawn(["--logical-cpus", "2"], args, log2), log2)
-    assert "resumed at epoch 2 of 3" in out
+    out = _wait(spawn(["--logical-cpus", "2"], args, log2), log2)
+    assert "resumed at epoch 2 of 2" in out
 
     with open(os.path.join(run_dir, "train_state.json")) as f:
         state = json.load(f)
-    assert state["status"] == "finished" and state["epochs_completed"] == 3
+    assert state["status"] == "finished" and state["epochs_completed"] == 2
     assert state["attempt"] == 2 and state["resumed_from_epoch"] == 1
     dist = state["distribution"]
     assert (dist["strategy"], dist["num_replicas"], dist["global_batch"]) == ("MirroredStrategy", 2, 16)
     with open(os.path.join(run_dir, "history.csv")) as f:
         epochs = [line.split(",")[0] for line in f.read().splitlines()[1:]]
-    assert epochs == ["0", "1", "2"]  # every epoch once: none missing, the interrupted one not doubled
+    assert epochs == ["0", "1"]  # every epoch once: none missing, the interrupted one not doubled
     with open(os.path.join(run_dir, "history.json")) as f:
-        assert len(json.load(f)["val_loss"]) == 3
+        assert len(json.load(f)["val_loss"]) == 2
     assert not os.path.exists(os.path.join(run_dir, "backup"))
     assert not [n for n in os.listdir(run_dir) if "partial" in n or n.endswith(".tmp")]
 
@@ -198,7 +241,7 @@ def test_mirrored_two_cpus_killed_mid_epoch_resumes(demo_data, tiny_bert, tmp_pa
     # A finished run is not retrained by accident.
     from tfmm.cli import main
 
-    assert main(_train_args(demo_data, tiny_bert, run_dir, "--epochs", "3")) == 2
+    assert main(_train_args(demo_data, tiny_bert, run_dir, "--epochs", "2")) == 2
 
 
 def _log_loss(run, manifest_path):
@@ -212,7 +255,7 @@ def _log_loss(run, manifest_path):
 
 
 @pytest.mark.slow
-def test_two_workers_on_localhost_match_single_process(demo_data, tiny_bert, tmp_path):
+def test_two_workers_on_localhost_match_single_process(demo_data, tiny_bert, tmp_path, spawn):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     run_dir = str(tmp_path / "multi")
@@ -221,12 +264,12 @@ def test_two_workers_on_localhost_match_single_process(demo_data, tiny_bert, tmp
     for index in range(2):
         log = str(tmp_path / f"worker{index}.log")
         weights = str(tmp_path / f"worker{index}.npz")
-        procs.append((_spawn(["--dump-weights", weights], args, log,
+        procs.append((spawn(["--dump-weights", weights], args, log,
                              {"cluster": cluster, "task": {"type": "worker", "index": index}}), log))
     # The same global batch (2 workers x 8) in one process, for comparison.
     single_dir = str(tmp_path / "single")
     single_log = str(tmp_path / "single.log")
-    single = _spawn([], _train_args(demo_data, tiny_bert, single_dir, "--epochs", "1", "--batch-size", "16",
+    single = spawn([], _train_args(demo_data, tiny_bert, single_dir, "--epochs", "1", "--batch-size", "16",
                                     "--strategy", "one_device"), single_log)
     logs = [_wait(p, log) for p, log in procs]
     _wait(single, single_log)

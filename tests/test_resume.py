@@ -84,11 +84,15 @@ def test_prepare_run_fresh_resume_finished_overwrite(tmp_path):
     # Killed during epoch 3: the backup holds 2 epochs, the log also has a row for epoch 3.
     save_config(config, os.path.join(run_dir, "config.yaml"))
     _write_backup(start.backup_dir, 2)
+    os.makedirs(os.path.join(run_dir, "checkpoints"))
+    keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).save_weights(
+        os.path.join(run_dir, "checkpoints", "best.weights.h5"))
     with open(os.path.join(run_dir, "history.csv"), "w") as f:
-        f.write(HEADER + "0,2.0,2.1\n1,1.5,1.9\n2,1.4,1.95\n")
+        f.write(HEADER + "0,2.0,2.1\n1,1.5,1.9\n2,1.4,1.85\n")
     start = resume.prepare_run(run_dir, config, strategy)
     assert (start.initial_epoch, start.attempt) == (2, 2)
     assert start.prior_history == {"loss": [2.0, 1.5], "val_loss": [2.1, 1.9]}
+    assert start.best == {"val_loss": 1.9, "loss": 1.5}  # the checkpoint to beat, from epochs 1-2 only
 
     with pytest.raises(ValueError, match=r"different config \(train.epochs: 4 -> 6\)"):
         resume.prepare_run(run_dir, config.replace(train={"epochs": 6}), strategy)

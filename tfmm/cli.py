@@ -257,6 +257,8 @@ def main(argv=None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # tf.distribute logs every collective it builds at INFO
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
     from tfmm.data import ManifestError
 
     try:

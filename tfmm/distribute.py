@@ -9,7 +9,7 @@
   temporary folder (:func:`worker_output_dir`) that is deleted afterwards.
 - :func:`backup_dir`: each worker keeps its own crash-recovery backup in the run
   directory (a shared one fails with ``BlockingIOError: unable to lock file``).
-- :func:`allgather_ints`: workers agree on small facts (is the run finished, which epoch
+- :func:`allgather`: workers agree on small facts (is the run finished, which epoch
   do the backups hold) before training starts.
 
 ``MultiWorkerMirroredStrategy`` must be created before TensorFlow runs its first op, so
@@ -88,8 +88,42 @@ def _check_devices_exist(devices: Sequence[str]) -> None:
         raise ValueError(f"devices {missing} are not visible; visible devices: {sorted(known)}")
 
 
+def choose_strategy(name: str, devices: Sequence[str], workers: int, gpus: int) -> str:
+    """The strategy kind for ``--strategy name``: ``multi_worker``, ``mirrored``,
+    ``one_device`` or ``default`` (pure: from the device list, the number of workers in
+    ``TF_CONFIG`` and the number of visible GPUs).
+
+    Raises:
+        ValueError: unknown name, or devices that do not fit the strategy.
+
+    Example:
+        >>> choose_strategy("auto", [], workers=2, gpus=0)
+        'multi_worker'
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}; received {name!r}")
+    if name == "multi_worker" or (name == "auto" and workers > 1):
+        if devices:
+            raise ValueError(
+                f"devices cannot be chosen for multi_worker (received {list(devices)}); each worker uses "
+                "all its GPUs: limit them with CUDA_VISIBLE_DEVICES"
+            )
+        return "multi_worker"
+    if name == "one_device":
+        if len(devices) > 1:
+            raise ValueError(f"one_device takes at most one device; received {list(devices)}")
+        return "one_device" if devices else "default"
+    if name == "mirrored" or len(devices) > 1 or (not devices and gpus > 1):
+        return "mirrored"
+    return "one_device" if devices else "default"
+
+
 def select_strategy(name: str = "auto", devices=None) -> tf.distribute.Strategy:
     """Returns the ``tf.distribute`` strategy for ``--strategy`` and ``--devices``.
+
+    ``auto`` picks ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names more than one
+    worker, ``MirroredStrategy`` when more than one GPU is visible (or ``devices`` lists
+    several), else the default strategy (see :func:`choose_strategy`).
 
     Args:
         name: ``auto``, ``one_device``, ``mirrored`` or ``multi_worker``.
@@ -97,9 +131,7 @@ def select_strategy(name: str = "auto", devices=None) -> tf.distribute.Strategy:
             empty for all GPUs (or the CPU).
 
     Returns:
-        ``MultiWorkerMirroredStrategy`` (``TF_CONFIG`` names more than one worker, or
-        ``multi_worker``), ``MirroredStrategy`` (several devices), ``OneDeviceStrategy``
-        (``one_device`` with a device) or the default strategy.
+        A ``tf.distribute.Strategy``.
 
     Raises:
         ValueError: unknown name, bad or invisible devices, or devices with ``multi_worker``.
@@ -110,16 +142,11 @@ def select_strategy(name: str = "auto", devices=None) -> tf.distribute.Strategy:
         >>> strategy.num_replicas_in_sync
         2
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}; received {name!r}")
     device_list = parse_devices(devices)
     workers = cluster_workers(read_tf_config())
-    if name == "multi_worker" or (name == "auto" and workers > 1):
-        if device_list:
-            raise ValueError(
-                f"devices cannot be chosen for multi_worker (received {devices!r}); each worker uses "
-                "all its GPUs: limit them with CUDA_VISIBLE_DEVICES"
-            )
+    # Counting physical GPUs does not start TensorFlow (MultiWorkerMirroredStrategy needs that).
+    kind = choose_strategy(name, device_list, workers, len(tf.config.list_physical_devices("GPU")))
+    if kind == "multi_worker":
         if workers <= 1:
             logger.warning("strategy multi_worker without a multi-worker TF_CONFIG: training on this machine only")
         try:
@@ -129,21 +156,12 @@ def select_strategy(name: str = "auto", devices=None) -> tf.distribute.Strategy:
                 f"{e}: MultiWorkerMirroredStrategy must be created before TensorFlow runs any op. "
                 "Call tfmm.train (or select_strategy) first in the process, or pass strategy=."
             ) from e
-    if name == "one_device" and len(device_list) > 1:
-        raise ValueError(f"one_device takes at most one device; received {devices!r}")
     if device_list:
         _check_devices_exist(device_list)
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(device_list[0]) if device_list else tf.distribute.get_strategy()
-    if name == "mirrored":
+    if kind == "mirrored":
         return tf.distribute.MirroredStrategy(device_list or None)
-    # auto
-    if len(device_list) > 1:
-        return tf.distribute.MirroredStrategy(device_list)
-    if len(device_list) == 1:
+    if kind == "one_device":
         return tf.distribute.OneDeviceStrategy(device_list[0])
-    if len(tf.config.list_physical_devices("GPU")) > 1:
-        return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
 
 
@@ -248,13 +266,20 @@ def describe(strategy: tf.distribute.Strategy, per_replica_batch: int) -> dict:
     }
 
 
-def allgather_ints(strategy: tf.distribute.Strategy, values: Sequence[int]) -> list:
-    """Every worker's ``values`` (one row per replica); just ``[values]`` outside multi-worker.
+def allgather(strategy: tf.distribute.Strategy, values: Sequence[float]) -> list:
+    """Every worker's ``values`` as floats, one row per replica (just ``[values]`` outside
+    multi-worker). A collective op: every worker must call it, in the same order.
 
-    A collective op: every worker must call it, in the same order.
+    Example:
+        >>> rows = allgather(strategy, [finished, epoch])  # the same rows on every worker
     """
     if not is_multi_worker(strategy):
-        return [list(values)]
-    local = tf.constant([list(values)], dtype=tf.float32)
-    gathered = strategy.gather(local, axis=0)
-    return [[int(round(v)) for v in row] for row in gathered.numpy().tolist()]
+        return [[float(v) for v in values]]
+    local = tf.constant([[float(v) for v in values]], dtype=tf.float64)
+    return strategy.gather(local, axis=0).numpy().tolist()
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Waits until every worker gets here (no-op outside multi-worker): a worker that
+    exits while another still saves takes the cluster's coordination service down."""
+    allgather(strategy, [0])

@@ -11,7 +11,7 @@ A run directory's ``train_state.json`` says whether its training is ``running`` 
   deletes the previous run's files and trains from scratch.
 
 Under multi-worker training every worker checks its own backup and the workers agree
-(:func:`tfmm.distribute.allgather_ints`) before any of them trains.
+(:func:`tfmm.distribute.allgather`) before any of them trains.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import os
 import shutil
 from typing import Optional
@@ -42,6 +43,7 @@ RUN_OUTPUTS = (
 )
 # Options that may change between an interrupted attempt and its resumption.
 RESUMABLE_CHANGES = ("strategy", "devices", "save_every")
+MONITORS = ("val_loss", "loss")  # what the best checkpoint may monitor
 
 
 class RunFinishedError(ValueError):
@@ -58,6 +60,7 @@ class RunStart:
     initial_epoch: int = 0
     prior_history: dict = dataclasses.field(default_factory=dict)
     attempt: int = 1
+    best: dict = dataclasses.field(default_factory=dict)  # {"val_loss"/"loss": best so far}
 
     @property
     def resumed(self) -> bool:
@@ -176,6 +179,23 @@ def read_history_csv(path: str) -> dict:
     return history
 
 
+def _history_rows(path: str, epochs: int) -> tuple:
+    """``(fieldnames, {epoch: row})`` for the first ``epochs`` epochs of ``history.csv``."""
+    if not os.path.exists(path):
+        return [], {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        rows = {}
+        for row in reader:
+            try:
+                epoch = int(row["epoch"])
+            except (KeyError, TypeError, ValueError):
+                continue  # a half-written last line
+            if epoch < epochs and None not in row.values():
+                rows[epoch] = row  # a repeated epoch: the last one logged counts
+        return reader.fieldnames or [], rows
+
+
 def trim_history_csv(path: str, epochs: int) -> dict:
     """Keeps the rows of the first ``epochs`` epochs (once each); returns them as a history.
 
@@ -184,17 +204,7 @@ def trim_history_csv(path: str, epochs: int) -> dict:
     """
     if not os.path.exists(path):
         return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
-        rows = {}
-        for row in reader:
-            try:
-                epoch = int(row["epoch"])
-            except (KeyError, TypeError, ValueError):
-                continue  # a half-written last line
-            if epoch < epochs and None not in row.values():
-                rows[epoch] = row
+    fields, rows = _history_rows(path, epochs)
     tmp = path + ".tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -202,6 +212,21 @@ def trim_history_csv(path: str, epochs: int) -> dict:
         writer.writerows(rows[e] for e in sorted(rows))
     os.replace(tmp, path)
     return read_history_csv(path)
+
+
+def _best_so_far(run_dir: str, epochs: int) -> list:
+    """``[best val_loss, best loss]`` over the first ``epochs`` logged epochs (NaN: none, or
+    no readable best checkpoint to beat)."""
+    best = os.path.join(run_dir, BEST_CHECKPOINT)
+    if not (os.path.exists(best) and _h5_readable(best)):
+        return [math.nan, math.nan]
+    _, rows = _history_rows(os.path.join(run_dir, HISTORY_CSV), epochs)
+    out = []
+    for key in MONITORS:
+        values = [float(r[key]) for r in rows.values() if r.get(key) not in (None, "")]
+        values = [v for v in values if not math.isnan(v)]
+        out.append(min(values) if values else math.nan)
+    return out
 
 
 def _h5_readable(path: str) -> bool:
@@ -248,7 +273,10 @@ def prepare_run(
         diffs = config_differences(load_config(saved_config).to_dict(), config.to_dict())
     repair_backup(backup)
     epoch = backup_epoch(backup)
-    rows = distribute.allgather_ints(strategy, [int(finished), int(bool(diffs)), -1 if epoch is None else epoch])
+    epoch = -1 if epoch is None else epoch
+    best = _best_so_far(run_dir, epoch) if chief and epoch > 0 else [math.nan] * len(MONITORS)
+    # Every worker decides alike: the chief's state and best values, every worker's backup.
+    rows = distribute.allgather(strategy, [int(finished), int(bool(diffs)), epoch, *best])
 
     if any(r[0] for r in rows):
         done = state or {}
@@ -263,16 +291,21 @@ def prepare_run(
             f"({'; '.join(diffs) or 'see the chief'}); pass the same options to resume it, "
             "or --overwrite (overwrite=True) to start again"
         )
-    epochs = {r[2] for r in rows}
+    epochs = {int(r[2]) for r in rows}
     if len(epochs) > 1:
         raise ValueError(
             f"the workers' backups under {os.path.join(run_dir, distribute.BACKUP_DIR)} hold different "
-            f"epochs ({sorted(epochs)}, -1: none); resume every worker from the same backups, or pass "
+            f"epochs ({sorted(epochs)}; -1: none); resume every worker from the same backups, or pass "
             "--overwrite to start again"
         )
     initial_epoch = max(0, epochs.pop())
+    agreed_best = {}
+    for i, key in enumerate(MONITORS):
+        values = [r[3 + i] for r in rows if not math.isnan(r[3 + i])]
+        if values and initial_epoch:
+            agreed_best[key] = min(values)
     start = RunStart(run_dir, backup, chief, initial_epoch=initial_epoch,
-                     attempt=int((state or {}).get("attempt", 0)) + 1)
+                     attempt=int((state or {}).get("attempt", 0)) + 1, best=agreed_best)
     if chief:
         start.prior_history = trim_history_csv(os.path.join(run_dir, HISTORY_CSV), initial_epoch)
         best = os.path.join(run_dir, BEST_CHECKPOINT)

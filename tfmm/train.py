@@ -88,22 +88,21 @@ def _check_writable(path: str) -> None:
         raise OSError(f"output dir {path!r} is not writable: {e}") from e
 
 
-def default_callbacks(run_dir: str, config: RunConfig, has_val: bool, prior_history: Optional[dict] = None) -> list:
+def default_callbacks(run_dir: str, config: RunConfig, has_val: bool, resumed: Optional[dict] = None) -> list:
     """TensorBoard, best checkpoint, early stopping and a CSV log, all under ``run_dir``.
 
-    ``prior_history`` (a resumed run's earlier epochs) makes the CSV log append and the
-    best checkpoint start from the best value seen so far.
+    ``resumed`` (``{"val_loss"/"loss": best value so far}`` of a resumed run) makes the CSV
+    log append and the best checkpoint only improve on that value.
     """
     monitor = "val_loss" if has_val else "loss"
-    best_path = os.path.join(run_dir, "checkpoints", "best.weights.h5")
-    prior = [v for v in (prior_history or {}).get(monitor, []) if not math.isnan(v)]
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs")),
         keras.callbacks.ModelCheckpoint(
-            best_path, monitor=monitor, save_best_only=True, save_weights_only=True,
-            initial_value_threshold=min(prior) if prior and os.path.exists(best_path) else None,
+            os.path.join(run_dir, "checkpoints", "best.weights.h5"),
+            monitor=monitor, save_best_only=True, save_weights_only=True,
+            initial_value_threshold=(resumed or {}).get(monitor),
         ),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=bool(prior_history)),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resumed is not None),
     ]
     if config.train.early_stopping_patience:
         callbacks.append(
@@ -165,6 +164,7 @@ def train(
     start = resume.prepare_run(run_dir, config, strategy, overwrite=overwrite)
     with distribute.worker_output_dir(run_dir, strategy) as write_dir:
         result = _train_in(write_dir, start, strategy, config, train_data, val_data, callbacks, verbose)
+        distribute.barrier(strategy)
     return dataclasses.replace(result, run_dir=run_dir)
 
 
@@ -201,7 +201,7 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
 
     global_batch = distribute.global_batch_size(config.train.batch_size, strategy)
     logger.info("strategy %s: %d replica(s), global batch %d",
-                type(strategy).__name__, strategy.num_replicas_in_sync, global_batch)
+                distribute.strategy_name(strategy), strategy.num_replicas_in_sync, global_batch)
     common = dict(config=dc, preprocessor=preprocessor, labels=labels, task=task,
                   modalities=config.model.modalities, batch_size=global_batch)
     train_ds = tfdata.make_dataset(train_m, shuffle=True, seed=config.train.seed,
@@ -222,7 +222,7 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
     backup = resume.TrainingBackup(start.backup_dir, save_freq=config.train.save_every or "epoch")
     history = model.fit(
         train_ds, validation_data=val_ds, epochs=config.train.epochs,
-        callbacks=default_callbacks(run_dir, config, val_ds is not None, start.prior_history)
+        callbacks=default_callbacks(run_dir, config, val_ds is not None, start.best if start.resumed else None)
         + list(callbacks or []) + [backup],  # the backup last: each epoch is logged before it counts as done
         verbose=verbose,
     )
