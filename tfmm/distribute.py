@@ -156,6 +156,9 @@ def select_strategy(name: str = "auto", devices=None) -> tf.distribute.Strategy:
                 f"{e}: MultiWorkerMirroredStrategy must be created before TensorFlow runs any op. "
                 "Call tfmm.train (or select_strategy) first in the process, or pass strategy=."
             ) from e
+    if workers > 1:
+        logger.warning("TF_CONFIG names %d workers but strategy %r trains this process alone; use "
+                       "--strategy multi_worker (or auto) to train them together", workers, name)
     if device_list:
         _check_devices_exist(device_list)
     if kind == "mirrored":

@@ -79,7 +79,7 @@ def _as_manifest(source, config: RunConfig) -> tfdata.Manifest:
 
 def _check_writable(path: str) -> None:
     os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, ".tfmm_write_test")
+    probe = os.path.join(path, f".tfmm_write_test.{os.getpid()}")  # per process: workers may share path
     try:
         with open(probe, "w") as f:
             f.write("ok")
