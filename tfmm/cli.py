@@ -53,6 +53,11 @@ _CONFIG_FLAGS = [
     ("--image-col", "data", "image_col", dict(metavar="NAME", help="manifest image column (default: image)")),
     ("--text-col", "data", "text_col", dict(metavar="NAME", help="manifest text column (default: text)")),
     ("--label-col", "data", "label_col", dict(metavar="NAME", help="manifest label column (default: label)")),
+    ("--max-image-pixels", "data", "max_image_pixels", dict(
+        type=int, metavar="N", help="refuse images whose header claims more pixels (default: 40000000)")),
+    ("--allow-outside-root", "data", "allow_outside_root", dict(
+        action="store_true", default=None,
+        help="accept image paths outside the manifest's folder ('..', absolute, symlinks)")),
     ("--skip-bad-rows", "data", "skip_bad_rows", dict(
         action="store_true", default=None,
         help="skip invalid rows (written to RUN/skipped_rows.csv) instead of stopping")),
@@ -128,6 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", metavar="STR", help="the caption for --image")
     p.add_argument("--output", metavar="FILE", help="JSONL file to write (default: print)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels per row (default: 5)")
+
+    p = sub.add_parser("validate", help="check every row of a manifest; exit 1 if any is bad",
+                       formatter_class=_formatter,
+                       description="Check a manifest the way training does, without training: every "
+                                   "problem is listed with row, path and reason. Exits 0 when all rows "
+                                   "are usable, 1 otherwise, so it can gate a data pipeline.",
+                       epilog="examples:\n  tfmm validate --data data/train.csv\n"
+                              "  tfmm validate --data data/test.csv --model runs/products   # labels known?")
+    p.add_argument("--data", required=True, metavar="MANIFEST", help="manifest to check")
+    p.add_argument("--model", metavar="RUN", help="a trained run: also check labels are known to it "
+                                                  "and count texts longer than its sequence length")
+    p.add_argument("--no-labels", action="store_true", help="the manifest has no label column (prediction input)")
+    p.add_argument("--task", choices=["classification", "binary", "multilabel", "matching", "contrastive"],
+                   help="how labels are read (default: the run's task, else classification)")
+    for flag in ("--image-col", "--text-col", "--label-col", "--max-image-pixels", "--allow-outside-root"):
+        spec = next(f for f in _CONFIG_FLAGS if f[0] == flag)
+        p.add_argument(flag, **spec[3])
+    p.add_argument("--report", metavar="FILE", help="also write every problem to this CSV file")
 
     p = sub.add_parser("demo", help="train on generated data offline; compare fused vs single-modality",
                        formatter_class=_formatter,
@@ -228,7 +251,46 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo}
+def _cmd_validate(args) -> int:
+    import csv
+
+    from tfmm import data as tfdata
+    from tfmm.config import RunConfig
+
+    labels, preprocessor, config = None, None, RunConfig()
+    if args.model:
+        from tfmm.evaluate import load_run
+
+        run = load_run(args.model)
+        config, preprocessor = run.config, run.preprocessor
+        labels = None if args.no_labels else run.labels
+    overrides = {f: getattr(args, f) for f in ("image_col", "text_col", "label_col", "max_image_pixels",
+                                                "allow_outside_root") if getattr(args, f) is not None}
+    config = config.replace(data=overrides)
+    task = args.task or config.model.task
+    manifest = tfdata.read_manifest(args.data, config.data, require_labels=not args.no_labels)
+    problems = tfdata.validate_manifest(manifest, task=task, labels=labels, config=config.data)
+    for p in problems:
+        print(p)
+    if args.report:
+        with open(args.report, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["source", "row", "image", "reason"])
+            writer.writerows([p.source, p.row, p.image, p.reason] for p in problems)
+    total = len(manifest) + len({p.row for p in manifest.problems})
+    bad = len({p.row for p in problems})
+    if preprocessor is not None:
+        from tfmm.validate import count_truncated
+
+        truncated = count_truncated(manifest.frame["text"].tolist(), preprocessor)
+        if truncated:
+            print(f"note: {truncated} text(s) are longer than {config.data.sequence_length} tokens "
+                  "and will be truncated")
+    print(f"{args.data}: {total - bad} of {total} row(s) usable, {bad} bad ({len(problems)} problem(s))")
+    return 1 if bad else 0
+
+
+_COMMANDS = {"validate": _cmd_validate, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo}
 
 
 def main(argv=None) -> int:

@@ -45,6 +45,7 @@ class DataConfig:
         sequence_length: token sequence length for the text encoder.
         skip_bad_rows: skip invalid rows (reported and saved) instead of stopping.
         max_image_pixels: refuse images whose header claims more pixels than this.
+        allow_outside_root: accept image paths that resolve outside the manifest's folder.
     """
 
     image_col: str = "image"
@@ -54,6 +55,7 @@ class DataConfig:
     sequence_length: int = 64
     skip_bad_rows: bool = False
     max_image_pixels: int = 40_000_000
+    allow_outside_root: bool = False
 
     def __post_init__(self):
         _check_positive("image_size", self.image_size)

@@ -149,7 +149,8 @@ def evaluate(run, data, *, report_dir: Optional[str] = None) -> dict:
         raise ValueError("evaluate: multilabel metrics are not available yet; received task 'multilabel'")
     manifest = data if isinstance(data, tfdata.Manifest) else tfdata.read_manifest(data, run.config.data)
     manifest = tfdata.check_manifest(
-        manifest, task=task, labels=run.labels, skip_bad_rows=run.config.data.skip_bad_rows
+        manifest, task=task, labels=run.labels, skip_bad_rows=run.config.data.skip_bad_rows,
+        config=run.config.data,
     )
     scores = class_scores(predict_scores(run, manifest), task)
     index = {name: i for i, name in enumerate(run.labels)}
@@ -182,7 +183,8 @@ def predict(run, data, *, k: int = 5) -> list:
         data, run.config.data, require_labels=False
     )
     manifest = tfdata.check_manifest(
-        manifest, task=run.config.model.task, skip_bad_rows=run.config.data.skip_bad_rows
+        manifest, task=run.config.model.task, skip_bad_rows=run.config.data.skip_bad_rows,
+        config=run.config.data,
     )
     scores = class_scores(predict_scores(run, manifest), run.config.model.task)
     records = []

@@ -21,6 +21,7 @@ from tfmm import data as tfdata
 from tfmm import heads, text
 from tfmm.config import RunConfig, save_config
 from tfmm.model import build_model
+from tfmm.validate import count_truncated
 
 logger = logging.getLogger(__name__)
 
@@ -161,14 +162,14 @@ def train(
 
     train_m = tfdata.check_manifest(
         _as_manifest(train_data, config), task=task,
-        skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped,
+        skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
     )
     labels = tfdata.build_label_vocab(train_m, task)
     val_m = None
     if val_data is not None:
         val_m = tfdata.check_manifest(
             _as_manifest(val_data, config), task=task, labels=labels,
-            skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped,
+            skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
         )
     config = config.replace(model={"num_classes": len(labels)})
     heads.output_units(task, len(labels))  # fail early on a wrong label count
@@ -180,6 +181,10 @@ def train(
         preprocessor = text.load_text_preprocessor(config.model.text_encoder, dc.sequence_length)
         if hasattr(preprocessor, "save"):
             preprocessor.save(os.path.join(run_dir, TOKENIZER_DIR))
+        truncated = count_truncated(train_m.frame["text"].tolist(), preprocessor)
+        if truncated:
+            logger.warning("%d of %d training texts are longer than %d tokens and were truncated "
+                           "(--sequence-length)", truncated, len(train_m), dc.sequence_length)
 
     strategy = select_strategy(config.train.strategy)
     global_batch = config.train.batch_size * strategy.num_replicas_in_sync
