@@ -117,9 +117,11 @@ def load_hub_handle(handle: str, what: str = "SavedModel"):
     except Exception as error:  # hub/urllib/TF raise many types; the cause is chained.
         if not is_url:
             raise
+        cache = os.environ.get("TFHUB_CACHE_DIR")
         raise OSError(
             f"The TF-Hub {what} handle {handle!r} could not be loaded "
             f"({type(error).__name__}: {error}). " + _OFFLINE_HINT
+            + (f" (TFHUB_CACHE_DIR is now {cache!r}.)" if cache else " (TFHUB_CACHE_DIR is unset.)")
         ) from error
 
 
