@@ -263,17 +263,18 @@ def test_functional_output_spec(tiny_bert):
     assert outputs["pooled_output"].dtype == "float32"
 
 
-def test_config_and_keras_file_round_trip(tiny_bert, tmp_path):
+@pytest.mark.parametrize("trainable", [True, False])
+def test_config_and_keras_file_round_trip(tiny_bert, tmp_path, trainable):
     _, _, preprocess, encoder = tiny_bert
     preprocessor = HubTextPreprocessor(preprocess)
-    model, layer = _classifier(preprocess, encoder, SEQ_LENGTH, trainable=False)
+    model, layer = _classifier(preprocess, encoder, SEQ_LENGTH, trainable=trainable)
     x, y = _batch(preprocessor)
-    model.fit(x, y, epochs=1, batch_size=4, verbose=0)
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0)  # fine-tuned weights differ from the handle
 
     config = layer.get_config()
     assert config["encoder_handle"] == os.path.abspath(encoder)
     assert config["preprocessor_handle"] == os.path.abspath(preprocess)
-    assert config["trainable"] is False and config["seq_length"] == SEQ_LENGTH
+    assert config["trainable"] is trainable and config["seq_length"] == SEQ_LENGTH
     clone = HubTextEncoder.from_config(config, safe_mode=False)
     assert clone.get_config() == config
 
@@ -286,7 +287,10 @@ def test_config_and_keras_file_round_trip(tiny_bert, tmp_path):
         restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
     )
     restored_layer = next(l for l in restored.layers if isinstance(l, HubTextEncoder))
-    assert restored_layer.trainable is False and restored_layer.trainable_weights == []
+    assert restored_layer.trainable is trainable
+    assert len(restored_layer.trainable_weights) == len(layer.trainable_weights)
+    for saved, loaded in zip(layer.weights, restored_layer.weights):
+        np.testing.assert_array_equal(saved.numpy(), loaded.numpy())
 
 
 def test_serving_export_with_raw_strings(tiny_bert, tmp_path):
