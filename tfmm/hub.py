@@ -125,6 +125,11 @@ def load_hub_handle(handle: str, what: str = "SavedModel"):
         ) from error
 
 
+def _hub_input_spec() -> Dict[str, tf.TensorSpec]:
+    """The TF-Hub BERT encoder input signature: int32 [batch, length] per key."""
+    return {key: tf.TensorSpec([None, None], tf.int32, name=key) for key in HUB_INPUT_KEYS}
+
+
 def hub_inputs_from_canonical(inputs: Dict[str, Any]) -> Dict[str, Any]:
     """Renames tfmm's canonical text features to the TF-Hub BERT encoder input names.
 
@@ -314,10 +319,9 @@ class HubTextEncoder(keras.layers.Layer):
                     "is a reusable SavedModel with __call__(inputs, training=...), .variables "
                     "and .trainable_variables."
                 )
-        spec = {key: tf.TensorSpec([None, None], tf.int32, name=key) for key in HUB_INPUT_KEYS}
         try:
             outputs = tf.function(lambda x: encoder(x, training=False)).get_concrete_function(
-                spec
+                _hub_input_spec()
             ).structured_outputs
         except Exception as error:
             raise ValueError(
@@ -460,20 +464,28 @@ def _pack_segments(segments, seq_length, *, cls_id: int, sep_id: int, pad_id: in
 class _BertTokenize(tf.Module):
     """The exported ``preprocessor.tokenize``: strings [B] -> int32 [B, (words), (wordpieces)]."""
 
-    def __init__(self, vocab_file: str, special_tokens: Dict[str, int], **options):
+    def __init__(
+        self,
+        vocab_file: str,
+        special_tokens: Dict[str, int],
+        *,
+        lowercase: bool,
+        strip_accents: bool,
+        split_on_cjk: bool,
+        suffix_indicator: str,
+        oov_token: str,
+    ):
         import tensorflow_text as tf_text
 
         super().__init__(name="tokenize")
         self.vocab_file = tf.saved_model.Asset(vocab_file)
         self._options = dict(
-            lowercase=options["lowercase"],
-            strip_accents=options["strip_accents"],
-            split_on_cjk=options["split_on_cjk"],
+            lowercase=lowercase, strip_accents=strip_accents, split_on_cjk=split_on_cjk
         )
         self._wordpiece = tf_text.WordpieceTokenizer(
             vocab_file,
-            suffix_indicator=options["suffix_indicator"],
-            unknown_token=options["oov_token"],
+            suffix_indicator=suffix_indicator,
+            unknown_token=oov_token,
             token_out_type=tf.int64,
         )
         self._special_tokens = dict(special_tokens)
@@ -534,16 +546,13 @@ class _BertPreprocess(tf.Module):
 
 
 def _build_preprocess_module(tokenizer, vocab_file: str, seq_length: int) -> _BertPreprocess:
-    for attr, value, allowed in (
-        ("split", getattr(tokenizer, "split", True), True),
-        ("special_tokens_in_strings", getattr(tokenizer, "special_tokens_in_strings", False),
-         False),
-    ):
-        if value != allowed:
-            raise ValueError(
-                f"export_hub_bert supports BertTokenizer({attr}={allowed}) only; received "
-                f"{attr}={value!r}"
-            )
+    split = getattr(tokenizer, "split", True)
+    special_in_strings = getattr(tokenizer, "special_tokens_in_strings", False)
+    if not split or special_in_strings:
+        raise ValueError(
+            "export_hub_bert supports BertTokenizer(split=True, special_tokens_in_strings=False) "
+            f"only; received split={split!r}, special_tokens_in_strings={special_in_strings!r}"
+        )
     special = {
         "vocab_size": len(tokenizer.get_vocabulary()),
         "start_of_sequence_id": tokenizer.cls_token_id,
@@ -569,9 +578,8 @@ def _build_preprocess_module(tokenizer, vocab_file: str, seq_length: int) -> _Be
 def _build_encoder_module(backbone) -> tf.train.Checkpoint:
     """A reusable TF-Hub SavedModel object running ``backbone`` (sharing its variables)."""
     layers = getattr(backbone, "transformer_layers", None)
-    if layers is None or not {"token_ids", "segment_ids", "padding_mask"} <= set(
-        backbone.input
-    ):
+    inputs = getattr(backbone, "input", None)
+    if layers is None or not isinstance(inputs, dict) or not set(CANONICAL_TO_HUB) <= set(inputs):
         raise ValueError(
             "export_hub_bert needs a keras_hub.models.BertBackbone (inputs token_ids, "
             f"segment_ids, padding_mask and .transformer_layers); received "
@@ -579,7 +587,7 @@ def _build_encoder_module(backbone) -> tf.train.Checkpoint:
         )
     outputs = dict(backbone.output)
     outputs["encoder_outputs"] = [layer.output for layer in layers]
-    model = keras.Model(backbone.input, outputs)  # same layers, all per-layer outputs
+    model = keras.Model(inputs, outputs)  # same layers, all per-layer outputs
 
     @tf.function
     def call(inputs, training=False):
@@ -593,9 +601,8 @@ def _build_encoder_module(backbone) -> tf.train.Checkpoint:
             "encoder_outputs": list(result["encoder_outputs"]),
         }
 
-    spec = {key: tf.TensorSpec([None, None], tf.int32, name=key) for key in HUB_INPUT_KEYS}
     for training in (False, True):
-        call.get_concrete_function(spec, training=training)
+        call.get_concrete_function(_hub_input_spec(), training=training)
 
     root = tf.train.Checkpoint()
     root.__call__ = call
@@ -605,15 +612,13 @@ def _build_encoder_module(backbone) -> tf.train.Checkpoint:
     return root
 
 
-def _prepare_dir(path: str) -> None:
-    if os.path.exists(path):
-        if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            raise FileExistsError(
-                f"{path!r} exists and is not a SavedModel folder; refusing to overwrite it. "
-                "Choose another output_dir or remove it."
-            )
-        logger.warning("Replacing the existing SavedModel in %s", path)
-        shutil.rmtree(path)
+def _check_replaceable(path: str) -> None:
+    """Raises if ``path`` exists and is not a SavedModel folder (which export may replace)."""
+    if os.path.exists(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise FileExistsError(
+            f"{path!r} exists and is not a SavedModel folder; refusing to overwrite it. "
+            "Choose another output_dir or remove it."
+        )
 
 
 def export_hub_bert(
@@ -664,22 +669,28 @@ def export_hub_bert(
     vocab = list(tokenizer.get_vocabulary())
     if any("\n" in token for token in vocab):
         raise ValueError("The tokenizer vocabulary has a token containing a newline.")
+    encoder_module = _build_encoder_module(backbone)  # validates the backbone
     output_dir = os.fspath(output_dir)
     preprocess_path = os.path.join(output_dir, "preprocess")
     encoder_path = os.path.join(output_dir, "encoder")
     for path in (preprocess_path, encoder_path):
-        _prepare_dir(path)
+        _check_replaceable(path)  # both checked before anything is removed
+    for path in (preprocess_path, encoder_path):
+        if os.path.exists(path):
+            logger.warning("Replacing the existing SavedModel in %s", path)
+            shutil.rmtree(path)
     os.makedirs(output_dir, exist_ok=True)
 
     with tempfile.TemporaryDirectory() as tmp:
+        # The vocabulary becomes the preprocessor's asset (copied into preprocess/assets/).
         vocab_file = os.path.join(tmp, "vocab.txt")
         with open(vocab_file, "w", encoding="utf-8") as f:
             f.write("\n".join(vocab) + "\n")
+        preprocess_module = _build_preprocess_module(tokenizer, vocab_file, seq_length)
         logger.info("Writing the TF-Hub BERT preprocessor to %s", preprocess_path)
-        tf.saved_model.save(_build_preprocess_module(tokenizer, vocab_file, seq_length),
-                            preprocess_path)
+        tf.saved_model.save(preprocess_module, preprocess_path)
     logger.info("Writing the TF-Hub BERT encoder to %s", encoder_path)
-    tf.saved_model.save(_build_encoder_module(backbone), encoder_path)
+    tf.saved_model.save(encoder_module, encoder_path)
 
     import tensorflow_text
 
