@@ -439,10 +439,15 @@ def test_export_argument_errors(tiny_bert, tmp_path):
     backbone, tokenizer, _, _ = tiny_bert
     with pytest.raises(ValueError, match=r"seq_length must be an int in \[3, 32\].*received 64"):
         export_hub_bert(backbone, tokenizer, tmp_path, seq_length=64)
+    with pytest.raises(ValueError, match="needs a keras_hub.models.BertBackbone"):
+        export_hub_bert(keras.Sequential([keras.layers.Dense(2)]), tokenizer, tmp_path)
+    (tmp_path / "preprocess").mkdir()
+    (tmp_path / "preprocess" / "saved_model.pb").write_text("an earlier export")
     (tmp_path / "encoder").mkdir()
     (tmp_path / "encoder" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a SavedModel"):
         export_hub_bert(backbone, tokenizer, tmp_path, seq_length=8)
+    assert (tmp_path / "preprocess" / "saved_model.pb").exists()  # nothing removed on error
     with pytest.raises(ValueError, match="spec must be 'minilm'"):
         tfmm_hub.export_hub_bert_from_spec("bert_tiny", tmp_path)
     with pytest.raises(ValueError, match="seq_length must be None or an int"):
