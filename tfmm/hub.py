@@ -183,7 +183,7 @@ class HubTextPreprocessor(tf.Module):
     Raises:
         OSError: the handle could not be loaded.
         ValueError: the SavedModel does not follow the TF-Hub BERT preprocessor interface, or
-            ``seq_length`` is not a positive int.
+            ``seq_length`` is not an int >= 3.
 
     Example:
         >>> pre = HubTextPreprocessor("hub_bert/preprocess", seq_length=64)  # doctest: +SKIP
