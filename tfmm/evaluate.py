@@ -61,9 +61,16 @@ def load_run(run_dir: str) -> LoadedRun:
     config = load_config(os.path.join(run_dir, CONFIG_FILE))
     labels = tfdata.load_labels(os.path.join(run_dir, LABELS_FILE))
     import tfmm.model  # noqa: F401  (registers tfmm layers)
-    if config.model.uses_text and text.parse_text_spec(config.model.text_encoder).kind == "keras_hub":
-        import keras_hub  # noqa: F401  (registers the KerasHub backbone classes)
-    model = keras.models.load_model(os.path.join(run_dir, MODEL_FILE), compile=False)
+    safe_mode = True
+    if config.model.uses_text:
+        if text.parse_text_spec(config.model.text_encoder).kind == "tfhub":
+            import tfmm.hub  # noqa: F401  (registers HubTextEncoder)
+            # HubTextEncoder reloads its SavedModel handles, which Keras safe mode refuses;
+            # only the handles recorded by this run's own config.yaml are loaded.
+            safe_mode = False
+        else:
+            import keras_hub  # noqa: F401  (registers the KerasHub backbone classes)
+    model = keras.models.load_model(os.path.join(run_dir, MODEL_FILE), compile=False, safe_mode=safe_mode)
     preprocessor = None
     if config.model.uses_text:
         saved = os.path.join(run_dir, TOKENIZER_DIR)
