@@ -119,3 +119,54 @@ def test_validate_command_exit_codes(corpus, demo_data, capsys):
     out = capsys.readouterr().out
     assert f"{corpus}: row 1: " in out and "file not found" in out
     assert "bad (" in out
+
+
+def _bomb(fmt: str) -> bytes:
+    """Small bytes whose header claims a 100000 x 100000 image."""
+    import io
+    import struct
+    import zlib
+
+    if fmt == "PNG":
+        ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+        chunk = b"IHDR" + ihdr
+        return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+                + struct.pack(">I", zlib.crc32(chunk)) + b"\0" * 64)
+    if fmt == "GIF":
+        return b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\0" * 64
+    if fmt == "BMP":
+        return b"BM" + b"\0" * 16 + struct.pack("<ii", 100000, -100000) + b"\0" * 64
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="JPEG")
+    raw = bytearray(buf.getvalue())
+    sof = raw.index(b"\xff\xc0")
+    raw[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)  # height, width
+    return bytes(raw)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "JPEG"])
+def test_bomb_headers_rejected_before_decoding(fmt):
+    import tensorflow as tf
+
+    from tfmm.data import decode_image, image_header_size
+
+    raw = tf.constant(_bomb(fmt))
+    height, width = (int(v) for v in image_header_size(raw))
+    assert height * width >= 60000 * 60000
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more pixels than the limit of 1000000"):
+        decode_image(raw, 32, max_pixels=1_000_000, name=tf.constant("request 3"))
+    ds = tf.data.Dataset.from_tensors(raw).map(lambda b: decode_image(b, 32, max_pixels=1_000_000))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="max_image_pixels"):
+        next(iter(ds))
+
+
+def test_header_size_of_real_images_and_other_bytes(tmp_path):
+    import tensorflow as tf
+
+    from tfmm.data import image_header_size
+
+    for fmt, mode in (("PNG", "RGBA"), ("GIF", "P"), ("BMP", "RGB"), ("JPEG", "L")):
+        path = _img(str(tmp_path / f"x.{fmt.lower()}"), size=(37, 23), fmt=fmt, mode=mode)
+        assert [int(v) for v in image_header_size(tf.io.read_file(path))] == [23, 37]
+    assert [int(v) for v in image_header_size(tf.constant(b"<html>"))] == [-1, -1]
+    assert [int(v) for v in image_header_size(tf.constant(b""))] == [-1, -1]
