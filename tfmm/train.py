@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tfmm import data as tfdata
 from tfmm import heads, text
+from tfmm.checkpoint import AtomicBestCheckpoint, atomic_save_model, check_free_space
 from tfmm.config import RunConfig, save_config
 from tfmm.model import build_model
 from tfmm.validate import count_truncated
@@ -106,10 +107,7 @@ def default_callbacks(run_dir: str, config: RunConfig, has_val: bool) -> list:
     monitor = "val_loss" if has_val else "loss"
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs")),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(run_dir, "checkpoints", "best.weights.h5"),
-            monitor=monitor, save_best_only=True, save_weights_only=True,
-        ),
+        AtomicBestCheckpoint(os.path.join(run_dir, "checkpoints", "best.weights.h5"), monitor=monitor),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
     ]
     if config.train.early_stopping_patience:
@@ -202,12 +200,13 @@ def train(
     with strategy.scope():
         model = build_model(config)
         compile_model(model, config, steps_per_epoch)
+    check_free_space(model, run_dir)
     history = model.fit(
         train_ds, validation_data=val_ds, epochs=config.train.epochs,
         callbacks=default_callbacks(run_dir, config, val_ds is not None) + list(callbacks or []),
         verbose=verbose,
     )
-    model.save(os.path.join(run_dir, MODEL_FILE))
+    atomic_save_model(model, os.path.join(run_dir, MODEL_FILE))
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     with open(os.path.join(run_dir, "history.json"), "w", encoding="utf-8") as f:
         json.dump(hist, f, indent=2)
