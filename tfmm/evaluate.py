@@ -9,7 +9,6 @@ gives top-k labels per row. Metrics are computed from the confusion matrix, so e
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Optional, Sequence
