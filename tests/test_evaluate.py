@@ -78,8 +78,16 @@ def test_auc_functions_equal_sklearn_with_ties():
             continue
         assert curves.roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
         assert curves.average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
-        fpr, tpr, _ = curves.roc_curve(y, s)
-        assert np.trapezoid(tpr, fpr) == pytest.approx(skm.roc_auc_score(y, s))
+        fpr, tpr, thresholds = curves.roc_curve(y, s)
+        sk_fpr, sk_tpr, sk_thresholds = skm.roc_curve(y, s, drop_intermediate=False)
+        np.testing.assert_allclose(fpr, sk_fpr)
+        np.testing.assert_allclose(tpr, sk_tpr)
+        np.testing.assert_allclose(thresholds, sk_thresholds)  # both start at inf
+        precision, recall, _ = curves.precision_recall_curve(y, s)
+        sk_p, sk_r, _ = skm.precision_recall_curve(y, s, drop_intermediate=False)
+        # sklearn lists thresholds increasing and ends with (recall 0, precision 1).
+        np.testing.assert_allclose(precision[::-1], sk_p)
+        np.testing.assert_allclose(recall[::-1], sk_r)
 
 
 def test_per_label_auc_multilabel_equals_sklearn_and_skips_undefined():
