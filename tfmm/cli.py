@@ -111,14 +111,22 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, _, _, kwargs in _CONFIG_FLAGS:
         p.add_argument(flag, **kwargs)
 
-    p = sub.add_parser("evaluate", help="score a labeled manifest, write metrics.json",
+    p = sub.add_parser("evaluate", help="score a labeled manifest, write metrics.json and plots",
                        formatter_class=_formatter,
-                       description="Evaluate a trained run on a labeled manifest: accuracy, macro "
-                                   "precision/recall/F1, per-class numbers and the confusion matrix.",
-                       epilog="example:\n  tfmm evaluate --model runs/products --data data/test.csv")
+                       description="Evaluate a trained run on a labeled manifest: accuracy, balanced "
+                                   "accuracy, macro/weighted precision/recall/F1, per-class numbers, "
+                                   "the confusion matrix, and ROC-AUC/PR-AUC for binary tasks. Writes "
+                                   "metrics.json, per_class.csv, confusion_matrix.png (and "
+                                   "roc_curve.png, pr_curve.png) to the report dir.",
+                       epilog="examples:\n  tfmm evaluate --model runs/products --data data/test.csv\n"
+                              "  tfmm evaluate --model runs/products --data data/test.csv "
+                              "--report-dir reports/products --ablate")
     p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
     p.add_argument("--data", required=True, metavar="MANIFEST", help="labeled manifest to score")
-    p.add_argument("--report-dir", metavar="DIR", help="where metrics.json goes (default: the run dir)")
+    p.add_argument("--report-dir", metavar="DIR", help="where the report files go (default: the run dir)")
+    p.add_argument("--ablate", action="store_true",
+                   help="also score with the image blanked (black) and with the text blanked (empty "
+                        "caption) and report each metric's drop (ablation.json)")
 
     p = sub.add_parser("predict", help="top-k labels for a manifest or one image + text",
                        formatter_class=_formatter,
@@ -218,15 +226,15 @@ def format_metrics_table(rows: dict) -> str:
 
 
 def _cmd_evaluate(args) -> int:
+    from tfmm import reports
     from tfmm.evaluate import evaluate
 
-    metrics = evaluate(args.model, args.data, report_dir=args.report_dir)
-    print(format_metrics_table({"test": metrics}))
-    print("\nper class:")
-    for label, m in metrics["per_class"].items():
-        print(f"  {label:30s} precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
-              f"f1 {m['f1']:.4f}  support {m['support']}")
-    print(f"\nwrote {os.path.join(args.report_dir or args.model, 'metrics.json')}")
+    metrics = evaluate(args.model, args.data, report_dir=args.report_dir, ablate=args.ablate)
+    print(reports.format_report(metrics))
+    if args.ablate:
+        print()
+        print(reports.format_ablation(metrics["ablation"]))
+    print(f"\nwrote the report to {os.path.abspath(args.report_dir or args.model)}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.yaml`` (enough to rebuild everything), ``labels.txt``,
 ``tokenizer/`` (the text preprocessor's vocabulary), ``checkpoints/``, ``logs/``
-(TensorBoard), ``history.json`` and the final ``model.keras``.
+(TensorBoard, see :mod:`tfmm.callbacks`), ``history.json``, ``training_curves.png`` and
+the final ``model.keras``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import keras
 import tensorflow as tf
 
 from tfmm import data as tfdata
-from tfmm import heads, text
+from tfmm import heads, plots, text
+from tfmm.callbacks import reporting_callbacks
 from tfmm.checkpoint import AtomicBestCheckpoint, atomic_save_model, check_free_space
 from tfmm.config import RunConfig, save_config
 from tfmm.model import build_model
@@ -31,6 +33,7 @@ LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.keras"
 TOKENIZER_DIR = "tokenizer"
 SKIPPED_FILE = "skipped_rows.csv"
+TRAINING_CURVES_FILE = "training_curves.png"
 
 
 @dataclasses.dataclass
@@ -203,12 +206,14 @@ def train(
     check_free_space(model, run_dir)
     history = model.fit(
         train_ds, validation_data=val_ds, epochs=config.train.epochs,
-        callbacks=default_callbacks(run_dir, config, val_ds is not None) + list(callbacks or []),
+        callbacks=default_callbacks(run_dir, config, val_ds is not None)
+        + reporting_callbacks(run_dir, config, val_ds, val_m, labels) + list(callbacks or []),
         verbose=verbose,
     )
     atomic_save_model(model, os.path.join(run_dir, MODEL_FILE))
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     with open(os.path.join(run_dir, "history.json"), "w", encoding="utf-8") as f:
         json.dump(hist, f, indent=2)
+    plots.save_png(plots.training_curves_figure(hist), os.path.join(run_dir, TRAINING_CURVES_FILE))
     logger.info("saved run to %s", run_dir)
     return TrainResult(model, hist, run_dir, config, labels)
