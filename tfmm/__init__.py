@@ -14,6 +14,7 @@ _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from tfmm.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config, save_config  # noqa: E402
 from tfmm.data import Manifest, ManifestError, make_dataset, read_manifest  # noqa: E402
 from tfmm.evaluate import evaluate, load_run, predict  # noqa: E402
+from tfmm.export import export_for_serving  # noqa: E402
 from tfmm.model import build_model  # noqa: E402
 from tfmm.train import train  # noqa: E402
 
