@@ -39,7 +39,7 @@ from tfmm import data as tfdata
 from tfmm import heads, serving
 from tfmm.export_check import (  # noqa: F401  (Check, TOLERANCE: re-exported for the API)
     ASSETS_EXTRA, CHECK_FILE, METADATA_FILE, SIGNATURE, TOLERANCE, Check, CheckReport, ExportCheckError,
-    check_export, read_files, synthetic_images, write_json,
+    check_export, synthetic_images, write_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,11 @@ class ExportResult:
 
 # --- the serving graph ----------------------------------------------------------------------
 
+def _first(indices: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+    """The smallest of ``indices``, or ``n`` when there is none (safe in an assert message)."""
+    return tf.reduce_min(tf.concat([indices, [n]], 0))
+
+
 def check_image_bytes(image_bytes: tf.Tensor) -> tf.Operation:
     """An assert that every element starts like a JPEG, PNG, GIF or BMP file, naming the first bad index."""
     ok = tf.zeros_like(image_bytes, dtype=tf.bool)
@@ -84,7 +89,7 @@ def check_image_bytes(image_bytes: tf.Tensor) -> tf.Operation:
         ok |= tf.strings.substr(image_bytes, 0, len(magic)) == magic
     index = tf.range(tf.size(image_bytes))
     bad = tf.boolean_mask(index, ~ok)
-    first = tf.reduce_min(tf.concat([bad, [tf.size(image_bytes)]], 0))
+    first = _first(bad, tf.size(image_bytes))
     size = tf.reduce_sum(tf.where(index == first, tf.strings.length(image_bytes), 0))
     message = tf.strings.format(
         "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image ({} bytes); bad indices: {}. Send the "
@@ -115,7 +120,7 @@ def decode_images(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     failed = tf.boolean_mask(index, tf.scatter_nd(decoded[:, tf.newaxis], tf.ones_like(decoded), [n]) == 0)
     message = tf.strings.format(
         "image_bytes[{}] could not be decoded (corrupt or truncated image?); bad indices: {}",
-        (tf.reduce_min(tf.concat([failed, [n]], 0)), failed), summarize=20,
+        (_first(failed, n), failed), summarize=20,
     )
     with tf.control_dependencies([tf.debugging.Assert(tf.size(failed) == 0, [message])]):
         return tf.ensure_shape(tf.identity(images), [None, image_size, image_size, 3])
@@ -252,15 +257,16 @@ def make_check_sample(run, data=None, rows: int = 8) -> dict:
 
     Args:
         run: a :class:`~tfmm.evaluate.LoadedRun`.
-        data: a manifest whose first ``rows`` usable rows are used (files over 2 MB are left
-            out); one synthetic PNG, JPEG, GIF and BMP image are always added.
+        data: a manifest (path or DataFrame, checked here; or an already checked
+            :class:`~tfmm.data.Manifest`) whose first ``rows`` rows are used (files over 2 MB
+            are left out); one synthetic PNG, JPEG, GIF and BMP image are always added.
 
     Returns:
         ``{"sources", "image_bytes_b64", "text", "expected"}`` (JSON-ready).
     """
     frames, sources = [], []
     if data is not None:
-        manifest = _read_rows(run, data, rows * 4)
+        manifest = data if isinstance(data, tfdata.Manifest) else _read_rows(run, data, rows * 4)
         small = manifest.frame[[os.path.getsize(p) <= MAX_SAMPLE_IMAGE_BYTES for p in manifest.frame["image"]]]
         small = small.head(rows)
         frames.append(small[["image", "text"]])
@@ -273,7 +279,7 @@ def make_check_sample(run, data=None, rows: int = 8) -> dict:
         frame = pd.concat(frames, ignore_index=True)
         frame.insert(0, "row", np.arange(len(frame)))
         manifest = tfdata.Manifest(frame, "<check sample>", folder)
-        images = read_files(frame["image"])
+        images = serving.read_files(frame["image"])
         preds = run.model.predict(run.dataset(manifest, with_labels=False), verbose=0)
     outputs = task_outputs(tf.nest.map_structure(tf.constant, preds), run.config.model.task,
                            tf.constant(list(run.labels)))
@@ -370,13 +376,15 @@ def export_for_serving(
         build_export_archive(run).write_out(tmp, verbose=False)
         extra = os.path.join(tmp, ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
-        n_warmup = 0
-        if warmup_data is not None and warmup_records:
-            rows = _read_rows(run, warmup_data, warmup_records).frame
+        rows, n_warmup = None, 0
+        if warmup_data is not None:  # read and checked once, for the warmup and the check sample
+            rows = _read_rows(run, warmup_data, max(warmup_records, 4 * check_rows))
+            frame = rows.frame.head(warmup_records)
             requests = [serving.grpc_request([b], [t], model_name=model_name)
-                        for b, t in zip(read_files(rows["image"]), rows["text"])]
-            n_warmup = serving.write_warmup(os.path.join(tmp, serving.WARMUP_FILE), requests)
-        write_json(os.path.join(extra, CHECK_FILE), make_check_sample(run, warmup_data, check_rows))
+                        for b, t in zip(serving.read_files(frame["image"]), frame["text"])]
+            if requests:
+                n_warmup = serving.write_warmup(os.path.join(tmp, serving.WARMUP_FILE), requests)
+        write_json(os.path.join(extra, CHECK_FILE), make_check_sample(run, rows, check_rows))
         metadata = _metadata(run, model_name, int(version), n_warmup)
         write_json(os.path.join(extra, METADATA_FILE), metadata)
         report = None

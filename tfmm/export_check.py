@@ -24,11 +24,8 @@ import tempfile
 import numpy as np
 
 from tfmm import serving
+from tfmm.serving import ASSETS_EXTRA, CHECK_FILE, METADATA_FILE, SIGNATURE
 
-SIGNATURE = serving.SIGNATURE
-ASSETS_EXTRA = "assets.extra"
-METADATA_FILE = "tfmm.json"
-CHECK_FILE = "tfmm_check.json"
 TOLERANCE = 1e-5
 
 
@@ -68,15 +65,6 @@ class ExportCheckError(RuntimeError):
         self.report = report
         failed = "\n  ".join(str(c) for c in report.checks if not c.ok)
         super().__init__(f"the export failed its checks (nothing was published):\n  {failed}")
-
-
-def read_files(paths) -> list:
-    """The bytes of each file, in order."""
-    out = []
-    for path in paths:
-        with open(path, "rb") as f:
-            out.append(f.read())
-    return out
 
 
 def write_json(path: str, value) -> None:
@@ -232,7 +220,7 @@ def check_export(path: str, *, tolerance: float = TOLERANCE) -> CheckReport:
     sample = _read_json(os.path.join(path, ASSETS_EXTRA, CHECK_FILE))
     if sample is None:  # no reference outputs: still load and run it, on synthetic images
         with tempfile.TemporaryDirectory() as folder:
-            images = read_files(synthetic_images(folder))
+            images = serving.read_files(synthetic_images(folder))
         sample = {"image_bytes_b64": [base64.b64encode(b).decode("ascii") for b in images],
                   "text": ["a photo"] * len(images), "sources": ["synthetic"] * len(images)}
     result = _fresh_process(path, sample)

@@ -22,13 +22,18 @@ import time
 FORBIDDEN = ("tfmm", "keras_hub", "keras_nlp", "tensorflow_hub")
 
 
-def graph_ops(saved_model_dir):
-    """Op names used by the graphs and function libraries of a SavedModel (not function calls)."""
+def read_saved_model(saved_model_dir):
+    """The ``SavedModel`` proto of ``saved_model.pb``."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
         proto.ParseFromString(f.read())
+    return proto
+
+
+def graph_ops(proto):
+    """Op names used by the graphs and function libraries of a SavedModel (not function calls)."""
     ops = set()
     for meta in proto.meta_graphs:
         functions = {fn.signature.name for fn in meta.graph_def.library.function}
@@ -46,12 +51,8 @@ def tensor_info(info):
     return {"dtype": tf.dtypes.as_dtype(info.dtype).name, "shape": None if info.tensor_shape.unknown_rank else shape}
 
 
-def signature_info(saved_model_dir, name):
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
-        proto.ParseFromString(f.read())
+def signature_info(proto, name):
+    """Inputs and outputs (dtype, shape) of signature ``name``, or None."""
     for meta in proto.meta_graphs:
         if name in meta.signature_def:
             sig = meta.signature_def[name]
@@ -76,7 +77,8 @@ def main(job_path, result_path):
         import tensorflow as tf
         from tensorflow.python.framework import op_def_registry
 
-        ops = graph_ops(job["saved_model"])
+        proto = read_saved_model(job["saved_model"])
+        ops = graph_ops(proto)
         in_tf = [op for op in ops if op_def_registry.get(op) is not None]
         import tensorflow_text
 
@@ -84,7 +86,7 @@ def main(job_path, result_path):
         result["ops"] = {"tensorflow": in_tf, "tensorflow_text": in_text,
                          "unregistered": [op for op in ops if op not in in_tf and op not in in_text]}
         result["versions"] = {"tensorflow": tf.__version__, "tensorflow_text": tensorflow_text.__version__}
-        result["signature"] = signature_info(job["saved_model"], job["signature"])
+        result["signature"] = signature_info(proto, job["signature"])
 
         result["stage"] = "load"
         start = time.time()

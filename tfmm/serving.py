@@ -31,7 +31,11 @@ logger = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
 SAVED_MODEL_FILE = "saved_model.pb"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# What a tfmm export keeps next to the SavedModel (TF Serving reads only the warmup file).
+ASSETS_EXTRA = "assets.extra"
+WARMUP_FILE = os.path.join(ASSETS_EXTRA, "tf_serving_warmup_requests")
+METADATA_FILE = "tfmm.json"  # in ASSETS_EXTRA
+CHECK_FILE = "tfmm_check.json"  # in ASSETS_EXTRA
 MAX_WARMUP_RECORDS = 1000  # TF Serving reads at most this many warmup records
 PREDICT_BATCH = 32
 
@@ -90,6 +94,15 @@ def load_saved_model(path: str):
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops before loading)
 
     return tf.saved_model.load(resolve_saved_model(path))
+
+
+def read_files(paths) -> list:
+    """The bytes of each file, in order."""
+    out = []
+    for path in paths:
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return out
 
 
 def signature_inputs(fn) -> dict:
@@ -373,29 +386,31 @@ def predict_saved_model(model: str, data, *, k: int = 5, config=None) -> list:
     """
     from tfmm import data as tfdata
     from tfmm.config import DataConfig
+    from tfmm.evaluate import top_k
 
     path = resolve_saved_model(model)
-    meta_path = os.path.join(path, "assets.extra", "tfmm.json")
-    meta = json.load(open(meta_path, encoding="utf-8")) if os.path.isfile(meta_path) else {}
+    meta = {}
+    if os.path.isfile(os.path.join(path, ASSETS_EXTRA, METADATA_FILE)):
+        with open(os.path.join(path, ASSETS_EXTRA, METADATA_FILE), encoding="utf-8") as f:
+            meta = json.load(f)
     if config is None:
         columns = meta.get("columns", {})
         config = DataConfig(**{f"{key}_col": columns[key] for key in ("image", "text", "label") if key in columns})
     manifest = data if isinstance(data, tfdata.Manifest) else tfdata.read_manifest(data, config, require_labels=False)
     manifest = tfdata.check_manifest(manifest, task=meta.get("task", "classification"))
-    images = []
-    for file in manifest.frame["image"]:
-        with open(file, "rb") as f:
-            images.append(f.read())
+    images = read_files(manifest.frame["image"])
     fn = load_saved_model(path).signatures[SIGNATURE]
     outputs = run_signature(fn, {"image_bytes": np.array(images, dtype=object),
                                  "text": manifest.frame["text"].to_numpy(dtype=object)},
                             batch_size=PREDICT_BATCH)
+    ranked = None
+    if "scores" in outputs and "labels" in outputs and len(manifest):  # every row has the same labels
+        labels = [name.decode("utf-8") for name in outputs["labels"][0]]
+        ranked = top_k(outputs["scores"], labels, min(k, len(labels)))
     records = []
     for i, rec in enumerate(manifest.frame.itertuples(index=False)):
-        if "scores" in outputs and "labels" in outputs:
-            order = np.argsort(-outputs["scores"][i], kind="stable")[:k]
-            out = {"row": int(rec.row), "labels": [outputs["labels"][i][j].decode("utf-8") for j in order],
-                   "scores": [float(outputs["scores"][i][j]) for j in order]}
+        if ranked is not None:
+            out = {"row": int(rec.row), "labels": ranked[i][0], "scores": ranked[i][1]}
         else:
             out = {"row": int(rec.row), **{name: to_json(value[i], name) for name, value in outputs.items()}}
         if manifest.has_labels:
