@@ -342,6 +342,14 @@ def test_predict_request_rest_rows_and_columns(export_root, serving_fn, demo_dat
     assert answers[False]["outputs"]["scores"] == [r["scores"] for r in rows]
     assert answers[False]["outputs"]["labels"] == [r["labels"] for r in rows] == want["labels"].astype(str).tolist()
 
+    (tmp_path / "one.png").write_bytes(images[1])
+    assert cli.main(["predict", "--model", export_root, "--image", str(tmp_path / "one.png"),
+                     "--text", texts[1], "--top-k", "2"]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    best = np.argsort(-want["scores"][1])[:2]
+    assert record["labels"] == [want["labels"][1][j].decode() for j in best]
+    np.testing.assert_allclose(record["scores"], want["scores"][1][best], atol=1e-7)
+
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(b"hi").decode()},
                                               "text": "x"}]}))
