@@ -22,6 +22,7 @@ import tensorflow as tf
 from PIL import Image
 
 import tfmm
+from conftest import make_tiny_config
 from tfmm import cli, serving
 from tfmm import export as tfexport
 from tfmm.config import RunConfig
@@ -31,16 +32,6 @@ from tfmm.text import load_text_preprocessor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STRING_SPECS = {"image_bytes": tf.TensorSpec([None], tf.string), "text": tf.TensorSpec([None], tf.string)}
-
-
-def _tiny_config(tiny_bert) -> RunConfig:
-    """The ``tiny_config`` fixture's config (that fixture is function-scoped)."""
-    return RunConfig().replace(
-        data={"image_size": 32, "sequence_length": 8},
-        model={"text_encoder": f"keras_nlp:{tiny_bert}", "image_weights": "none",
-               "projection_dim": 16, "hidden_dim": 16, "dropout": 0.1},
-        train={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
-    )
 
 
 def _memory_run(config: RunConfig, labels, folder) -> LoadedRun:
@@ -81,7 +72,7 @@ def _manifest_bytes(path: str, n: int):
 @pytest.fixture(scope="session")
 def trained_run(tiny_bert, demo_data, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    return tfmm.train(_tiny_config(tiny_bert), demo_data["train"], demo_data["val"], str(out), verbose=0).run_dir
+    return tfmm.train(make_tiny_config(tiny_bert), demo_data["train"], demo_data["val"], str(out), verbose=0).run_dir
 
 
 @pytest.fixture(scope="session")
@@ -257,7 +248,7 @@ def test_pixels_signature_equals_bytes_signature(exported, serving_fn):
 
 @pytest.mark.slow
 def test_binary_export_scores_both_classes(tiny_bert, tmp_path):
-    run = _memory_run(_tiny_config(tiny_bert).replace(model={"task": "binary"}), ["no", "yes"], tmp_path)
+    run = _memory_run(make_tiny_config(tiny_bert).replace(model={"task": "binary"}), ["no", "yes"], tmp_path)
     result = tfexport.export_for_serving(run, str(tmp_path / "m"), check=False)
     fn = serving.load_saved_model(result.path).signatures["serving_default"]
     out = _call(fn, [_png(), _png((0, 0, 250))], ["red", "blue"])
@@ -272,7 +263,7 @@ def test_binary_export_scores_both_classes(tiny_bert, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("modalities", ["image", "text"])
 def test_single_modality_exports_take_both_inputs(tiny_bert, tmp_path, modalities):
-    config = _tiny_config(tiny_bert).replace(model={"modalities": modalities})
+    config = make_tiny_config(tiny_bert).replace(model={"modalities": modalities})
     run = _memory_run(config, ["a", "b", "c"], tmp_path)
     result = tfexport.export_for_serving(run, str(tmp_path / "m"), check=False)
     fn = serving.load_saved_model(result.path).signatures["serving_default"]
