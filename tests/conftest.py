@@ -47,6 +47,11 @@ def demo_data(tmp_path_factory) -> dict:
 @pytest.fixture
 def tiny_config(tiny_bert) -> RunConfig:
     """A RunConfig that builds in seconds: VGG16 at 32x32, tiny BERT, 8-token text."""
+    return make_tiny_config(tiny_bert)
+
+
+def make_tiny_config(tiny_bert: str) -> RunConfig:
+    """The ``tiny_config`` fixture's config, for session-scoped fixtures."""
     return RunConfig().replace(
         data={"image_size": 32, "sequence_length": 8},
         model={"text_encoder": f"keras_nlp:{tiny_bert}", "image_weights": "none",

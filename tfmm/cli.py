@@ -92,7 +92,8 @@ def _formatter(prog):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfmm",
-        description="Image + text models for Keras 3 / TensorFlow: train, evaluate, predict, demo.",
+        description="Image + text models for Keras 3 / TensorFlow: train, evaluate, predict, export for "
+                    "TF Serving, validate data, and an offline demo.",
         epilog="Run `tfmm COMMAND --help` for each command's options and examples.",
         formatter_class=_formatter,
     )
@@ -133,11 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict with a trained run. Writes JSONL (one line per row: row, "
                                    "labels, scores, true_label when known) to --output, or prints it.",
                        epilog="examples:\n  tfmm predict --model runs/products --data new.csv --output preds.jsonl\n"
-                              "  tfmm predict --model runs/products --image shoe.jpg --text 'red running shoe'")
-    p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
+                              "  tfmm predict --model runs/products --image shoe.jpg --text 'red running shoe'\n"
+                              "  tfmm predict --model saved_models/products --request request.json")
+    p.add_argument("--model", required=True, metavar="RUN|SAVEDMODEL",
+                   help="a run directory from `tfmm train`, or a SavedModel from `tfmm export` (a version "
+                        "folder, or an export root: its highest version)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="MANIFEST", help="manifest to predict (labels optional)")
     src.add_argument("--image", metavar="PATH", help="one image file (with --text)")
+    src.add_argument("--request", metavar="JSON", help="a TF Serving REST predict body (SavedModel only); "
+                                                       "prints the response body TF Serving would return")
     p.add_argument("--text", metavar="STR", help="the caption for --image")
     p.add_argument("--output", metavar="FILE", help="JSONL file to write (default: print)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels per row (default: 5)")
@@ -174,6 +180,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-length", "--sequence-length", dest="seq_length", type=int, default=128, metavar="N",
                    help="the preprocessor's default sequence length (default: 128; others via bert_pack_inputs)")
 
+    p = sub.add_parser("export", help="write a SavedModel for TF Serving (raw image bytes + text in)",
+                       formatter_class=_formatter,
+                       description=textwrap.dedent("""\
+                           Export a trained run as EXPORT_DIR/VERSION for TF Serving: signature
+                           serving_default takes image_bytes and text (DT_STRING [-1]) and returns
+                           scores and labels; decoding, resizing and tokenizing run inside the graph.
+                           The version is checked (fresh-process load, predictions vs the trained
+                           model, ops) before it appears, and is never overwritten."""),
+                       epilog="examples:\n  tfmm export --model runs/products --warmup-data data/val.csv\n"
+                              "  tfmm export --model runs/products --export-dir saved_models/products --version 3")
+    p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
+    p.add_argument("--export-dir", metavar="DIR", help="export root (default: saved_models/<run folder name>)")
+    p.add_argument("--version", type=int, metavar="N", help="version to write (default: the next integer)")
+    p.add_argument("--model-name", metavar="NAME", help="model name for TF Serving (default: export root name)")
+    p.add_argument("--warmup-data", metavar="MANIFEST",
+                   help="manifest (e.g. validation) whose rows become warmup requests and the check sample")
+    p.add_argument("--warmup-records", type=int, default=32, metavar="N",
+                   help="warmup requests to write, at most 1000 (default: 32)")
+    p.add_argument("--no-check", action="store_true", help="skip the checks (not recommended)")
+
+    p = sub.add_parser("check-export", help="check an exported SavedModel (load, predictions, ops)",
+                       formatter_class=_formatter,
+                       description="Load the export in a fresh Python process importing only tensorflow and "
+                                   "tensorflow_text, compare its predictions on raw files with the trained "
+                                   "model's, list its ops by where they are registered, read its warmup file. "
+                                   "Exit status 1 when a check fails.",
+                       epilog="example:\n  tfmm check-export saved_models/products/1")
+    p.add_argument("dir", metavar="DIR", help="a version folder, or an export root (its highest version)")
+
     p = sub.add_parser("demo", help="train on generated data offline; compare fused vs single-modality",
                        formatter_class=_formatter,
                        description=textwrap.dedent("""\
@@ -187,10 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs per run (default: 5)")
     p.add_argument("--n-train", type=int, default=None, metavar="N", help="training rows (default: 1800)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="data and training seed (default: 0)")
+    p.add_argument("--export-dir", default="saved_models/demo", metavar="DIR",
+                   help="where the fused model is exported for TF Serving (default: saved_models/demo)")
     return parser
 
 
-def config_from_args(args) -> "RunConfig":
+def config_from_args(args):
     """The run config: ``--config`` file (or defaults), then every flag that was given."""
     from tfmm.config import RunConfig, load_config
 
@@ -238,16 +275,66 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _cmd_predict(args) -> int:
-    import pandas as pd
+def _write_or_print(text: str, output, what: str) -> None:
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {what} to {output}")
+    else:
+        sys.stdout.write(text)
 
-    from tfmm.evaluate import predict
 
+def _predict_saved_model(args) -> int:
+    """``tfmm predict`` on an exported SavedModel: a REST body, a manifest or one image."""
+    from tfmm import serving
+
+    if not serving.is_saved_model(args.model):
+        raise ValueError(f"--request needs a SavedModel (a folder with saved_model.pb, or an export root); "
+                         f"received {args.model!r}. Export the run first: tfmm export --model {args.model}")
+    if args.request is not None:
+        import tensorflow as tf
+
+        with open(args.request, encoding="utf-8") as f:
+            body = f.read()
+        try:
+            response, status = serving.predict_rest(args.model, body), 0
+        except (ValueError, tf.errors.OpError) as e:  # TF Serving answers HTTP 400 with this body
+            response, status = {"error": getattr(e, "message", str(e))}, 1
+            print(f"tfmm predict: the request failed; TF Serving would answer HTTP 400 with: {response}",
+                  file=sys.stderr)
+        _write_or_print(json.dumps(response, indent=4) + "\n", args.output, "the response body")
+        return status
     if args.image is not None:
         if args.text is None:
             raise ValueError("--image needs --text (the caption that goes with it)")
-        image = os.path.abspath(args.image)
-        records = predict(args.model, pd.DataFrame({"image": [image], "text": [args.text]}), k=args.top_k)
+        records = serving.predict_saved_model(args.model, _single_example(args), k=args.top_k)
+    else:
+        records = serving.predict_saved_model(args.model, args.data, k=args.top_k)
+    _write_or_print("".join(json.dumps(r) + "\n" for r in records), args.output, f"{len(records)} prediction(s)")
+    return 0
+
+
+def _single_example(args):
+    """``--image PATH --text STR`` as a one-row manifest rooted at the image's folder."""
+    import pandas as pd
+
+    from tfmm.data import read_manifest
+
+    image = os.path.abspath(args.image)
+    frame = pd.DataFrame({"image": [image], "text": [args.text]})
+    return read_manifest(frame, root=os.path.dirname(image), require_labels=False)
+
+
+def _cmd_predict(args) -> int:
+    from tfmm import serving
+    from tfmm.evaluate import predict
+
+    if args.request is not None or serving.is_saved_model(args.model):
+        return _predict_saved_model(args)
+    if args.image is not None:
+        if args.text is None:
+            raise ValueError("--image needs --text (the caption that goes with it)")
+        records = predict(args.model, _single_example(args), k=args.top_k)
     else:
         records = predict(args.model, args.data, k=args.top_k)
     lines = "".join(json.dumps(r) + "\n" for r in records)
@@ -260,11 +347,41 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from tfmm.export import ExportCheckError, export_for_serving
+
+    try:
+        result = export_for_serving(
+            args.model, args.export_dir, version=args.version, model_name=args.model_name,
+            warmup_data=args.warmup_data, warmup_records=args.warmup_records, check=not args.no_check,
+        )
+    except ExportCheckError as e:
+        print(f"tfmm export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {result.path} (model {result.model_name!r}, version {result.version})")
+    print(f"  serving_default: {result.metadata['signatures']['serving_default']}")
+    if result.report is not None:
+        print("checks:\n" + "\n".join("  " + str(c) for c in result.report.checks))
+    print(f"TF Serving configs: {os.path.join(result.export_root, 'models.config')}, "
+          f"{os.path.join(result.export_root, 'batching.config')} (Docker instructions: docs_export.md)")
+    return 0
+
+
+def _cmd_check_export(args) -> int:
+    from tfmm.export import check_export
+
+    report = check_export(args.dir)
+    print(f"checked {report.path}")
+    print(report)
+    print("all checks passed" if report.ok else "SOME CHECKS FAILED")
+    return 0 if report.ok else 1
+
+
 def _cmd_demo(args) -> int:
     from tfmm.demo import run_demo
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("n_train", args.n_train)) if v is not None}
-    results = run_demo(args.output_dir, seed=args.seed, **overrides)
+    results = run_demo(args.output_dir, seed=args.seed, export_dir=args.export_dir, **overrides)
     print("\ntest metrics (label = colour + shape; shape is only in the image, colour only in the text):")
     print(format_metrics_table(results["metrics"]))
     print(f"\nfused run: {results['run_dirs']['fused']}")
@@ -321,7 +438,9 @@ def _cmd_hub_export(args) -> int:
     return 0
 
 
-_COMMANDS = {"hub-export": _cmd_hub_export, "validate": _cmd_validate, "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo}
+_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo,
+             "export": _cmd_export, "check-export": _cmd_check_export, "validate": _cmd_validate,
+             "hub-export": _cmd_hub_export}
 
 
 def main(argv=None) -> int:
