@@ -22,7 +22,7 @@ import tensorflow as tf
 from PIL import Image
 
 import tfmm
-from conftest import make_tiny_config
+from tests.conftest import make_tiny_config
 from tfmm import cli, serving
 from tfmm import export as tfexport
 from tfmm.config import RunConfig
@@ -65,38 +65,6 @@ def _manifest_bytes(path: str, n: int):
     root = os.path.dirname(path)
     images = [open(os.path.join(root, p), "rb").read() for p in frame["image"]]
     return frame, images, frame["text"].tolist()
-
-
-# --- session fixtures: one trained run, exported through the CLI -------------------------------
-
-@pytest.fixture(scope="session")
-def trained_run(tiny_bert, demo_data, tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    return tfmm.train(make_tiny_config(tiny_bert), demo_data["train"], demo_data["val"], str(out), verbose=0).run_dir
-
-
-@pytest.fixture(scope="session")
-def export_root(trained_run, demo_data, tmp_path_factory) -> str:
-    root = str(tmp_path_factory.mktemp("saved_models") / "tiny")
-    code = cli.main(["export", "--model", trained_run, "--export-dir", root,
-                     "--warmup-data", demo_data["val"], "--warmup-records", "5"])
-    assert code == 0
-    return root
-
-
-@pytest.fixture(scope="session")
-def exported(export_root) -> str:
-    return os.path.join(export_root, "1")
-
-
-@pytest.fixture(scope="session")
-def serving_fn(exported):
-    return serving.load_saved_model(exported).signatures["serving_default"]
-
-
-@pytest.fixture(scope="session")
-def loaded_run(trained_run) -> LoadedRun:
-    return load_run(trained_run)
 
 
 # --- the export: layout, versions, metadata -----------------------------------------------------

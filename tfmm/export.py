@@ -99,19 +99,21 @@ def check_image_bytes(image_bytes: tf.Tensor) -> tf.Operation:
     return tf.debugging.Assert(tf.reduce_all(ok), [message])
 
 
-def decode_images(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+def decode_images(image_bytes: tf.Tensor, image_size: int, max_pixels: int = None) -> tf.Tensor:
     """Encoded images ``[B]`` -> ``[B, S, S, 3]`` float32, with :func:`tfmm.data.decode_image`.
 
     Decoding runs in a ``tf.data`` pipeline inside the graph (in parallel, order kept;
     ``Dataset.get_single_element`` is the documented way to use tf.data in a serving
     signature) so that an image that fails to decode is *named*: ``ignore_errors`` drops
-    it and the assert below reports its index, instead of a bare decoder error.
+    it and the assert below reports its index, instead of a bare decoder error. With
+    ``max_pixels``, each header's width x height is checked before its pixels are decoded,
+    so a decompression bomb is refused (and named) without a large allocation.
     """
     with tf.control_dependencies([check_image_bytes(image_bytes)]):
         n = tf.size(image_bytes)
     index = tf.range(n)
     ds = tf.data.Dataset.from_tensor_slices((index, image_bytes))
-    ds = ds.map(lambda i, b: (i, tfdata.decode_image(b, image_size)),
+    ds = ds.map(lambda i, b: (i, tfdata.decode_image(b, image_size, max_pixels)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors().batch(tf.cast(tf.maximum(n, 1), tf.int64))
     # The batch is missing when no image decoded: fall back to an empty one.
@@ -119,7 +121,8 @@ def decode_images(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     decoded, images = ds.concatenate(empty).take(1).get_single_element()
     failed = tf.boolean_mask(index, tf.scatter_nd(decoded[:, tf.newaxis], tf.ones_like(decoded), [n]) == 0)
     message = tf.strings.format(
-        "image_bytes[{}] could not be decoded (corrupt or truncated image?); bad indices: {}",
+        "image_bytes[{}] could not be decoded (corrupt or truncated image, or more than "
+        f"{max_pixels or 'the'} pixels (max_image_pixels) in its header); bad indices: {{}}",
         (_first(failed, n), failed), summarize=20,
     )
     with tf.control_dependencies([tf.debugging.Assert(tf.size(failed) == 0, [message])]):
@@ -182,7 +185,8 @@ def build_export_archive(run) -> keras.export.ExportArchive:
         return tf.nest.map_structure(lambda t: t[:n], outputs)
 
     def serve_bytes(image_bytes, text):
-        return predict(decode_images(image_bytes, size) if mc.uses_image else image_bytes, text)
+        images = decode_images(image_bytes, size, run.config.data.max_image_pixels) if mc.uses_image else image_bytes
+        return predict(images, text)
 
     text_spec = tf.TensorSpec([None], tf.string, name="text")
     archive.add_endpoint(SIGNATURE, serve_bytes,
