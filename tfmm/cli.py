@@ -20,8 +20,11 @@ logger = logging.getLogger("tfmm")
 # (flag, config section, field, argparse kwargs). Defaults come from the config
 # dataclasses, so argparse defaults are None: only flags given override a --config file.
 _CONFIG_FLAGS = [
-    ("--task", "model", "task", dict(choices=["classification", "binary", "multilabel"],
-                                     help="what the head predicts (default: classification)")),
+    ("--task", "model", "task", dict(choices=["classification", "binary", "multilabel", "matching", "contrastive"],
+                                     help="what the model learns (default: classification); see docs_tasks.md")),
+    ("--negatives", "data", "negatives", dict(
+        type=int, metavar="N", help="--task matching: add N negatives per positive pair (its image with "
+                                    "captions of other rows, seeded) (default: 0)")),
     ("--text-encoder", "model", "text_encoder", dict(
         metavar="SPEC", help="minilm (offline all-MiniLM-L6-v2, default), keras_nlp:PRESET_OR_DIR, "
                              "or tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE")),
@@ -128,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", metavar="STR", help="the caption for --image")
     p.add_argument("--output", metavar="FILE", help="JSONL file to write (default: print)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels per row (default: 5)")
+    p.add_argument("--zero-shot-labels", metavar="L1,L2,...",
+                   help="contrastive runs: classify the images among these comma-separated labels "
+                        "(no classifier head; --text not needed)")
+    p.add_argument("--prompt", metavar="TEMPLATE",
+                   help="zero-shot prompt, {} is replaced by each label (default: 'a photo of a {}')")
 
     p = sub.add_parser("demo", help="train on generated data offline; compare fused vs single-modality",
                        formatter_class=_formatter,
@@ -184,6 +192,13 @@ def _cmd_evaluate(args) -> int:
     from tfmm.evaluate import evaluate
 
     metrics = evaluate(args.model, args.data, report_dir=args.report_dir)
+    if metrics.get("task") in ("multilabel", "matching", "contrastive"):
+        from tfmm.task_eval import format_summary
+
+        print(format_summary(metrics))
+        if metrics["task"] == "contrastive":  # retrieval: no classes
+            print(f"\nwrote {os.path.join(args.report_dir or args.model, 'metrics.json')}")
+            return 0
     print(format_metrics_table({"test": metrics}))
     print("\nper class:")
     for label, m in metrics["per_class"].items():
@@ -198,13 +213,20 @@ def _cmd_predict(args) -> int:
 
     from tfmm.evaluate import predict
 
+    zero_shot = None
+    if args.zero_shot_labels is not None:
+        zero_shot = [x.strip() for x in args.zero_shot_labels.split(",") if x.strip()]
+    elif args.prompt is not None:
+        raise ValueError("--prompt needs --zero-shot-labels")
+    extra = dict(zero_shot_labels=zero_shot, prompt=args.prompt) if zero_shot is not None else {}
     if args.image is not None:
-        if args.text is None:
+        if args.text is None and zero_shot is None:
             raise ValueError("--image needs --text (the caption that goes with it)")
         image = os.path.abspath(args.image)
-        records = predict(args.model, pd.DataFrame({"image": [image], "text": [args.text]}), k=args.top_k)
+        row = {"image": [image], "text": [args.text if args.text is not None else ""]}
+        records = predict(args.model, pd.DataFrame(row), k=args.top_k, **extra)
     else:
-        records = predict(args.model, args.data, k=args.top_k)
+        records = predict(args.model, args.data, k=args.top_k, **extra)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
