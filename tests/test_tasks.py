@@ -140,6 +140,11 @@ def test_tuned_thresholds_maximize_f1_and_are_saved(tmp_path):
     np.testing.assert_allclose(tasks.tune_thresholds(np.array([[0], [1], [1]]), np.array([[0.2], [0.3], [0.9]])), [0.25])
     tasks.save_thresholds(str(tmp_path), ["x", "y", "z"], thresholds, tuned_on="validation data")
     np.testing.assert_allclose(tasks.load_thresholds(str(tmp_path), ["x", "y", "z"]), thresholds)
+    # Without validation data the thresholds stay 0.5, and the file says so.
+    assert list(tasks.tune_and_save(None, None, None, str(tmp_path), "matching", ["0", "1"])) == [0.5]
+    assert json.load(open(tmp_path / "thresholds.json"))["tuned_on"] is None
+    assert tasks.tune_and_save(None, None, None, str(tmp_path), "classification", ["a", "b"]) is None
+    tasks.save_thresholds(str(tmp_path), ["x", "y", "z"], thresholds, tuned_on="validation data")
     with pytest.raises(ValueError, match=r"thresholds are for labels \['x', 'y', 'z'\]"):
         tasks.load_thresholds(str(tmp_path), ["x", "y"])
     np.testing.assert_allclose(tasks.load_thresholds(str(tmp_path / "none"), ["a", "b"]), [0.5, 0.5])
@@ -302,3 +307,15 @@ def test_zero_shot_prompts_and_scores():
     scores = contrastive.zero_shot_scores(image, prompts, scale=10.0)
     expected = np.exp(10 * image @ prompts.T)
     np.testing.assert_allclose(scores, expected / expected.sum(1, keepdims=True))
+
+
+def test_serving_outputs_apply_the_thresholds():
+    out = tasks.serving_outputs("matching", np.array([[0.2], [0.6]], "float32"), ["0", "1"], [0.5])
+    assert out["match_score"].shape == (2,) and out["match"].numpy().tolist() == [False, True]
+    scores = np.array([[0.9, 0.1, 0.4], [0.2, 0.8, 0.5]], "float32")
+    out = tasks.serving_outputs("multilabel", scores, ["a", "b", "c"], [0.5, 0.5, 0.45])
+    assert out["labels"].numpy().astype(str).tolist() == [["a", "b", "c"]] * 2
+    assert out["predicted"].numpy().tolist() == [[True, False, False], [False, True, True]]
+    np.testing.assert_allclose(out["scores"], scores)
+    with pytest.raises(ValueError, match="received 'contrastive'"):
+        tasks.serving_outputs("contrastive", scores, [], [])

@@ -81,9 +81,11 @@ class PairInteraction(keras.layers.Layer):
 def build_matching_head(config, feature_dims: dict) -> keras.Model:
     """The ``fusion_head`` of a matching model: features -> ``[B, 1]`` match probability.
 
-    Each modality is projected linearly to ``projection_dim`` (``image_projection``,
-    ``text_projection``), then :class:`PairInteraction` -> dropout -> ``hidden_dim`` ReLU
-    layer (when > 0) -> dropout -> ``match_score`` (sigmoid, float32).
+    Each modality's features are standardized
+    (:func:`tfmm.contrastive.standardize_features`) and projected linearly to
+    ``projection_dim`` (``image_projection``, ``text_projection``), then
+    :class:`PairInteraction` -> dropout -> ``hidden_dim`` ReLU layer (when > 0) -> dropout
+    -> ``match_score`` (sigmoid, float32).
 
     Raises:
         ValueError: the model does not use both modalities.
@@ -95,8 +97,11 @@ def build_matching_head(config, feature_dims: dict) -> keras.Model:
         )
     mc = config.model
     inputs = {name: keras.Input(shape=(d,), dtype="float32", name=name) for name, d in feature_dims.items()}
-    u = keras.layers.Dense(mc.projection_dim, name="image_projection")(inputs["image_features"])
-    v = keras.layers.Dense(mc.projection_dim, name="text_projection")(inputs["text_features"])
+    u, v = (
+        keras.layers.Dense(mc.projection_dim, name=f"{modality}_projection")(
+            contrastive.standardize_features(inputs[f"{modality}_features"], modality))
+        for modality in ("image", "text")
+    )
     x = PairInteraction(name="interaction")([u, v])
     x = keras.layers.Dropout(mc.dropout, name="fusion_dropout")(x)
     if mc.hidden_dim:
@@ -357,3 +362,44 @@ def matching_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float = 
         "f1": float(_ratio(2 * tp, 2 * tp + fp + fn)),
         "roc_auc": roc_auc(y, s),
     }
+
+
+# ---------------------------------------------------------------------------- serving
+
+def serving_outputs(task: str, scores, labels: Sequence[str], thresholds) -> dict:
+    """The named outputs of a ``serving_default`` signature for ``multilabel`` / ``matching``.
+
+    For the SavedModel export: wrap the model's output tensor with this inside the
+    signature function, after loading ``thresholds`` with :func:`load_thresholds` (the
+    thresholds become graph constants, so the server applies the run's tuned values).
+
+    Args:
+        task: ``multilabel`` or ``matching``.
+        scores: the model's output, ``[B, C]`` (multilabel) or ``[B, 1]`` (matching).
+        labels: the run's labels.
+        thresholds: ``[C]`` (multilabel) or ``[1]`` (matching) decision thresholds.
+
+    Returns:
+        multilabel: ``scores`` float32 ``[B, C]``, ``labels`` string ``[B, C]`` (label names in
+        score order) and ``predicted`` bool ``[B, C]`` (``score >= threshold``);
+        matching: ``match_score`` float32 ``[B]`` and ``match`` bool ``[B]``.
+
+    Raises:
+        ValueError: another task.
+
+    Example:
+        >>> out = serving_outputs("matching", model(features), ["0", "1"], [0.42])
+        >>> sorted(out)
+        ['match', 'match_score']
+    """
+    import tensorflow as tf
+
+    scores = tf.cast(scores, tf.float32)
+    thresholds = tf.constant(np.asarray(thresholds, dtype="float32"))
+    if task == "matching":
+        match_score = scores[:, 0]
+        return {"match_score": match_score, "match": match_score >= thresholds[0]}
+    if task == "multilabel":
+        names = tf.tile(tf.constant([list(labels)]), [tf.shape(scores)[0], 1])
+        return {"scores": scores, "labels": names, "predicted": scores >= thresholds[None, :]}
+    raise ValueError(f"task must be one of {list(THRESHOLD_TASKS)} for serving_outputs; received {task!r}")
