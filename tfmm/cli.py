@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict with a trained run. Writes JSONL (one line per row: row, "
                                    "labels, scores, true_label when known) to --output, or prints it.",
                        epilog="examples:\n  tfmm predict --model runs/products --data new.csv --output preds.jsonl\n"
-                              "  tfmm predict --model runs/products --image shoe.jpg --text 'red running shoe'")
+                              "  tfmm predict --model runs/products --image shoe.jpg --text 'red running shoe'\n"
+                              "  tfmm predict --model runs/clip --data photos.csv --zero-shot-labels cat,dog,car \\\n"
+                              "      --prompt 'a photo of a {}'")
     p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="MANIFEST", help="manifest to predict (labels optional)")
