@@ -294,8 +294,8 @@ def reporting_callbacks(run_dir: str, config: RunConfig, val_ds: Optional[tf.dat
                         labels: Optional[Sequence[str]] = None) -> list:
     """The TensorBoard reporting callbacks for a run, writing under ``run_dir/logs``.
 
-    Always the HParams callback; with validation data, also :class:`ValidationSummaries`
-    and :class:`EmbeddingProjector`. Append them after ``default_callbacks`` (after
+    Always the HParams callback; with validation data and a classification, binary or
+    multilabel task, also :class:`ValidationSummaries` and :class:`EmbeddingProjector`. Append them after ``default_callbacks`` (after
     EarlyStopping, so the projector sees the restored best weights).
 
     Example:
@@ -305,7 +305,9 @@ def reporting_callbacks(run_dir: str, config: RunConfig, val_ds: Optional[tf.dat
     log_dir = os.path.join(run_dir, LOGS_DIR)
     has_val = val_ds is not None and val_manifest is not None and labels is not None
     callbacks = [hparams_callback(log_dir, config, has_val=has_val)]
-    if has_val:
+    # Pair tasks have no classes (matching) or no per-row scores (contrastive: an in-batch
+    # similarity matrix): they get scalars and hparams only.
+    if has_val and config.model.task in ("classification", "binary", "multilabel"):
         task = config.model.task
         callbacks += [
             ValidationSummaries(log_dir, val_ds, val_manifest, labels, task=task),

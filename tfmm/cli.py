@@ -20,8 +20,11 @@ logger = logging.getLogger("tfmm")
 # (flag, config section, field, argparse kwargs). Defaults come from the config
 # dataclasses, so argparse defaults are None: only flags given override a --config file.
 _CONFIG_FLAGS = [
-    ("--task", "model", "task", dict(choices=["classification", "binary", "multilabel"],
-                                     help="what the head predicts (default: classification)")),
+    ("--task", "model", "task", dict(choices=["classification", "binary", "multilabel", "matching", "contrastive"],
+                                     help="what the model learns (default: classification); see docs_tasks.md")),
+    ("--negatives", "data", "negatives", dict(
+        type=int, metavar="N", help="--task matching: add N negatives per positive pair (its image with "
+                                    "captions of other rows, seeded) (default: 0)")),
     ("--text-encoder", "model", "text_encoder", dict(
         metavar="SPEC", help="minilm (offline all-MiniLM-L6-v2, default), keras_nlp:PRESET_OR_DIR, "
                              "or tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE")),
@@ -135,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "labels, scores, true_label when known) to --output, or prints it.",
                        epilog="examples:\n  tfmm predict --model runs/products --data new.csv --output preds.jsonl\n"
                               "  tfmm predict --model runs/products --image shoe.jpg --text 'red running shoe'\n"
-                              "  tfmm predict --model saved_models/products --request request.json")
+                              "  tfmm predict --model saved_models/products --request request.json\n"
+                              "  tfmm predict --model runs/clip --data photos.csv --zero-shot-labels cat,dog,car \\\n"
+                              "      --prompt 'a photo of a {}'")
     p.add_argument("--model", required=True, metavar="RUN|SAVEDMODEL",
                    help="a run directory from `tfmm train`, or a SavedModel from `tfmm export` (a version "
                         "folder, or an export root: its highest version)")
@@ -147,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", metavar="STR", help="the caption for --image")
     p.add_argument("--output", metavar="FILE", help="JSONL file to write (default: print)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels per row (default: 5)")
+    p.add_argument("--zero-shot-labels", metavar="L1,L2,...",
+                   help="contrastive runs: classify the images among these comma-separated labels "
+                        "(no classifier head; --text not needed)")
+    p.add_argument("--prompt", metavar="TEMPLATE",
+                   help="zero-shot prompt, {} is replaced by each label (default: 'a photo of a {}')")
 
     p = sub.add_parser("validate", help="check every row of a manifest; exit 1 if any is bad",
                        formatter_class=_formatter,
@@ -267,6 +277,12 @@ def _cmd_evaluate(args) -> int:
     from tfmm.evaluate import evaluate
 
     metrics = evaluate(args.model, args.data, report_dir=args.report_dir, ablate=args.ablate)
+    if metrics.get("task") in ("multilabel", "matching", "contrastive"):
+        from tfmm.task_eval import format_summary
+
+        print(format_summary(metrics))
+        print(f"\nwrote {os.path.join(args.report_dir or args.model, 'metrics.json')}")
+        return 0
     print(reports.format_report(metrics))
     if args.ablate:
         print()
@@ -321,7 +337,7 @@ def _single_example(args):
     from tfmm.data import read_manifest
 
     image = os.path.abspath(args.image)
-    frame = pd.DataFrame({"image": [image], "text": [args.text]})
+    frame = pd.DataFrame({"image": [image], "text": [args.text if args.text is not None else ""]})
     return read_manifest(frame, root=os.path.dirname(image), require_labels=False)
 
 
@@ -331,12 +347,18 @@ def _cmd_predict(args) -> int:
 
     if args.request is not None or serving.is_saved_model(args.model):
         return _predict_saved_model(args)
+    zero_shot = None
+    if args.zero_shot_labels is not None:
+        zero_shot = [x.strip() for x in args.zero_shot_labels.split(",") if x.strip()]
+    elif args.prompt is not None:
+        raise ValueError("--prompt needs --zero-shot-labels")
+    extra = dict(zero_shot_labels=zero_shot, prompt=args.prompt) if zero_shot is not None else {}
     if args.image is not None:
-        if args.text is None:
+        if args.text is None and zero_shot is None:
             raise ValueError("--image needs --text (the caption that goes with it)")
-        records = predict(args.model, _single_example(args), k=args.top_k)
+        records = predict(args.model, _single_example(args), k=args.top_k, **extra)
     else:
-        records = predict(args.model, args.data, k=args.top_k)
+        records = predict(args.model, args.data, k=args.top_k, **extra)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

@@ -168,7 +168,7 @@ def validate_manifest(
                 reasons.append(why)
         if not rec.text.strip():
             reasons.append("empty text")
-        if manifest.has_labels:
+        if manifest.has_labels and task != "contrastive":  # contrastive: labels unused
             row_labels = split_labels(rec.label, task)
             if not row_labels:
                 reasons.append("empty label")
@@ -227,10 +227,15 @@ def check_manifest(
 
 def encode_labels(manifest: Manifest, labels: Sequence[str], task: str) -> np.ndarray:
     """Label targets as float32: one-hot (classification), multi-hot (multilabel) or 0/1
-    of shape ``[N, 1]`` (binary: ``labels[1]`` is the positive class)."""
+    of shape ``[N, 1]`` (binary: ``labels[1]`` is the positive class); for ``contrastive``,
+    the ``[N, 2]`` (image id, caption id) of :func:`tfmm.pairs.pair_ids`."""
+    if task == "contrastive":
+        from tfmm.pairs import pair_ids
+
+        return pair_ids(manifest)
     index = {name: i for i, name in enumerate(labels)}
     rows = [split_labels(v, task) for v in manifest.frame["label"]]
-    if task == "binary":
+    if task in ("binary", "matching"):  # matching: labels "0"/"1"
         return np.array([[float(index[r[0]])] for r in rows], dtype="float32")
     out = np.zeros((len(rows), len(labels)), dtype="float32")
     for i, row_labels in enumerate(rows):

@@ -287,8 +287,10 @@ def evaluate(run, data, *, report_dir: Optional[str] = None, ablate: bool = Fals
     """
     run = run if isinstance(run, LoadedRun) else load_run(run)
     task = run.config.model.task
-    if task == "multilabel":
-        raise ValueError("evaluate: multilabel metrics are not available yet; received task 'multilabel'")
+    if task in ("multilabel", "matching", "contrastive"):  # their metrics: tfmm.task_eval
+        from tfmm import task_eval
+
+        return task_eval.evaluate_task(run, data, report_dir=report_dir)
     manifest = data if isinstance(data, tfdata.Manifest) else tfdata.read_manifest(data, run.config.data)
     manifest = tfdata.check_manifest(
         manifest, task=task, labels=run.labels, skip_bad_rows=run.config.data.skip_bad_rows,
@@ -314,14 +316,33 @@ def top_k(scores: np.ndarray, labels: Sequence[str], k: int) -> list:
     return [([labels[j] for j in row], [float(scores[i, j]) for j in row]) for i, row in enumerate(order)]
 
 
-def predict(run, data, *, k: int = 5) -> list:
+def predict(run, data, *, k: int = 5, zero_shot_labels: Optional[Sequence[str]] = None,
+            prompt: Optional[str] = None) -> list:
     """Top-k predictions for every row of a manifest (labels optional).
+
+    Args:
+        run: a run directory or a :class:`LoadedRun`.
+        data: a manifest (path, DataFrame or :class:`~tfmm.data.Manifest`).
+        k: labels per row.
+        zero_shot_labels: contrastive runs: classify the images among these labels
+            (see :func:`tfmm.task_eval.zero_shot_predict`).
+        prompt: the zero-shot prompt template (default ``"a photo of a {}"``).
 
     Returns:
         One dict per row, in order: ``row``, ``labels``, ``scores`` and, when the manifest
-        has labels, ``true_label``.
+        has labels, ``true_label``. Matching, multilabel and contrastive runs give their own
+        keys (see :func:`tfmm.task_eval.predict_task`).
     """
+    if prompt is not None and zero_shot_labels is None:
+        raise ValueError(f"prompt is only used with zero_shot_labels; received prompt {prompt!r} and no labels")
     run = run if isinstance(run, LoadedRun) else load_run(run)
+    if zero_shot_labels is not None or run.config.model.task in ("multilabel", "matching", "contrastive"):
+        from tfmm import task_eval
+
+        if zero_shot_labels is not None:
+            return task_eval.zero_shot_predict(run, data, zero_shot_labels, k=k,
+                                               prompt=prompt or task_eval.contrastive.DEFAULT_PROMPT)
+        return task_eval.predict_task(run, data, k=k)
     manifest = data if isinstance(data, tfdata.Manifest) else tfdata.read_manifest(
         data, run.config.data, require_labels=False
     )

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from tfmm import data as tfdata
-from tfmm import heads, plots, text
+from tfmm import heads, pairs, plots, tasks, text
 from tfmm.callbacks import reporting_callbacks
 from tfmm.checkpoint import AtomicBestCheckpoint, atomic_save_model, check_free_space
 from tfmm.config import RunConfig, save_config
@@ -91,7 +91,7 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -
 def _as_manifest(source, config: RunConfig) -> tfdata.Manifest:
     if isinstance(source, tfdata.Manifest):
         return source
-    return tfdata.read_manifest(source, config.data)
+    return tfdata.read_manifest(source, config.data, require_labels=pairs.labels_required(config))
 
 
 def _check_writable(path: str) -> None:
@@ -162,16 +162,18 @@ def train(
         os.remove(skipped)
 
     train_m = tfdata.check_manifest(
-        _as_manifest(train_data, config), task=task,
+        _as_manifest(train_data, config), task=task, labels=pairs.fixed_labels(task),
         skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
     )
-    labels = tfdata.build_label_vocab(train_m, task)
+    labels = pairs.label_vocab(train_m, task)
+    train_m = pairs.prepare_manifest(train_m, config, seed=config.train.seed)  # pair tasks only
     val_m = None
     if val_data is not None:
         val_m = tfdata.check_manifest(
             _as_manifest(val_data, config), task=task, labels=labels,
             skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
         )
+        val_m = pairs.prepare_manifest(val_m, config, seed=config.train.seed + 1)
     config = config.replace(model={"num_classes": len(labels)})
     heads.output_units(task, len(labels))  # fail early on a wrong label count
     logger.info("training on %d rows, %d labels%s", len(train_m), len(labels),
@@ -211,6 +213,9 @@ def train(
         verbose=verbose,
     )
     atomic_save_model(model, os.path.join(run_dir, MODEL_FILE))
+    if task in tasks.THRESHOLD_TASKS:  # multilabel, matching: thresholds.json
+        y_val = tfdata.encode_labels(val_m, labels, task) if val_m is not None else None
+        tasks.tune_and_save(model, val_ds, y_val, run_dir, task, labels)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     with open(os.path.join(run_dir, "history.json"), "w", encoding="utf-8") as f:
         json.dump(hist, f, indent=2)
