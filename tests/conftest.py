@@ -7,7 +7,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
 
+import tfmm  # noqa: E402
+from tfmm import cli, serving  # noqa: E402
 from tfmm.config import RunConfig  # noqa: E402
+from tfmm.evaluate import LoadedRun, load_run  # noqa: E402
 from tfmm.demo_data import write_demo_dataset  # noqa: E402
 
 WORDS = (
@@ -47,9 +50,46 @@ def demo_data(tmp_path_factory) -> dict:
 @pytest.fixture
 def tiny_config(tiny_bert) -> RunConfig:
     """A RunConfig that builds in seconds: VGG16 at 32x32, tiny BERT, 8-token text."""
+    return make_tiny_config(tiny_bert)
+
+
+def make_tiny_config(tiny_bert: str) -> RunConfig:
+    """The ``tiny_config`` fixture's config, for session-scoped fixtures."""
     return RunConfig().replace(
         data={"image_size": 32, "sequence_length": 8},
         model={"text_encoder": f"keras_nlp:{tiny_bert}", "image_weights": "none",
                "projection_dim": 16, "hidden_dim": 16, "dropout": 0.1},
         train={"epochs": 1, "batch_size": 8, "learning_rate": 1e-3},
     )
+
+
+# --- session fixtures: one trained run, exported through the CLI -------------------------------
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_bert, demo_data, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return tfmm.train(make_tiny_config(tiny_bert), demo_data["train"], demo_data["val"], str(out), verbose=0).run_dir
+
+
+@pytest.fixture(scope="session")
+def export_root(trained_run, demo_data, tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("saved_models") / "tiny")
+    code = cli.main(["export", "--model", trained_run, "--export-dir", root,
+                     "--warmup-data", demo_data["val"], "--warmup-records", "5"])
+    assert code == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def exported(export_root) -> str:
+    return os.path.join(export_root, "1")
+
+
+@pytest.fixture(scope="session")
+def serving_fn(exported):
+    return serving.load_saved_model(exported).signatures["serving_default"]
+
+
+@pytest.fixture(scope="session")
+def loaded_run(trained_run) -> LoadedRun:
+    return load_run(trained_run)

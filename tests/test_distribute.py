@@ -228,7 +228,8 @@ def test_mirrored_two_cpus_killed_mid_epoch_resumes(demo_data, tiny_bert, tmp_pa
     with open(os.path.join(run_dir, "history.json")) as f:
         assert len(json.load(f)["val_loss"]) == 2
     assert not os.path.exists(os.path.join(run_dir, "backup"))
-    assert not [n for n in os.listdir(run_dir) if "partial" in n or n.endswith(".tmp")]
+    leftovers = [os.path.join(d, n) for d, _, names in os.walk(run_dir) for n in names if ".tmp" in n]
+    assert not leftovers  # no half-written file (atomic writes go through *.tmp* names)
 
     # Nothing is corrupt: the final model and the best checkpoint load and predict.
     from tfmm.evaluate import evaluate, load_run

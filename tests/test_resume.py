@@ -134,11 +134,3 @@ def test_training_backup_saves_every_n_steps_and_at_epoch_ends(tmp_path):
     history = restored.fit(x, y, batch_size=2, epochs=3, verbose=0, callbacks=[resume.TrainingBackup(folder)])
     assert len(history.history["loss"]) == 1  # resumed after epoch 2 of 3
     assert int(restored.optimizer.iterations.numpy()) == 15  # the optimizer state came back too
-
-
-def test_save_model_atomic(tmp_path):
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    path = str(tmp_path / "model.keras")
-    resume.save_model_atomic(model, path)
-    assert os.listdir(tmp_path) == ["model.keras"]
-    assert keras.models.load_model(path).count_params() == 3

@@ -14,6 +14,7 @@ _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from tfmm.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config, save_config  # noqa: E402
 from tfmm.data import Manifest, ManifestError, make_dataset, read_manifest  # noqa: E402
 from tfmm.evaluate import evaluate, load_run, predict  # noqa: E402
+from tfmm.export import export_for_serving  # noqa: E402
 from tfmm.model import build_model  # noqa: E402
 from tfmm.train import train  # noqa: E402
 
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "load_config", "save_config",
     "Manifest", "ManifestError", "make_dataset", "read_manifest", "load_manifest",
-    "build_model", "train", "evaluate", "load_run", "predict",
+    "build_model", "train", "evaluate", "load_run", "predict", "export_for_serving",
 ]
 
 load_manifest = read_manifest

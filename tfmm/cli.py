@@ -20,8 +20,11 @@ logger = logging.getLogger("tfmm")
 # (flag, config section, field, argparse kwargs). Defaults come from the config
 # dataclasses, so argparse defaults are None: only flags given override a --config file.
 _CONFIG_FLAGS = [
-    ("--task", "model", "task", dict(choices=["classification", "binary", "multilabel"],
-                                     help="what the head predicts (default: classification)")),
+    ("--task", "model", "task", dict(choices=["classification", "binary", "multilabel", "matching", "contrastive"],
+                                     help="what the model learns (default: classification); see docs_tasks.md")),
+    ("--negatives", "data", "negatives", dict(
+        type=int, metavar="N", help="--task matching: add N negatives per positive pair (its image with "
+                                    "captions of other rows, seeded) (default: 0)")),
     ("--text-encoder", "model", "text_encoder", dict(
         metavar="SPEC", help="minilm (offline all-MiniLM-L6-v2, default), keras_nlp:PRESET_OR_DIR, "
                              "or tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE")),
@@ -53,6 +56,11 @@ _CONFIG_FLAGS = [
     ("--image-col", "data", "image_col", dict(metavar="NAME", help="manifest image column (default: image)")),
     ("--text-col", "data", "text_col", dict(metavar="NAME", help="manifest text column (default: text)")),
     ("--label-col", "data", "label_col", dict(metavar="NAME", help="manifest label column (default: label)")),
+    ("--max-image-pixels", "data", "max_image_pixels", dict(
+        type=int, metavar="N", help="refuse images whose header claims more pixels (default: 40000000)")),
+    ("--allow-outside-root", "data", "allow_outside_root", dict(
+        action="store_true", default=None,
+        help="accept image paths outside the manifest's folder ('..', absolute, symlinks)")),
     ("--skip-bad-rows", "data", "skip_bad_rows", dict(
         action="store_true", default=None,
         help="skip invalid rows (written to RUN/skipped_rows.csv) instead of stopping")),
@@ -101,7 +109,8 @@ def _formatter(prog):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tfmm",
-        description="Image + text models for Keras 3 / TensorFlow: train, evaluate, predict, demo.",
+        description="Image + text models for Keras 3 / TensorFlow: train, evaluate, predict, export for "
+                    "TF Serving, validate data, and an offline demo.",
         epilog="Run `tfmm COMMAND --help` for each command's options and examples.",
         formatter_class=_formatter,
     )
@@ -123,28 +132,109 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, _, _, kwargs in _CONFIG_FLAGS:
         p.add_argument(flag, **kwargs)
 
-    p = sub.add_parser("evaluate", help="score a labeled manifest, write metrics.json",
+    p = sub.add_parser("evaluate", help="score a labeled manifest, write metrics.json and plots",
                        formatter_class=_formatter,
-                       description="Evaluate a trained run on a labeled manifest: accuracy, macro "
-                                   "precision/recall/F1, per-class numbers and the confusion matrix.",
-                       epilog="example:\n  tfmm evaluate --model runs/products --data data/test.csv")
+                       description="Evaluate a trained run on a labeled manifest: accuracy, balanced "
+                                   "accuracy, macro/weighted precision/recall/F1, per-class numbers, "
+                                   "the confusion matrix, and ROC-AUC/PR-AUC for binary tasks. Writes "
+                                   "metrics.json, per_class.csv, confusion_matrix.png (and "
+                                   "roc_curve.png, pr_curve.png) to the report dir.",
+                       epilog="examples:\n  tfmm evaluate --model runs/products --data data/test.csv\n"
+                              "  tfmm evaluate --model runs/products --data data/test.csv "
+                              "--report-dir reports/products --ablate")
     p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
     p.add_argument("--data", required=True, metavar="MANIFEST", help="labeled manifest to score")
-    p.add_argument("--report-dir", metavar="DIR", help="where metrics.json goes (default: the run dir)")
+    p.add_argument("--report-dir", metavar="DIR", help="where the report files go (default: the run dir)")
+    p.add_argument("--ablate", action="store_true",
+                   help="also score with the image blanked (black) and with the text blanked (empty "
+                        "caption) and report each metric's drop (ablation.json)")
 
     p = sub.add_parser("predict", help="top-k labels for a manifest or one image + text",
                        formatter_class=_formatter,
                        description="Predict with a trained run. Writes JSONL (one line per row: row, "
                                    "labels, scores, true_label when known) to --output, or prints it.",
                        epilog="examples:\n  tfmm predict --model runs/products --data new.csv --output preds.jsonl\n"
-                              "  tfmm predict --model runs/products --image shoe.jpg --text 'red running shoe'")
-    p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
+                              "  tfmm predict --model runs/products --image shoe.jpg --text 'red running shoe'\n"
+                              "  tfmm predict --model saved_models/products --request request.json\n"
+                              "  tfmm predict --model runs/clip --data photos.csv --zero-shot-labels cat,dog,car \\\n"
+                              "      --prompt 'a photo of a {}'")
+    p.add_argument("--model", required=True, metavar="RUN|SAVEDMODEL",
+                   help="a run directory from `tfmm train`, or a SavedModel from `tfmm export` (a version "
+                        "folder, or an export root: its highest version)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="MANIFEST", help="manifest to predict (labels optional)")
     src.add_argument("--image", metavar="PATH", help="one image file (with --text)")
+    src.add_argument("--request", metavar="JSON", help="a TF Serving REST predict body (SavedModel only); "
+                                                       "prints the response body TF Serving would return")
     p.add_argument("--text", metavar="STR", help="the caption for --image")
     p.add_argument("--output", metavar="FILE", help="JSONL file to write (default: print)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels per row (default: 5)")
+    p.add_argument("--zero-shot-labels", metavar="L1,L2,...",
+                   help="contrastive runs: classify the images among these comma-separated labels "
+                        "(no classifier head; --text not needed)")
+    p.add_argument("--prompt", metavar="TEMPLATE",
+                   help="zero-shot prompt, {} is replaced by each label (default: 'a photo of a {}')")
+
+    p = sub.add_parser("validate", help="check every row of a manifest; exit 1 if any is bad",
+                       formatter_class=_formatter,
+                       description="Check a manifest the way training does, without training: every "
+                                   "problem is listed with row, path and reason. Exits 0 when all rows "
+                                   "are usable, 1 otherwise, so it can gate a data pipeline.",
+                       epilog="examples:\n  tfmm validate --data data/train.csv\n"
+                              "  tfmm validate --data data/test.csv --model runs/products   # labels known?")
+    p.add_argument("--data", required=True, metavar="MANIFEST", help="manifest to check")
+    p.add_argument("--model", metavar="RUN", help="a trained run: also check labels are known to it "
+                                                  "and count texts longer than its sequence length")
+    p.add_argument("--no-labels", action="store_true", help="the manifest has no label column (prediction input)")
+    p.add_argument("--task", choices=["classification", "binary", "multilabel", "matching", "contrastive"],
+                   help="how labels are read (default: the run's task, else classification)")
+    for flag in ("--image-col", "--text-col", "--label-col", "--max-image-pixels", "--allow-outside-root"):
+        spec = next(f for f in _CONFIG_FLAGS if f[0] == flag)
+        p.add_argument(flag, **spec[3])
+    p.add_argument("--report", metavar="FILE", help="also write every problem to this CSV file")
+
+    p = sub.add_parser("hub-export", help="write a KerasHub BERT (e.g. minilm) as a TF-Hub BERT pair",
+                       formatter_class=_formatter,
+                       description="Write DIR/preprocess and DIR/encoder in the TF-Hub BERT format "
+                                   "(strings -> input_word_ids/input_mask/input_type_ids; encoder -> "
+                                   "pooled_output, sequence_output, default, encoder_outputs). They load "
+                                   "with tensorflow + tensorflow_text alone, and tfmm uses them with "
+                                   "--text-encoder tfhub:DIR/preprocess,DIR/encoder.",
+                       epilog="example:\n  tfmm hub-export --text-encoder minilm --output-dir saved_models/hub_minilm")
+    p.add_argument("--text-encoder", "--spec", dest="spec", default="minilm", metavar="SPEC",
+                   help="minilm (default), keras_nlp:PRESET_OR_DIR or keras_hub:PRESET_OR_DIR")
+    p.add_argument("--output-dir", required=True, metavar="DIR", help="folder to write preprocess/ and encoder/ into")
+    p.add_argument("--seq-length", "--sequence-length", dest="seq_length", type=int, default=128, metavar="N",
+                   help="the preprocessor's default sequence length (default: 128; others via bert_pack_inputs)")
+
+    p = sub.add_parser("export", help="write a SavedModel for TF Serving (raw image bytes + text in)",
+                       formatter_class=_formatter,
+                       description=textwrap.dedent("""\
+                           Export a trained run as EXPORT_DIR/VERSION for TF Serving: signature
+                           serving_default takes image_bytes and text (DT_STRING [-1]) and returns
+                           scores and labels; decoding, resizing and tokenizing run inside the graph.
+                           The version is checked (fresh-process load, predictions vs the trained
+                           model, ops) before it appears, and is never overwritten."""),
+                       epilog="examples:\n  tfmm export --model runs/products --warmup-data data/val.csv\n"
+                              "  tfmm export --model runs/products --export-dir saved_models/products --version 3")
+    p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
+    p.add_argument("--export-dir", metavar="DIR", help="export root (default: saved_models/<run folder name>)")
+    p.add_argument("--version", type=int, metavar="N", help="version to write (default: the next integer)")
+    p.add_argument("--model-name", metavar="NAME", help="model name for TF Serving (default: export root name)")
+    p.add_argument("--warmup-data", metavar="MANIFEST",
+                   help="manifest (e.g. validation) whose rows become warmup requests and the check sample")
+    p.add_argument("--warmup-records", type=int, default=32, metavar="N",
+                   help="warmup requests to write, at most 1000 (default: 32)")
+    p.add_argument("--no-check", action="store_true", help="skip the checks (not recommended)")
+
+    p = sub.add_parser("check-export", help="check an exported SavedModel (load, predictions, ops)",
+                       formatter_class=_formatter,
+                       description="Load the export in a fresh Python process importing only tensorflow and "
+                                   "tensorflow_text, compare its predictions on raw files with the trained "
+                                   "model's, list its ops by where they are registered, read its warmup file. "
+                                   "Exit status 1 when a check fails.",
+                       epilog="example:\n  tfmm check-export saved_models/products/1")
+    p.add_argument("dir", metavar="DIR", help="a version folder, or an export root (its highest version)")
 
     p = sub.add_parser("demo", help="train on generated data offline; compare fused vs single-modality",
                        formatter_class=_formatter,
@@ -159,10 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs per run (default: 5)")
     p.add_argument("--n-train", type=int, default=None, metavar="N", help="training rows (default: 1800)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="data and training seed (default: 0)")
+    p.add_argument("--export-dir", default="saved_models/demo", metavar="DIR",
+                   help="where the fused model is exported for TF Serving (default: saved_models/demo)")
     return parser
 
 
-def config_from_args(args) -> "RunConfig":
+def config_from_args(args):
     """The run config: ``--config`` file (or defaults), then every flag that was given."""
     from tfmm.config import RunConfig, load_config
 
@@ -201,30 +293,92 @@ def format_metrics_table(rows: dict) -> str:
 
 
 def _cmd_evaluate(args) -> int:
+    from tfmm import reports
     from tfmm.evaluate import evaluate
 
-    metrics = evaluate(args.model, args.data, report_dir=args.report_dir)
-    print(format_metrics_table({"test": metrics}))
-    print("\nper class:")
-    for label, m in metrics["per_class"].items():
-        print(f"  {label:30s} precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
-              f"f1 {m['f1']:.4f}  support {m['support']}")
-    print(f"\nwrote {os.path.join(args.report_dir or args.model, 'metrics.json')}")
+    metrics = evaluate(args.model, args.data, report_dir=args.report_dir, ablate=args.ablate)
+    if metrics.get("task") in ("multilabel", "matching", "contrastive"):
+        from tfmm.task_eval import format_summary
+
+        print(format_summary(metrics))
+        print(f"\nwrote {os.path.join(args.report_dir or args.model, 'metrics.json')}")
+        return 0
+    print(reports.format_report(metrics))
+    if args.ablate:
+        print()
+        print(reports.format_ablation(metrics["ablation"]))
+    print(f"\nwrote the report to {os.path.abspath(args.report_dir or args.model)}")
     return 0
 
 
-def _cmd_predict(args) -> int:
-    import pandas as pd
+def _write_or_print(text: str, output, what: str) -> None:
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {what} to {output}")
+    else:
+        sys.stdout.write(text)
 
-    from tfmm.evaluate import predict
 
+def _predict_saved_model(args) -> int:
+    """``tfmm predict`` on an exported SavedModel: a REST body, a manifest or one image."""
+    from tfmm import serving
+
+    if not serving.is_saved_model(args.model):
+        raise ValueError(f"--request needs a SavedModel (a folder with saved_model.pb, or an export root); "
+                         f"received {args.model!r}. Export the run first: tfmm export --model {args.model}")
+    if args.request is not None:
+        import tensorflow as tf
+
+        with open(args.request, encoding="utf-8") as f:
+            body = f.read()
+        try:
+            response, status = serving.predict_rest(args.model, body), 0
+        except (ValueError, tf.errors.OpError) as e:  # TF Serving answers HTTP 400 with this body
+            response, status = {"error": getattr(e, "message", str(e))}, 1
+            print(f"tfmm predict: the request failed; TF Serving would answer HTTP 400 with: {response}",
+                  file=sys.stderr)
+        _write_or_print(json.dumps(response, indent=4) + "\n", args.output, "the response body")
+        return status
     if args.image is not None:
         if args.text is None:
             raise ValueError("--image needs --text (the caption that goes with it)")
-        image = os.path.abspath(args.image)
-        records = predict(args.model, pd.DataFrame({"image": [image], "text": [args.text]}), k=args.top_k)
+        records = serving.predict_saved_model(args.model, _single_example(args), k=args.top_k)
     else:
-        records = predict(args.model, args.data, k=args.top_k)
+        records = serving.predict_saved_model(args.model, args.data, k=args.top_k)
+    _write_or_print("".join(json.dumps(r) + "\n" for r in records), args.output, f"{len(records)} prediction(s)")
+    return 0
+
+
+def _single_example(args):
+    """``--image PATH --text STR`` as a one-row manifest rooted at the image's folder."""
+    import pandas as pd
+
+    from tfmm.data import read_manifest
+
+    image = os.path.abspath(args.image)
+    frame = pd.DataFrame({"image": [image], "text": [args.text if args.text is not None else ""]})
+    return read_manifest(frame, root=os.path.dirname(image), require_labels=False)
+
+
+def _cmd_predict(args) -> int:
+    from tfmm import serving
+    from tfmm.evaluate import predict
+
+    if args.request is not None or serving.is_saved_model(args.model):
+        return _predict_saved_model(args)
+    zero_shot = None
+    if args.zero_shot_labels is not None:
+        zero_shot = [x.strip() for x in args.zero_shot_labels.split(",") if x.strip()]
+    elif args.prompt is not None:
+        raise ValueError("--prompt needs --zero-shot-labels")
+    extra = dict(zero_shot_labels=zero_shot, prompt=args.prompt) if zero_shot is not None else {}
+    if args.image is not None:
+        if args.text is None and zero_shot is None:
+            raise ValueError("--image needs --text (the caption that goes with it)")
+        records = predict(args.model, _single_example(args), k=args.top_k, **extra)
+    else:
+        records = predict(args.model, args.data, k=args.top_k, **extra)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
@@ -235,11 +389,41 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from tfmm.export import ExportCheckError, export_for_serving
+
+    try:
+        result = export_for_serving(
+            args.model, args.export_dir, version=args.version, model_name=args.model_name,
+            warmup_data=args.warmup_data, warmup_records=args.warmup_records, check=not args.no_check,
+        )
+    except ExportCheckError as e:
+        print(f"tfmm export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {result.path} (model {result.model_name!r}, version {result.version})")
+    print(f"  serving_default: {result.metadata['signatures']['serving_default']}")
+    if result.report is not None:
+        print("checks:\n" + "\n".join("  " + str(c) for c in result.report.checks))
+    print(f"TF Serving configs: {os.path.join(result.export_root, 'models.config')}, "
+          f"{os.path.join(result.export_root, 'batching.config')} (Docker instructions: docs_export.md)")
+    return 0
+
+
+def _cmd_check_export(args) -> int:
+    from tfmm.export import check_export
+
+    report = check_export(args.dir)
+    print(f"checked {report.path}")
+    print(report)
+    print("all checks passed" if report.ok else "SOME CHECKS FAILED")
+    return 0 if report.ok else 1
+
+
 def _cmd_demo(args) -> int:
     from tfmm.demo import run_demo
 
     overrides = {k: v for k, v in (("epochs", args.epochs), ("n_train", args.n_train)) if v is not None}
-    results = run_demo(args.output_dir, seed=args.seed, **overrides)
+    results = run_demo(args.output_dir, seed=args.seed, export_dir=args.export_dir, **overrides)
     print("\ntest metrics (label = colour + shape; shape is only in the image, colour only in the text):")
     print(format_metrics_table(results["metrics"]))
     print(f"\nfused run: {results['run_dirs']['fused']}")
@@ -248,7 +432,57 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo}
+def _cmd_validate(args) -> int:
+    import csv
+
+    from tfmm import data as tfdata
+    from tfmm.config import RunConfig
+
+    labels, preprocessor, config = None, None, RunConfig()
+    if args.model:
+        from tfmm.evaluate import load_run
+
+        run = load_run(args.model)
+        config, preprocessor = run.config, run.preprocessor
+        labels = None if args.no_labels else run.labels
+    overrides = {f: getattr(args, f) for f in ("image_col", "text_col", "label_col", "max_image_pixels",
+                                                "allow_outside_root") if getattr(args, f) is not None}
+    config = config.replace(data=overrides)
+    task = args.task or config.model.task
+    manifest = tfdata.read_manifest(args.data, config.data, require_labels=not args.no_labels)
+    problems = tfdata.validate_manifest(manifest, task=task, labels=labels, config=config.data)
+    for p in problems:
+        print(p)
+    if args.report:
+        with open(args.report, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["source", "row", "image", "reason"])
+            writer.writerows([p.source, p.row, p.image, p.reason] for p in problems)
+    total = len(manifest) + len({p.row for p in manifest.problems})
+    bad = len({p.row for p in problems})
+    if preprocessor is not None:
+        from tfmm.validate import count_truncated
+
+        truncated = count_truncated(manifest.frame["text"].tolist(), preprocessor)
+        if truncated:
+            print(f"note: {truncated} text(s) are longer than {config.data.sequence_length} tokens "
+                  "and will be truncated")
+    print(f"{args.data}: {total - bad} of {total} row(s) usable, {bad} bad ({len(problems)} problem(s))")
+    return 1 if bad else 0
+
+
+def _cmd_hub_export(args) -> int:
+    from tfmm.hub_export import export_hub_bert_from_spec
+
+    preprocess, encoder = export_hub_bert_from_spec(args.spec, args.output_dir, seq_length=args.seq_length)
+    print(f"wrote {preprocess}\nwrote {encoder}")
+    print(f"use it with: --text-encoder tfhub:{preprocess},{encoder}")
+    return 0
+
+
+_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo,
+             "export": _cmd_export, "check-export": _cmd_check_export, "validate": _cmd_validate,
+             "hub-export": _cmd_hub_export}
 
 
 def main(argv=None) -> int:

@@ -45,6 +45,9 @@ class DataConfig:
         sequence_length: token sequence length for the text encoder.
         skip_bad_rows: skip invalid rows (reported and saved) instead of stopping.
         max_image_pixels: refuse images whose header claims more pixels than this.
+        allow_outside_root: accept image paths that resolve outside the manifest's folder.
+        negatives: task ``matching``: for each positive row, add this many negative rows
+            pairing its image with captions of other rows (seeded; see :mod:`tfmm.pairs`).
     """
 
     image_col: str = "image"
@@ -54,8 +57,11 @@ class DataConfig:
     sequence_length: int = 64
     skip_bad_rows: bool = False
     max_image_pixels: int = 40_000_000
+    allow_outside_root: bool = False
+    negatives: int = 0
 
     def __post_init__(self):
+        _check_positive("negatives", self.negatives, allow_zero=True)
         _check_positive("image_size", self.image_size)
         _check_positive("sequence_length", self.sequence_length)
         _check_positive("max_image_pixels", self.max_image_pixels)

@@ -21,12 +21,19 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmm.config import DataConfig
+from tfmm.validate import (  # noqa: F401  (ManifestError, RowProblem are part of this API)
+    IMAGE_FORMATS,
+    ManifestError,
+    RowProblem,
+    duplicate_problems,
+    image_problem,
+    outside_root,
+    read_table,
+)
 
 logger = logging.getLogger(__name__)
 
-IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 MULTILABEL_SEP = "|"
-_READERS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 
 
 @dataclasses.dataclass
@@ -43,6 +50,7 @@ class Manifest:
     frame: pd.DataFrame
     source: str
     root: str
+    problems: list = dataclasses.field(default_factory=list)  # records that could not be read
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -50,44 +58,6 @@ class Manifest:
     @property
     def has_labels(self) -> bool:
         return "label" in self.frame.columns
-
-
-@dataclasses.dataclass(frozen=True)
-class RowProblem:
-    """One bad row: where it is and why it cannot be used."""
-
-    source: str
-    row: int
-    image: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}: row {self.row}: {self.image}: {self.reason}"
-
-
-class ManifestError(ValueError):
-    """Raised with every problem of a manifest at once."""
-
-    def __init__(self, problems: Sequence[RowProblem], hint: str = ""):
-        self.problems = list(problems)
-        shown = "\n  ".join(str(p) for p in self.problems[:50])
-        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
-        super().__init__(
-            f"{len(self.problems)} bad row(s):\n  {shown}{more}" + (f"\n{hint}" if hint else "")
-        )
-
-
-def _read_table(path: str) -> pd.DataFrame:
-    ext = os.path.splitext(path)[1].lower()
-    if ext in (".jsonl", ".json"):
-        return pd.read_json(path, lines=True, dtype=False)
-    if ext not in _READERS:
-        raise ValueError(
-            f"manifest {path!r}: unsupported extension {ext!r}; use .csv, .tsv or .jsonl"
-        )
-    return pd.read_csv(
-        path, sep=_READERS[ext], dtype=str, keep_default_na=False, quoting=csv.QUOTE_MINIMAL
-    )
 
 
 def read_manifest(
@@ -102,6 +72,9 @@ def read_manifest(
             current folder for a DataFrame).
         require_labels: raise if the label column is missing.
 
+    Records that cannot be read (malformed CSV/JSONL lines, non-UTF-8 bytes) do not stop
+    reading: they are kept in ``Manifest.problems`` and reported by :func:`check_manifest`.
+
     Raises:
         FileNotFoundError: the manifest file does not exist.
         ValueError: unsupported extension or a required column is missing (the message
@@ -112,6 +85,7 @@ def read_manifest(
         >>> m.frame.columns.tolist()
         ['row', 'image', 'text', 'label']
     """
+    problems = []
     if isinstance(source, pd.DataFrame):
         df, name = source.copy(), "<DataFrame>"
         root = os.path.abspath(root or os.getcwd())
@@ -119,14 +93,7 @@ def read_manifest(
         name = str(source)
         if not os.path.isfile(name):
             raise FileNotFoundError(f"manifest not found: {name}")
-        try:
-            df = _read_table(name)
-        except UnicodeDecodeError as e:
-            raise ValueError(
-                f"manifest {name}: not valid UTF-8 ({e}); re-save it as UTF-8"
-            ) from e
-        except (pd.errors.ParserError, ValueError) as e:
-            raise ValueError(f"manifest {name}: could not be parsed: {e}") from e
+        df, problems = read_table(name)
         root = os.path.abspath(root or os.path.dirname(os.path.abspath(name)))
     wanted = {"image": config.image_col, "text": config.text_col}
     if require_labels or config.label_col in df.columns:
@@ -139,11 +106,11 @@ def read_manifest(
         )
     frame = pd.DataFrame({key: df[col] for key, col in wanted.items()})
     frame = frame.fillna("").astype(str)
-    frame.insert(0, "row", np.arange(len(frame)))
+    frame.insert(0, "row", df["_row"].to_numpy() if "_row" in df.columns else np.arange(len(frame)))
     frame["image"] = [
         p if os.path.isabs(p) else os.path.normpath(os.path.join(root, p)) for p in frame["image"]
     ]
-    return Manifest(frame.reset_index(drop=True), name, root)
+    return Manifest(frame.reset_index(drop=True), name, root, problems)
 
 
 def split_labels(label: str, task: str) -> list:
@@ -171,47 +138,37 @@ def load_labels(path: str) -> list:
         return [line.rstrip("\n") for line in f if line.rstrip("\n")]
 
 
-def _image_problem(path: str) -> Optional[str]:
-    """Why ``path`` is not a usable image, or None."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.exists(path):
-        return "file not found"
-    if not os.path.isfile(path):
-        return "not a file"
-    if os.path.getsize(path) == 0:
-        return "empty file (0 bytes)"
-    try:
-        with Image.open(path) as img:
-            fmt = img.format
-            img.verify()
-    except UnidentifiedImageError:
-        return f"not an image (supported: {', '.join(IMAGE_FORMATS)})"
-    except Exception as e:  # truncated or corrupt files raise many types
-        return f"unreadable image: {e}"
-    if fmt not in IMAGE_FORMATS:
-        return f"unsupported image format {fmt}; supported: {', '.join(IMAGE_FORMATS)} (convert it, e.g. to PNG)"
-    return None
-
-
 def validate_manifest(
-    manifest: Manifest, *, task: str = "classification", labels: Optional[Sequence[str]] = None
+    manifest: Manifest,
+    *,
+    task: str = "classification",
+    labels: Optional[Sequence[str]] = None,
+    config: DataConfig = DataConfig(),
 ) -> list:
     """Checks every row; returns all problems found (empty list if none).
 
-    Checks: image file exists, is non-empty and is a JPEG/PNG/GIF/BMP image; text is not
-    empty; label is present and, when ``labels`` (the training vocabulary) is given, known.
+    Checks: the record could be read; the image path stays inside the manifest's folder
+    (unless ``config.allow_outside_root``); the file exists, is readable, non-empty, a
+    complete JPEG/PNG/GIF/BMP image within ``config.max_image_pixels``; the text is not
+    empty; the label is present and, when ``labels`` (the training vocabulary) is given,
+    known; the row is not an exact duplicate of an earlier one.
     """
     known = set(labels) if labels is not None else None
-    problems = []
+    problems = list(manifest.problems)
     for rec in manifest.frame.itertuples(index=False):
         reasons = []
-        why = _image_problem(rec.image)
-        if why:
-            reasons.append(why)
+        if not config.allow_outside_root and outside_root(rec.image, manifest.root):
+            reasons.append(
+                f"image path resolves outside the manifest folder {manifest.root} "
+                "('..', an absolute path or a symlink); pass --allow-outside-root to allow it"
+            )
+        else:
+            why = image_problem(rec.image, max_pixels=config.max_image_pixels)
+            if why:
+                reasons.append(why)
         if not rec.text.strip():
             reasons.append("empty text")
-        if manifest.has_labels:
+        if manifest.has_labels and task != "contrastive":  # contrastive: labels unused
             row_labels = split_labels(rec.label, task)
             if not row_labels:
                 reasons.append("empty label")
@@ -220,7 +177,8 @@ def validate_manifest(
                 if unknown:
                     reasons.append(f"unknown label(s) {unknown}; the model knows {sorted(known)}")
         problems += [RowProblem(manifest.source, int(rec.row), rec.image, r) for r in reasons]
-    return problems
+    problems += duplicate_problems(manifest.frame, manifest.source)
+    return sorted(problems, key=lambda p: p.row)
 
 
 def check_manifest(
@@ -230,6 +188,7 @@ def check_manifest(
     labels: Optional[Sequence[str]] = None,
     skip_bad_rows: bool = False,
     skipped_path: Optional[str] = None,
+    config: DataConfig = DataConfig(),
 ) -> Manifest:
     """Validates ``manifest``; stops with every problem, or drops the bad rows.
 
@@ -237,11 +196,12 @@ def check_manifest(
         skip_bad_rows: drop bad rows (logged, and written to ``skipped_path``) instead of
             raising.
         skipped_path: CSV file receiving the skipped rows with their reasons.
+        config: the limits and options of :func:`validate_manifest`.
 
     Raises:
         ManifestError: bad rows and ``skip_bad_rows`` is False, or no usable row is left.
     """
-    problems = validate_manifest(manifest, task=task, labels=labels)
+    problems = validate_manifest(manifest, task=task, labels=labels, config=config)
     if not problems:
         return manifest
     if not skip_bad_rows:
@@ -256,7 +216,8 @@ def check_manifest(
                 writer.writerow([p.source, p.row, p.image, p.reason])
     kept = manifest.frame[~manifest.frame["row"].isin(bad_rows)].reset_index(drop=True)
     logger.warning(
-        "%s: skipped %d bad row(s) of %d%s", manifest.source, len(bad_rows), len(manifest),
+        "%s: skipped %d bad row(s) of %d%s", manifest.source, len(bad_rows),
+        len(manifest) + len({p.row for p in manifest.problems}),
         f" (listed in {skipped_path})" if skipped_path else "",
     )
     if kept.empty:
@@ -266,10 +227,15 @@ def check_manifest(
 
 def encode_labels(manifest: Manifest, labels: Sequence[str], task: str) -> np.ndarray:
     """Label targets as float32: one-hot (classification), multi-hot (multilabel) or 0/1
-    of shape ``[N, 1]`` (binary: ``labels[1]`` is the positive class)."""
+    of shape ``[N, 1]`` (binary: ``labels[1]`` is the positive class); for ``contrastive``,
+    the ``[N, 2]`` (image id, caption id) of :func:`tfmm.pairs.pair_ids`."""
+    if task == "contrastive":
+        from tfmm.pairs import pair_ids
+
+        return pair_ids(manifest)
     index = {name: i for i, name in enumerate(labels)}
     rows = [split_labels(v, task) for v in manifest.frame["label"]]
-    if task == "binary":
+    if task in ("binary", "matching"):  # matching: labels "0"/"1"
         return np.array([[float(index[r[0]])] for r in rows], dtype="float32")
     out = np.zeros((len(rows), len(labels)), dtype="float32")
     for i, row_labels in enumerate(rows):
@@ -278,13 +244,79 @@ def encode_labels(manifest: Manifest, labels: Sequence[str], task: str) -> np.nd
     return out
 
 
-def decode_image(image_bytes, image_size: int):
+def _header_uint(header, start: int, length: int, *, big_endian: bool):
+    """Unsigned integer of ``length`` bytes at ``start`` of a uint8 header vector (int64)."""
+    value = tf.constant(0, tf.int64)
+    order = range(length) if big_endian else reversed(range(length))
+    for i in order:
+        value = value * 256 + header[start + i]
+    return value
+
+
+def image_header_size(image_bytes):
+    """``(height, width)`` read from a JPEG/PNG/GIF/BMP header, without decoding pixels.
+
+    Returns ``(-1, -1)`` for bytes of any other format (decoding then fails with TF's own
+    "unknown image format" error). Works eagerly and inside ``tf.data`` / ``tf.function``.
+    """
+    padded = tf.strings.join([image_bytes, tf.constant(b"\0" * 32)])
+    header = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8), tf.int64)
+    magic = tf.strings.substr(padded, 0, 8)
+
+    def png():
+        return (_header_uint(header, 20, 4, big_endian=True), _header_uint(header, 16, 4, big_endian=True))
+
+    def gif():
+        return (_header_uint(header, 8, 2, big_endian=False), _header_uint(header, 6, 2, big_endian=False))
+
+    def bmp():
+        height = _header_uint(header, 22, 4, big_endian=False)
+        height = tf.where(height >= 2**31, 2**32 - height, height)  # top-down BMPs store -height
+        return (height, _header_uint(header, 18, 4, big_endian=False))
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
+        return (shape[0], shape[1])
+
+    def unknown():
+        return (tf.constant(-1, tf.int64), tf.constant(-1, tf.int64))
+
+    return tf.case(
+        [
+            (tf.equal(magic, b"\x89PNG\r\n\x1a\n"), png),
+            (tf.equal(tf.strings.substr(magic, 0, 4), b"GIF8"), gif),
+            (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"), bmp),
+            (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"), jpeg),
+        ],
+        default=unknown,
+        exclusive=True,
+    )
+
+
+def decode_image(image_bytes, image_size: int, max_pixels: Optional[int] = None, name=None):
     """Encoded JPEG/PNG/GIF/BMP bytes -> ``[S, S, 3]`` float32 RGB in ``[0, 255]``.
 
     Grayscale and RGBA become RGB; a GIF gives its first frame. The serving export uses
     this same function, so training and serving see identical pixels.
+
+    Args:
+        image_bytes: scalar string tensor of encoded image bytes.
+        image_size: output side ``S``.
+        max_pixels: when set, the header's width x height is checked against it *before*
+            the pixels are decoded, so a decompression bomb fails fast instead of allocating.
+        name: optional string tensor (a path, a row or request index) named in that error.
     """
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    checks = []
+    if max_pixels:
+        height, width = image_header_size(image_bytes)
+        what = [name] if name is not None else []
+        checks.append(tf.debugging.Assert(
+            height * width <= max_pixels,
+            [f"image header claims more pixels than the limit of {max_pixels} (max_image_pixels): "
+             "refusing to decode;"] + what + ["height", height, "width", width],
+        ))
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image = tf.image.resize(image, (image_size, image_size), method="bilinear")
     return tf.cast(image, tf.float32)
 
@@ -339,7 +371,8 @@ def make_dataset(
     def load(example):
         out = {"text": example["text"]}
         if use_image:
-            out["image"] = decode_image(tf.io.read_file(example["image"]), config.image_size)
+            out["image"] = decode_image(tf.io.read_file(example["image"]), config.image_size,
+                                        config.max_image_pixels, name=example["image"])
         if with_targets:
             out["targets"] = example["targets"]
         return out

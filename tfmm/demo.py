@@ -15,6 +15,7 @@ import os
 from tfmm.config import RunConfig
 from tfmm.demo_data import write_demo_dataset
 from tfmm.evaluate import evaluate
+from tfmm.export import export_for_serving
 from tfmm.train import train
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,11 @@ def demo_config(*, epochs: int = 5, seed: int = 0) -> RunConfig:
     )
 
 
-def run_demo(output_dir: str = "tfmm_demo", *, epochs: int = 5, n_train: int = 1800, seed: int = 0) -> dict:
-    """Runs the demo; returns ``{"metrics": {run: metrics}, "run_dirs": {run: dir}}``.
+def run_demo(output_dir: str = "tfmm_demo", *, epochs: int = 5, n_train: int = 1800, seed: int = 0,
+             export_dir: str = "saved_models/demo") -> dict:
+    """Runs the demo; returns ``{"metrics": {run: metrics}, "run_dirs": {run: dir}, "export_dir": version
+    folder of the fused model's TF Serving export (under ``export_dir``, relative to the current folder),
+    "notes": [lines to show]}``.
 
     Example:
         >>> results = run_demo("/tmp/tfmm_demo", epochs=1, n_train=180)
@@ -57,4 +61,9 @@ def run_demo(output_dir: str = "tfmm_demo", *, epochs: int = 5, n_train: int = 1
         run_dirs[name] = result.run_dir
     with open(os.path.join(output_dir, "demo_results.json"), "w", encoding="utf-8") as f:
         json.dump({"metrics": metrics, "run_dirs": run_dirs}, f, indent=2)
-    return {"metrics": metrics, "run_dirs": run_dirs}
+    results = {"metrics": metrics, "run_dirs": run_dirs, "notes": []}
+    logger.info("demo: exporting the fused model for TF Serving")
+    exported = export_for_serving(run_dirs["fused"], export_dir, warmup_data=paths["val"])
+    results["export_dir"] = exported.path
+    results["notes"].append(f"TF Serving export: {exported.path} (checked; serve it as in docs_export.md)")
+    return results

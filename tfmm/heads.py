@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from tfmm import tasks
+
 HEAD_TASKS = ("classification", "binary", "multilabel")
 
 
@@ -14,6 +16,8 @@ def _check_task(task: str) -> None:
 
 def output_units(task: str, num_classes: int) -> int:
     """Width of the head's output: 1 for binary, else one unit per class."""
+    if task in tasks.TASK_HEADS:  # matching, contrastive: see tfmm.tasks
+        return tasks.output_units(task, num_classes)
     _check_task(task)
     if task == "binary":
         if num_classes != 2:
@@ -43,6 +47,8 @@ def head_layers(task: str, num_classes: int, *, hidden_dim: int, dropout: float)
 
 def loss_for(task: str):
     """The loss matching the head's output and the dataset's label encoding."""
+    if task in tasks.TASK_HEADS:
+        return tasks.loss_for(task)
     _check_task(task)
     if task == "classification":
         return keras.losses.CategoricalCrossentropy()
@@ -51,6 +57,8 @@ def loss_for(task: str):
 
 def metrics_for(task: str, num_classes: int) -> list:
     """Keras metrics shown by ``fit``: accuracy, precision, recall and macro F1."""
+    if task in tasks.TASK_HEADS:
+        return tasks.metrics_for(task)
     _check_task(task)
     if task == "classification":
         return [

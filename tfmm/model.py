@@ -17,7 +17,7 @@ import logging
 
 import keras
 
-from tfmm import heads, text, vision
+from tfmm import heads, tasks, text, vision
 from tfmm.config import RunConfig
 from tfmm.fusion import Fusion
 
@@ -35,6 +35,8 @@ def build_fusion_head(config: RunConfig, feature_dims: dict) -> keras.Model:
         A ``keras.Model`` from that dict of ``[B, D]`` features to the task's scores.
     """
     mc = config.model
+    if mc.task in tasks.TASK_HEADS:  # matching, contrastive: interaction / dual-encoder heads
+        return tasks.build_task_head(config, feature_dims)
     inputs = {
         name: keras.Input(shape=(dim,), dtype="float32", name=name)
         for name, dim in feature_dims.items()
@@ -70,7 +72,7 @@ def build_model(config: RunConfig) -> keras.Model:
         >>> model = build_model(cfg)
     """
     mc, dc = config.model, config.data
-    if mc.num_classes <= 0:
+    if mc.num_classes <= 0 and mc.task != "contrastive":
         raise ValueError(
             "model.num_classes must be set (> 0) before building; received "
             f"{mc.num_classes}. tfmm.train sets it from the training labels."

@@ -36,10 +36,13 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
 HISTORY_CSV = "history.csv"
 BEST_CHECKPOINT = os.path.join("checkpoints", "best.weights.h5")
-# What --overwrite removes: the files `train` (and `evaluate`'s default report) writes.
+# What --overwrite removes: the files `train` writes (and `evaluate`'s default report, which
+# described the old model).
 RUN_OUTPUTS = (
     "config.yaml", "labels.txt", "tokenizer", "checkpoints", "logs", "history.json", HISTORY_CSV,
-    "model.keras", "skipped_rows.csv", "metrics.json", STATE_FILE, distribute.BACKUP_DIR,
+    "model.keras", "skipped_rows.csv", "training_curves.png", "thresholds.json", STATE_FILE,
+    distribute.BACKUP_DIR,
+    "metrics.json", "per_class.csv", "confusion_matrix.png", "roc_curve.png", "pr_curve.png", "ablation.json",
 )
 # Options that may change between an interrupted attempt and its resumption.
 RESUMABLE_CHANGES = ("strategy", "devices", "save_every")
@@ -335,13 +338,6 @@ def finish_run(start: RunStart, *, epochs_completed: int, stopped_early: bool = 
         os.rmdir(os.path.dirname(start.backup_dir))
     except OSError:
         pass  # another worker's backup is still there, or it is already gone
-
-
-def save_model_atomic(model: keras.Model, path: str) -> None:
-    """``model.save(path)`` through a temporary file, so a kill never leaves half a model."""
-    tmp = path[: -len(".keras")] + ".partial.keras" if path.endswith(".keras") else path + ".partial"
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 class TrainingBackup(keras.callbacks.BackupAndRestore):

@@ -2,9 +2,10 @@
 
 A run directory holds ``config.yaml`` (enough to rebuild everything), ``labels.txt``,
 ``tokenizer/`` (the text preprocessor's vocabulary), ``checkpoints/``, ``logs/``
-(TensorBoard), ``history.json`` / ``history.csv`` and the final ``model.keras``, plus
-``train_state.json`` (running/finished, strategy, replicas, global batch) and, while
-training, ``backup/<worker>/`` for crash-safe resume.
+(TensorBoard, see :mod:`tfmm.callbacks`), ``history.json`` / ``history.csv``,
+``training_curves.png`` and the final ``model.keras``, plus ``train_state.json``
+(running/finished, strategy, replicas, global batch) and, while training,
+``backup/<worker>/`` for crash-safe resume (see :mod:`tfmm.resume`).
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import tensorflow as tf
 
 from tfmm import compat, distribute, resume
 from tfmm import data as tfdata
-from tfmm import heads, text
+from tfmm import heads, pairs, plots, tasks, text
+from tfmm.callbacks import reporting_callbacks
+from tfmm.checkpoint import AtomicBestCheckpoint, atomic_save_model, check_free_space
 from tfmm.config import RunConfig, save_config
 from tfmm.distribute import select_strategy  # noqa: F401  (moved; kept importable from here)
 from tfmm.model import build_model
+from tfmm.validate import count_truncated
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +36,7 @@ LABELS_FILE = "labels.txt"
 MODEL_FILE = "model.keras"
 TOKENIZER_DIR = "tokenizer"
 SKIPPED_FILE = "skipped_rows.csv"
+TRAINING_CURVES_FILE = "training_curves.png"
 
 
 @dataclasses.dataclass
@@ -74,7 +79,7 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -
 def _as_manifest(source, config: RunConfig) -> tfdata.Manifest:
     if isinstance(source, tfdata.Manifest):
         return source
-    return tfdata.read_manifest(source, config.data)
+    return tfdata.read_manifest(source, config.data, require_labels=pairs.labels_required(config))
 
 
 def _check_writable(path: str) -> None:
@@ -95,13 +100,11 @@ def default_callbacks(run_dir: str, config: RunConfig, has_val: bool, resumed: O
     log append and the best checkpoint only improve on that value.
     """
     monitor = "val_loss" if has_val else "loss"
+    best = AtomicBestCheckpoint(os.path.join(run_dir, "checkpoints", "best.weights.h5"), monitor=monitor)
+    best.best = (resumed or {}).get(monitor)  # a resumed run's checkpoint only improves on it
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs")),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(run_dir, "checkpoints", "best.weights.h5"),
-            monitor=monitor, save_best_only=True, save_weights_only=True,
-            initial_value_threshold=(resumed or {}).get(monitor),
-        ),
+        best,
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resumed is not None),
     ]
     if config.train.early_stopping_patience:
@@ -178,16 +181,18 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
         os.remove(skipped)
 
     train_m = tfdata.check_manifest(
-        _as_manifest(train_data, config), task=task,
-        skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped,
+        _as_manifest(train_data, config), task=task, labels=pairs.fixed_labels(task),
+        skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
     )
-    labels = tfdata.build_label_vocab(train_m, task)
+    labels = pairs.label_vocab(train_m, task)
+    train_m = pairs.prepare_manifest(train_m, config, seed=config.train.seed)  # pair tasks only
     val_m = None
     if val_data is not None:
         val_m = tfdata.check_manifest(
             _as_manifest(val_data, config), task=task, labels=labels,
-            skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped,
+            skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
         )
+        val_m = pairs.prepare_manifest(val_m, config, seed=config.train.seed + 1)
     config = config.replace(model={"num_classes": len(labels)})
     heads.output_units(task, len(labels))  # fail early on a wrong label count
     logger.info("training on %d rows, %d labels%s", len(train_m), len(labels),
@@ -198,6 +203,10 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
         preprocessor = text.load_text_preprocessor(config.model.text_encoder, dc.sequence_length)
         if hasattr(preprocessor, "save"):
             preprocessor.save(os.path.join(run_dir, TOKENIZER_DIR))
+        truncated = count_truncated(train_m.frame["text"].tolist(), preprocessor)
+        if truncated:
+            logger.warning("%d of %d training texts are longer than %d tokens and were truncated "
+                           "(--sequence-length)", truncated, len(train_m), dc.sequence_length)
 
     global_batch = distribute.global_batch_size(config.train.batch_size, strategy)
     logger.info("strategy %s: %d replica(s), global batch %d",
@@ -215,6 +224,7 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
         model = build_model(config)
         optimizer_config = _scaled_learning_rate(config, strategy)
         compile_model(model, optimizer_config, steps_per_epoch)
+    check_free_space(model, run_dir)
     if start.chief:
         resume.write_state(start.run_dir, distribution={
             **distribute.describe(strategy, config.train.batch_size),
@@ -223,13 +233,18 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
     history = model.fit(
         train_ds, validation_data=val_ds, epochs=config.train.epochs,
         callbacks=default_callbacks(run_dir, config, val_ds is not None, start.best if start.resumed else None)
-        + list(callbacks or []) + [backup],  # the backup last: each epoch is logged before it counts as done
+        + reporting_callbacks(run_dir, config, val_ds, val_m, labels) + list(callbacks or [])
+        + [backup],  # the backup last: each epoch is logged before it counts as done
         verbose=verbose,
     )
-    resume.save_model_atomic(model, os.path.join(run_dir, MODEL_FILE))
+    atomic_save_model(model, os.path.join(run_dir, MODEL_FILE))
+    if task in tasks.THRESHOLD_TASKS:  # multilabel, matching: thresholds.json
+        y_val = tfdata.encode_labels(val_m, labels, task) if val_m is not None else None
+        tasks.tune_and_save(model, val_ds, y_val, run_dir, task, labels)
     hist = {k: list(start.prior_history.get(k, [])) + [float(v) for v in history.history.get(k, [])]
             for k in {**start.prior_history, **history.history}}
     resume.write_json_atomic(os.path.join(run_dir, "history.json"), hist)
+    plots.save_png(plots.training_curves_figure(hist), os.path.join(run_dir, TRAINING_CURVES_FILE))
     completed = start.initial_epoch + len(history.history.get("loss", []))
     resume.finish_run(start, epochs_completed=completed, stopped_early=completed < config.train.epochs)
     logger.info("saved run to %s", run_dir)

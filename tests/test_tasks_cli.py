@@ -1,0 +1,209 @@
+"""Matching, multilabel and contrastive end to end: train, evaluate, predict (CLI and API)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import tfmm
+from tfmm import contrastive, tasks
+from tfmm.cli import main
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+TEMPLATES = ("a {} one", "this thing is {}", "a picture of something {}", "painted {}")
+
+
+def write_colour_pairs(folder, n, *, seed, split):
+    """Positive pairs only: a 32x32 patch of one colour and a caption naming that colour."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
+    path = os.path.join(folder, f"{split}.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "text"])
+        for i in range(n):
+            name = list(COLOURS)[i % len(COLOURS)]
+            pixels = np.clip(np.array(COLOURS[name]) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype("uint8")
+            rel = f"images/{split}_{i:03d}.png"
+            Image.fromarray(pixels).save(os.path.join(folder, rel))
+            writer.writerow([rel, TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(name)])
+    return path
+
+
+@pytest.fixture(scope="module")
+def colour_pairs(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("pairs"))
+    return {split: write_colour_pairs(folder, n, seed=i, split=split)
+            for i, (split, n) in enumerate((("train", 48), ("val", 12), ("test", 12)))}
+
+
+def _args(tiny_bert, *extra):
+    # Frozen encoders: these tests check the task plumbing; tracing VGG16's and BERT's
+    # gradients and optimizer updates would triple their runtime.
+    return ["--text-encoder", f"keras_nlp:{tiny_bert}", "--image-weights", "none", "--image-size", "32",
+            "--sequence-length", "8", "--projection-dim", "16", "--hidden-dim", "16", "--epochs", "1",
+            "--batch-size", "8", "--freeze-image", "--freeze-text", *extra]
+
+
+def test_matching_cli_with_generated_negatives(colour_pairs, tiny_bert, tmp_path, capsys):
+    run = str(tmp_path / "match")
+    assert main(["train", "--data", colour_pairs["train"], "--val-data", colour_pairs["val"], "--output-dir", run,
+                 "--task", "matching", "--negatives", "1", *_args(tiny_bert)]) == 0
+    saved = json.load(open(os.path.join(run, tasks.THRESHOLDS_FILE)))
+    assert saved["labels"] == ["1"] and saved["tuned_on"] == "validation data"
+    assert os.listdir(os.path.join(run, "logs"))  # TensorBoard
+    assert "val_auc" in json.load(open(os.path.join(run, "history.json")))
+    capsys.readouterr()
+
+    assert main(["evaluate", "--model", run, "--data", colour_pairs["test"], "--report-dir", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "matching: accuracy" in out and "ROC-AUC" in out and "per class:" in out
+    metrics = json.load(open(tmp_path / "rep" / "metrics.json"))
+    assert metrics["generated_negatives"] == 12 and metrics["n_examples"] == 24 and metrics["n_positive"] == 12
+    assert metrics["threshold"] == pytest.approx(saved["thresholds"][0])
+    assert 0.0 <= metrics["roc_auc"] <= 1.0 and {"accuracy", "f1", "confusion_matrix", "f1_macro"} <= set(metrics)
+
+    image = os.path.join(os.path.dirname(colour_pairs["test"]), pd.read_csv(colour_pairs["test"])["image"][0])
+    assert main(["predict", "--model", run, "--image", image, "--text", "a red one"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert 0.0 <= record["match_score"] <= 1.0
+    assert record["match"] == (record["match_score"] >= metrics["threshold"])
+
+    assert main(["predict", "--model", run, "--data", colour_pairs["test"], "--zero-shot-labels", "red,blue"]) == 2
+    assert "zero-shot labels need a run trained with --task contrastive" in capsys.readouterr().err
+    assert main(["train", "--data", colour_pairs["val"], "--output-dir", str(tmp_path / "x"), "--task", "matching",
+                 *_args(tiny_bert)]) == 2
+    assert "missing column(s) ['label']" in capsys.readouterr().err
+
+
+def test_multilabel_api_thresholds_metrics_and_predicted(demo_data, tiny_config, tmp_path):
+    folder = os.path.dirname(demo_data["train"])
+    manifests = {}
+    for split in ("train", "val", "test"):
+        df = pd.read_csv(demo_data[split])
+        df["label"] = df["label"].str.replace(" ", "|")  # "red circle" -> "red|circle"
+        manifests[split] = os.path.join(folder, f"ml_{split}.csv")
+        df.to_csv(manifests[split], index=False)
+    config = tiny_config.replace(model={"task": "multilabel", "freeze_image": True, "freeze_text": True})
+    result = tfmm.train(config, manifests["train"], manifests["val"], str(tmp_path / "ml"))
+    labels = ["blue", "circle", "green", "red", "square", "triangle"]
+    assert result.labels == labels
+    thresholds = tasks.load_thresholds(result.run_dir, labels)
+    assert thresholds.shape == (6,) and ((thresholds > 0) & (thresholds < 1)).all()
+
+    metrics = tfmm.evaluate(result.run_dir, manifests["test"])
+    assert metrics["task"] == "multilabel" and metrics["n_examples"] == 18
+    assert set(metrics["per_class"]) == set(labels)
+    assert {"f1_micro", "f1_macro", "hamming_loss"} <= set(metrics)
+    assert metrics["per_class"]["red"]["threshold"] == pytest.approx(thresholds[3])
+
+    records = tfmm.predict(result.run_dir, manifests["test"], k=6)
+    from tfmm.evaluate import load_run, predict_scores
+
+    run = load_run(result.run_dir)
+    scores = predict_scores(run, tfmm.read_manifest(manifests["test"]))
+    for rec, row in zip(records, scores):
+        assert rec["predicted"] == [label for label, s, t in zip(labels, row, thresholds) if s >= t]
+        assert rec["true_label"].count("|") == 1 and len(rec["labels"]) == 6
+
+
+def test_contrastive_cli_retrieval_and_zero_shot_use_the_prompt(colour_pairs, tiny_bert, tmp_path, capsys):
+    run = str(tmp_path / "clip")
+    assert main(["train", "--data", colour_pairs["train"], "--val-data", colour_pairs["val"], "--output-dir", run,
+                 "--task", "contrastive", *_args(tiny_bert, "--epochs", "2")]) == 0
+    history = json.load(open(os.path.join(run, "history.json")))
+    assert "val_recall_at_1" in history and len(history["loss"]) == 2
+    capsys.readouterr()
+
+    assert main(["evaluate", "--model", run, "--data", colour_pairs["test"]]) == 0
+    assert "image_to_text" in capsys.readouterr().out
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    for direction in ("image_to_text", "text_to_image"):
+        assert [0 <= metrics[f"{direction}_recall@{k}"] <= 1 for k in (1, 5, 10)] == [True] * 3
+        assert metrics[f"{direction}_recall@10"] >= metrics[f"{direction}_recall@1"]
+    assert metrics["n_examples"] == 12 and metrics["temperature"] > 0
+
+    image = os.path.join(os.path.dirname(colour_pairs["test"]), pd.read_csv(colour_pairs["test"])["image"][0])
+    zero_shot = ["predict", "--model", run, "--image", image, "--zero-shot-labels", "red,green,blue"]
+    assert main(zero_shot + ["--prompt", "a picture of something {}"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert sorted(record["labels"]) == ["blue", "green", "red"]
+    assert record["prompts"][record["labels"].index("red")] == "a picture of something red"
+
+    # The scores are those of the image against the embedded prompts, at the learned temperature.
+    loaded = tfmm.load_run(run)
+    from tfmm.data import decode_image
+
+    pixels = decode_image(open(image, "rb").read(), 32)[None]
+    image_emb = contrastive.image_embedding_model(loaded.model).predict(pixels, verbose=0)
+    prompts = ["a picture of something red", "a picture of something green", "a picture of something blue"]
+    import tensorflow as tf
+
+    prompt_emb = contrastive.text_embedding_model(loaded.model).predict(loaded.preprocessor(tf.constant(prompts)), verbose=0)
+    expected = contrastive.zero_shot_scores(image_emb, prompt_emb, contrastive.logit_scale(loaded.model))[0]
+    got = dict(zip(record["labels"], record["scores"]))
+    np.testing.assert_allclose([got[c] for c in ("red", "green", "blue")], expected, atol=1e-5)
+    assert main(zero_shot + ["--prompt", "painted {}"]) == 0
+    other = json.loads(capsys.readouterr().out)
+    assert dict(zip(other["labels"], other["scores"])) != pytest.approx(got)
+
+    # The raw-input functions the export wraps as embed_image / embed_text signatures.
+    embed_image, embed_text = contrastive.raw_embedding_fns(loaded.model, loaded.preprocessor, 32)
+    spec = tf.TensorSpec([None], tf.string)
+    from_bytes = tf.function(embed_image, input_signature=[spec])(tf.constant([open(image, "rb").read()]))
+    np.testing.assert_allclose(from_bytes["embedding"], image_emb, atol=1e-5)
+    from_text = tf.function(embed_text, input_signature=[spec])(tf.constant(prompts))
+    np.testing.assert_allclose(from_text["embedding"], prompt_emb, atol=1e-5)
+
+    preds = str(tmp_path / "emb.jsonl")
+    assert main(["predict", "--model", run, "--data", colour_pairs["test"], "--output", preds]) == 0
+    rows = [json.loads(line) for line in open(preds)]
+    assert len(rows) == 12 and "true_label" not in rows[0]
+    a, b = np.array(rows[0]["image_embedding"]), np.array(rows[0]["text_embedding"])
+    assert a.shape == (16,) and np.linalg.norm(a) == pytest.approx(1, abs=1e-5)
+    assert rows[0]["similarity"] == pytest.approx(float(a @ b), abs=1e-5)
+    assert main(["predict", "--model", run, "--image", image, "--prompt", "a {}"]) == 2
+    assert "--prompt needs --zero-shot-labels" in capsys.readouterr().err
+
+
+_MIRRORED = textwrap.dedent("""
+    import os, sys
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras, numpy as np
+    sys.path.insert(0, sys.argv[1])
+    from tfmm import heads
+    from tfmm.config import RunConfig
+    from tfmm.model import build_fusion_head
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    rng = np.random.default_rng(0)
+    x = {"image_features": rng.normal(size=(64, 8)).astype("float32"),
+         "text_features": rng.normal(size=(64, 8)).astype("float32")}
+    targets = {"matching": (rng.random((64, 1)) < 0.5).astype("float32"),
+               "contrastive": np.stack([np.arange(64), np.arange(64)], 1).astype("float32")}
+    for task, y in targets.items():
+        with strategy.scope():
+            head = build_fusion_head(RunConfig().replace(model={"task": task, "num_classes": 2,
+                                     "projection_dim": 8, "hidden_dim": 8}), {k: 8 for k in x})
+            head.compile(optimizer="adam", loss=heads.loss_for(task), metrics=heads.metrics_for(task, 2))
+        loss = head.fit(x, y, batch_size=16, epochs=2, verbose=0).history["loss"]
+        print(task, strategy.num_replicas_in_sync, loss[-1])
+        assert np.isfinite(loss).all(), (task, loss)
+""")
+
+
+@pytest.mark.slow
+def test_pair_task_heads_train_under_mirrored_strategy():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", _MIRRORED, root], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "matching 2 " in proc.stdout and "contrastive 2 " in proc.stdout
