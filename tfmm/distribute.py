@@ -170,7 +170,10 @@ def select_strategy(name: str = "auto", devices=None) -> tf.distribute.Strategy:
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     """True for a ``MultiWorkerMirroredStrategy`` that spans more than one worker."""
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return sum(len(spec.get(kind) or ()) for kind in ("chief", "worker")) > 1
 
 
 def task_of(strategy: tf.distribute.Strategy) -> tuple:
