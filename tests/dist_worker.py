@@ -7,6 +7,11 @@
         Under the MultiWorkerMirroredStrategy of TF_CONFIG, fits a tiny dict-input model three
         times: unpatched Keras, with tfmm.compat's "symbolic_build" fix only, with both fixes;
         prints one JSON line per attempt: {"fixes": [...], "ok": bool, "error": "..."}.
+    python tests/dist_worker.py shards MANIFEST
+        Under the MultiWorkerMirroredStrategy of TF_CONFIG, distributes tfmm.data.make_dataset
+        over MANIFEST (shuffled, global batch 16; a stand-in tokenizer turns the caption,
+        the row number, into token_ids) and prints {"rows": [[row, ...] per step]}: the rows
+        this worker got.
 """
 
 import json
@@ -82,6 +87,30 @@ def keras_bug() -> int:
     return 0
 
 
+def shards(manifest_path: str) -> int:
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # first: before any op
+    from tfmm import data as tfdata
+    from tfmm.config import DataConfig
+
+    def row_tokenizer(texts):  # caption "17" -> token_ids [[17]]
+        ids = tf.strings.to_number(texts, out_type=tf.int32)[:, None]
+        return {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.ones_like(ids)}
+
+    config = DataConfig(image_size=32)
+    manifest = tfdata.read_manifest(manifest_path, config)
+    ds = tfdata.make_dataset(manifest, config=config, preprocessor=row_tokenizer, labels=tfdata.build_label_vocab(manifest),
+                             modalities="text", batch_size=16, shuffle=True, seed=42)
+    rows = []
+    for features, _ in strategy.experimental_distribute_dataset(ds):
+        local = strategy.experimental_local_results(features["token_ids"])[0]
+        rows.append(local.numpy()[:, 0].tolist())
+    print(json.dumps({"rows": rows}), flush=True)
+    return 0
+
+
 if __name__ == "__main__":
     mode, rest = sys.argv[1], sys.argv[2:]
-    sys.exit(run_cli(rest) if mode == "cli" else keras_bug())
+    runners = {"cli": lambda: run_cli(rest), "keras-bug": keras_bug, "shards": lambda: shards(rest[0])}
+    sys.exit(runners[mode]())
