@@ -94,7 +94,7 @@ examples:
       --image-weights ~/weights/resnet50_notop.h5 --freeze-image --epochs 5
   tfmm train --config cfg.yaml --data train.csv --output-dir runs/r2 --modalities image
   tfmm train --data train.csv --output-dir runs/r3 --strategy mirrored --devices GPU:0,GPU:1
-  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' \
+  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' \\
       tfmm train --data train.csv --output-dir runs/r4 --strategy multi_worker
 
 Rerunning a killed run with the same --output-dir resumes it (at the start of the
