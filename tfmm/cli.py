@@ -281,6 +281,11 @@ def _cmd_evaluate(args) -> int:
         from tfmm.task_eval import format_summary
 
         print(format_summary(metrics))
+        if metrics["task"] != "contrastive":  # retrieval has no classes
+            print("\nper class:")
+            for label, m in metrics["per_class"].items():
+                print(f"  {label:30s} precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+                      f"f1 {m['f1']:.4f}  support {m['support']}")
         print(f"\nwrote {os.path.join(args.report_dir or args.model, 'metrics.json')}")
         return 0
     print(reports.format_report(metrics))
