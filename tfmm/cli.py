@@ -77,6 +77,14 @@ _CONFIG_FLAGS = [
     ("--strategy", "train", "strategy", dict(choices=["auto", "one_device", "mirrored", "multi_worker"],
                                              help="tf.distribute strategy (default: auto)")),
     ("--seed", "train", "seed", dict(type=int, metavar="N", help="random seed (default: 42)")),
+    ("--devices", "train", "devices", dict(
+        metavar="LIST", help="devices for --strategy mirrored, e.g. GPU:0,GPU:1 (default: all GPUs)")),
+    ("--scale-learning-rate", "train", "scale_learning_rate", dict(
+        action="store_true", default=None,
+        help="multiply --learning-rate by the number of replicas (linear scaling rule)")),
+    ("--save-every", "train", "save_every", dict(
+        type=int, metavar="N", help="also back up the training state every N steps, for resuming "
+                                    "long epochs (default: 0, at epoch ends only)")),
 ]
 
 _TRAIN_EXAMPLES = """\
@@ -85,6 +93,12 @@ examples:
   tfmm train --data train.jsonl --output-dir runs/r1 --image-encoder resnet50 \\
       --image-weights ~/weights/resnet50_notop.h5 --freeze-image --epochs 5
   tfmm train --config cfg.yaml --data train.csv --output-dir runs/r2 --modalities image
+  tfmm train --data train.csv --output-dir runs/r3 --strategy mirrored --devices GPU:0,GPU:1
+  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' \
+      tfmm train --data train.csv --output-dir runs/r4 --strategy multi_worker
+
+Rerunning a killed run with the same --output-dir resumes it (at the start of the
+interrupted epoch); a finished run is refused unless --overwrite is given.
 """
 
 
@@ -112,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", metavar="MANIFEST", help="validation manifest (same format)")
     p.add_argument("--output-dir", required=True, metavar="RUN", help="run directory to write")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON config; flags given here override it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a previous run in --output-dir and train from scratch (without it, an "
+                        "interrupted run resumes and a finished one is refused)")
     for flag, _, _, kwargs in _CONFIG_FLAGS:
         p.add_argument(flag, **kwargs)
 
@@ -254,8 +271,11 @@ def _cmd_train(args) -> int:
     from tfmm.train import train
 
     config = config_from_args(args)
-    result = train(config, args.data, args.val_data, args.output_dir)
+    result = train(config, args.data, args.val_data, args.output_dir, overwrite=args.overwrite)
     last = {k: round(v[-1], 4) for k, v in result.history.items()}
+    if result.initial_epoch:
+        print(f"resumed at epoch {result.initial_epoch + 1} of {result.config.train.epochs} "
+              f"({result.initial_epoch} epoch(s) were done before the interruption)")
     print(f"trained {len(result.history.get('loss', []))} epoch(s); last epoch: {json.dumps(last)}")
     print(f"run directory: {result.run_dir}")
     return 0
@@ -476,6 +496,8 @@ def main(argv=None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # tf.distribute logs every collective it builds at INFO
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
     from tfmm.data import ManifestError
 
     try:

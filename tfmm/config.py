@@ -143,6 +143,12 @@ class TrainConfig:
         strategy: ``auto``, ``one_device``, ``mirrored`` or ``multi_worker``.
         seed: seeds shuffling, initialisation and dropout.
         shuffle_buffer: tf.data shuffle buffer size.
+        devices: devices for ``mirrored`` (or ``one_device``), comma-separated, e.g.
+            ``"GPU:0,GPU:1"``; empty: all GPUs.
+        scale_learning_rate: multiply ``learning_rate`` by the number of replicas (the
+            linear scaling rule for a global batch that grows with replicas).
+        save_every: also back up the training state every N steps (0: at epoch ends only),
+            for resuming long epochs after a crash.
     """
 
     epochs: int = 10
@@ -154,6 +160,9 @@ class TrainConfig:
     strategy: str = "auto"
     seed: int = 42
     shuffle_buffer: int = 2048
+    devices: str = ""
+    scale_learning_rate: bool = False
+    save_every: int = 0
 
     def __post_init__(self):
         _check_positive("epochs", self.epochs)
@@ -163,6 +172,11 @@ class TrainConfig:
         _check_positive("early_stopping_patience", self.early_stopping_patience, allow_zero=True)
         _check_positive("shuffle_buffer", self.shuffle_buffer)
         _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_positive("save_every", self.save_every, allow_zero=True)
+        if isinstance(self.devices, (list, tuple)):  # YAML list -> the flag's string form
+            object.__setattr__(self, "devices", ",".join(str(d).strip() for d in self.devices))
+        if not isinstance(self.devices, str) or (self.devices and not all(d.strip() for d in self.devices.split(","))):
+            raise ValueError(f"devices must be a comma-separated string like 'GPU:0,GPU:1'; received {self.devices!r}")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1); received {self.warmup_fraction!r}")
 

@@ -55,7 +55,8 @@ def run_demo(output_dir: str = "tfmm_demo", *, epochs: int = 5, n_train: int = 1
     for name, modalities in RUNS:
         logger.info("demo: training the %s model", name)
         run_dir = os.path.join(output_dir, name)
-        result = train(base.replace(model={"modalities": modalities}), paths["train"], paths["val"], run_dir)
+        result = train(base.replace(model={"modalities": modalities}), paths["train"], paths["val"], run_dir,
+                       overwrite=True)  # the demo regenerates its data: always train afresh
         metrics[name] = evaluate(run_dir, paths["test"])
         run_dirs[name] = result.run_dir
     with open(os.path.join(output_dir, "demo_results.json"), "w", encoding="utf-8") as f:

@@ -2,14 +2,15 @@
 
 A run directory holds ``config.yaml`` (enough to rebuild everything), ``labels.txt``,
 ``tokenizer/`` (the text preprocessor's vocabulary), ``checkpoints/``, ``logs/``
-(TensorBoard, see :mod:`tfmm.callbacks`), ``history.json``, ``training_curves.png`` and
-the final ``model.keras``.
+(TensorBoard, see :mod:`tfmm.callbacks`), ``history.json`` / ``history.csv``,
+``training_curves.png`` and the final ``model.keras``, plus ``train_state.json``
+(running/finished, strategy, replicas, global batch) and, while training,
+``backup/<worker>/`` for crash-safe resume (see :mod:`tfmm.resume`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -18,11 +19,13 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from tfmm import compat, distribute, resume
 from tfmm import data as tfdata
 from tfmm import heads, pairs, plots, tasks, text
 from tfmm.callbacks import reporting_callbacks
 from tfmm.checkpoint import AtomicBestCheckpoint, atomic_save_model, check_free_space
 from tfmm.config import RunConfig, save_config
+from tfmm.distribute import select_strategy  # noqa: F401  (moved; kept importable from here)
 from tfmm.model import build_model
 from tfmm.validate import count_truncated
 
@@ -45,22 +48,7 @@ class TrainResult:
     run_dir: str
     config: RunConfig
     labels: list
-
-
-def select_strategy(name: str = "auto") -> tf.distribute.Strategy:
-    """Returns the ``tf.distribute`` strategy for ``--strategy``.
-
-    ``auto`` picks MirroredStrategy when more than one GPU is visible, else the default
-    (single-device) strategy.
-    """
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name in ("auto", "one_device"):
-        return tf.distribute.get_strategy()
-    raise ValueError(f"strategy must be one of ['auto', 'mirrored', 'multi_worker', 'one_device']; received {name!r}")
+    initial_epoch: int = 0
 
 
 def make_optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -96,7 +84,7 @@ def _as_manifest(source, config: RunConfig) -> tfdata.Manifest:
 
 def _check_writable(path: str) -> None:
     os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, ".tfmm_write_test")
+    probe = os.path.join(path, f".tfmm_write_test.{os.getpid()}")  # per process: workers may share path
     try:
         with open(probe, "w") as f:
             f.write("ok")
@@ -105,13 +93,19 @@ def _check_writable(path: str) -> None:
         raise OSError(f"output dir {path!r} is not writable: {e}") from e
 
 
-def default_callbacks(run_dir: str, config: RunConfig, has_val: bool) -> list:
-    """TensorBoard, best checkpoint, early stopping and a CSV log, all under ``run_dir``."""
+def default_callbacks(run_dir: str, config: RunConfig, has_val: bool, resumed: Optional[dict] = None) -> list:
+    """TensorBoard, best checkpoint, early stopping and a CSV log, all under ``run_dir``.
+
+    ``resumed`` (``{"val_loss"/"loss": best value so far}`` of a resumed run) makes the CSV
+    log append and the best checkpoint only improve on that value.
+    """
     monitor = "val_loss" if has_val else "loss"
+    best = AtomicBestCheckpoint(os.path.join(run_dir, "checkpoints", "best.weights.h5"), monitor=monitor)
+    best.best = (resumed or {}).get(monitor)  # a resumed run's checkpoint only improves on it
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs")),
-        AtomicBestCheckpoint(os.path.join(run_dir, "checkpoints", "best.weights.h5"), monitor=monitor),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv")),
+        best,
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resumed is not None),
     ]
     if config.train.early_stopping_patience:
         callbacks.append(
@@ -131,8 +125,15 @@ def train(
     *,
     callbacks: Optional[list] = None,
     verbose="auto",
+    overwrite: bool = False,
+    strategy: Optional[tf.distribute.Strategy] = None,
 ) -> TrainResult:
     """Trains a fused model on a manifest and writes a run directory.
+
+    Distributed training (``config.train.strategy``, see :mod:`tfmm.distribute`): every
+    worker runs this same call; only the chief writes ``output_dir``. An interrupted run
+    (killed, preempted) resumes when called again with the same ``output_dir``, at the
+    start of the interrupted epoch (see :mod:`tfmm.resume`).
 
     Args:
         config: the run configuration.
@@ -141,20 +142,38 @@ def train(
         output_dir: the run directory (created).
         callbacks: extra Keras callbacks, added to the defaults.
         verbose: passed to ``model.fit`` (``"auto"`` shows a progress bar).
+        overwrite: discard a previous run in ``output_dir`` and train from scratch.
+        strategy: a ``tf.distribute`` strategy to use instead of ``config.train.strategy``.
 
     Returns:
-        A :class:`TrainResult`.
+        A :class:`TrainResult` (``initial_epoch`` > 0 when this call resumed a run).
 
     Raises:
         tfmm.data.ManifestError: bad rows (all listed) and ``skip_bad_rows`` is off.
+        tfmm.resume.RunFinishedError: ``output_dir`` holds a finished run and ``overwrite`` is off.
         OSError: ``output_dir`` is not writable.
 
     Example:
         >>> result = tfmm.train(tfmm.RunConfig(), "data/train.csv", "data/val.csv", "runs/a")
         >>> result.history["val_accuracy"][-1]
     """
+    # The strategy first: MultiWorkerMirroredStrategy must exist before TensorFlow runs an op.
+    if strategy is None:
+        strategy = distribute.select_strategy(config.train.strategy, config.train.devices)
+    if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
+        compat.apply_distribute_fixes()
     run_dir = os.path.abspath(output_dir)
     _check_writable(run_dir)
+    start = resume.prepare_run(run_dir, config, strategy, overwrite=overwrite)
+    with distribute.worker_output_dir(run_dir, strategy) as write_dir:
+        result = _train_in(write_dir, start, strategy, config, train_data, val_data, callbacks, verbose)
+        distribute.barrier(strategy)
+    return dataclasses.replace(result, run_dir=run_dir)
+
+
+def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks, verbose) -> TrainResult:
+    """The body of :func:`train`: ``run_dir`` is where this worker writes (the chief: the
+    run directory; another worker: a temporary folder)."""
     keras.utils.set_random_seed(config.train.seed)
     task, dc = config.model.task, config.data
     skipped = os.path.join(run_dir, SKIPPED_FILE)
@@ -189,10 +208,9 @@ def train(
             logger.warning("%d of %d training texts are longer than %d tokens and were truncated "
                            "(--sequence-length)", truncated, len(train_m), dc.sequence_length)
 
-    strategy = select_strategy(config.train.strategy)
-    global_batch = config.train.batch_size * strategy.num_replicas_in_sync
+    global_batch = distribute.global_batch_size(config.train.batch_size, strategy)
     logger.info("strategy %s: %d replica(s), global batch %d",
-                type(strategy).__name__, strategy.num_replicas_in_sync, global_batch)
+                distribute.strategy_name(strategy), strategy.num_replicas_in_sync, global_batch)
     common = dict(config=dc, preprocessor=preprocessor, labels=labels, task=task,
                   modalities=config.model.modalities, batch_size=global_batch)
     train_ds = tfdata.make_dataset(train_m, shuffle=True, seed=config.train.seed,
@@ -204,21 +222,41 @@ def train(
     tfdata.save_labels(labels, os.path.join(run_dir, LABELS_FILE))
     with strategy.scope():
         model = build_model(config)
-        compile_model(model, config, steps_per_epoch)
+        optimizer_config = _scaled_learning_rate(config, strategy)
+        compile_model(model, optimizer_config, steps_per_epoch)
     check_free_space(model, run_dir)
+    if start.chief:
+        resume.write_state(start.run_dir, distribution={
+            **distribute.describe(strategy, config.train.batch_size),
+            "learning_rate": optimizer_config.train.learning_rate})
+    backup = resume.TrainingBackup(start.backup_dir, save_freq=config.train.save_every or "epoch")
     history = model.fit(
         train_ds, validation_data=val_ds, epochs=config.train.epochs,
-        callbacks=default_callbacks(run_dir, config, val_ds is not None)
-        + reporting_callbacks(run_dir, config, val_ds, val_m, labels) + list(callbacks or []),
+        callbacks=default_callbacks(run_dir, config, val_ds is not None, start.best if start.resumed else None)
+        + reporting_callbacks(run_dir, config, val_ds, val_m, labels) + list(callbacks or [])
+        + [backup],  # the backup last: each epoch is logged before it counts as done
         verbose=verbose,
     )
     atomic_save_model(model, os.path.join(run_dir, MODEL_FILE))
     if task in tasks.THRESHOLD_TASKS:  # multilabel, matching: thresholds.json
         y_val = tfdata.encode_labels(val_m, labels, task) if val_m is not None else None
         tasks.tune_and_save(model, val_ds, y_val, run_dir, task, labels)
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    with open(os.path.join(run_dir, "history.json"), "w", encoding="utf-8") as f:
-        json.dump(hist, f, indent=2)
+    hist = {k: list(start.prior_history.get(k, [])) + [float(v) for v in history.history.get(k, [])]
+            for k in {**start.prior_history, **history.history}}
+    resume.write_json_atomic(os.path.join(run_dir, "history.json"), hist)
     plots.save_png(plots.training_curves_figure(hist), os.path.join(run_dir, TRAINING_CURVES_FILE))
+    completed = start.initial_epoch + len(history.history.get("loss", []))
+    resume.finish_run(start, epochs_completed=completed, stopped_early=completed < config.train.epochs)
     logger.info("saved run to %s", run_dir)
-    return TrainResult(model, hist, run_dir, config, labels)
+    return TrainResult(model, hist, run_dir, config, labels, initial_epoch=start.initial_epoch)
+
+
+def _scaled_learning_rate(config: RunConfig, strategy: tf.distribute.Strategy) -> RunConfig:
+    """The config the optimizer is built from: the learning rate x replicas when
+    ``scale_learning_rate`` is on (config.yaml keeps the unscaled value)."""
+    tc = config.train
+    lr = distribute.scaled_learning_rate(tc.learning_rate, strategy, tc.scale_learning_rate)
+    if lr != tc.learning_rate:
+        logger.info("learning rate scaled linearly to %g (%g x %d replicas)", lr, tc.learning_rate,
+                    strategy.num_replicas_in_sync)
+    return config.replace(train={"learning_rate": lr})

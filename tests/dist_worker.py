@@ -1,0 +1,87 @@
+"""A fresh Python process for the distributed tests (tf.distribute needs its own process).
+
+    python tests/dist_worker.py cli [--logical-cpus N] [--dump-weights FILE.npz] -- train ARGS...
+        `tfmm train ARGS` (tfmm.cli.main), optionally on N logical CPU devices, optionally
+        saving the trained weights (every worker's, chief or not) to FILE.npz.
+    python tests/dist_worker.py keras-bug
+        Under the MultiWorkerMirroredStrategy of TF_CONFIG, fits a tiny dict-input model three
+        times: unpatched Keras, with tfmm.compat's "symbolic_build" fix only, with both fixes;
+        prints one JSON line per attempt: {"fixes": [...], "ok": bool, "error": "..."}.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(argv) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--logical-cpus", type=int, default=0)
+    parser.add_argument("--dump-weights")
+    split = argv.index("--")
+    args, cli_args = parser.parse_args(argv[:split]), argv[split + 1:]
+    import tensorflow as tf
+
+    if args.logical_cpus:  # before any op runs
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
+    if args.dump_weights:
+        import importlib
+
+        import numpy as np
+
+        train_module = importlib.import_module("tfmm.train")  # (tfmm.train is also the function)
+        original = train_module.train
+
+        def train_and_dump(*a, **k):
+            result = original(*a, **k)
+            np.savez(args.dump_weights, *result.model.get_weights())
+            return result
+
+        train_module.train = train_and_dump
+    from tfmm.cli import main
+
+    return main(cli_args)
+
+
+def keras_bug() -> int:
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # first: before any op
+    import keras
+    import numpy as np
+
+    from tfmm import compat
+
+    rng = np.random.default_rng(0)
+    x = {"a": rng.random((32, 4), dtype=np.float32), "b": rng.integers(0, 5, (32, 3)).astype("int32")}
+    y = rng.random((32, 1), dtype=np.float32)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).with_options(options)
+    for fixes in ([], ["symbolic_build"], ["symbolic_build", "scalar_reduce"]):
+        if fixes:
+            compat.apply_distribute_fixes(fixes)
+        with strategy.scope():
+            a = keras.Input((4,), name="a")
+            b = keras.Input((3,), name="b", dtype="int32")
+            h = keras.layers.Concatenate()([a, keras.layers.Flatten()(keras.layers.Embedding(5, 2)(b))])
+            model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1)(h))
+            model.compile("adam", "mse", metrics=["mae"])
+        try:
+            model.fit(ds, epochs=1, verbose=0)
+            print(json.dumps({"fixes": fixes, "ok": True, "error": ""}), flush=True)
+        except Exception as e:  # noqa: BLE001 - the point is to report it
+            print(json.dumps({"fixes": fixes, "ok": False, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    mode, rest = sys.argv[1], sys.argv[2:]
+    sys.exit(run_cli(rest) if mode == "cli" else keras_bug())
