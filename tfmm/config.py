@@ -19,6 +19,7 @@ FUSIONS = ("concat", "sum", "mean", "gated")
 MODALITIES = ("both", "image", "text")
 POOLINGS = ("cls", "mean")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
 
 def _check_choice(name: str, value: Any, allowed) -> None:
@@ -45,6 +46,11 @@ class DataConfig:
         sequence_length: token sequence length for the text encoder.
         skip_bad_rows: skip invalid rows (reported and saved) instead of stopping.
         max_image_pixels: refuse images whose header claims more pixels than this.
+        cache_in_memory: keep decoded images in memory after the first epoch
+            (``tf.data`` ``cache()``); ``None`` (auto) caches when they fit in
+            ``tfmm.data.AUTO_CACHE_BYTES``.
+        deterministic: ``False`` lets parallel decoding hand out elements as soon as they
+            are ready (faster, but the order of a seeded shuffle is no longer reproducible).
     """
 
     image_col: str = "image"
@@ -54,6 +60,8 @@ class DataConfig:
     sequence_length: int = 64
     skip_bad_rows: bool = False
     max_image_pixels: int = 40_000_000
+    cache_in_memory: Optional[bool] = None
+    deterministic: bool = True
 
     def __post_init__(self):
         _check_positive("image_size", self.image_size)
@@ -137,6 +145,11 @@ class TrainConfig:
         strategy: ``auto``, ``one_device``, ``mirrored`` or ``multi_worker``.
         seed: seeds shuffling, initialisation and dropout.
         shuffle_buffer: tf.data shuffle buffer size.
+        cache_features: compute frozen encoders' outputs once and train the rest on them
+            (``None``: on when an encoder is frozen; see :mod:`tfmm.cache`).
+        cache_dir: where feature caches go (empty: ``RUN/feature_cache``).
+        mixed_precision: ``none``, ``mixed_float16`` or ``mixed_bfloat16``.
+        jit_compile: compile train steps with XLA (``None``: Keras' ``"auto"``).
     """
 
     epochs: int = 10
@@ -148,6 +161,10 @@ class TrainConfig:
     strategy: str = "auto"
     seed: int = 42
     shuffle_buffer: int = 2048
+    cache_features: Optional[bool] = None
+    cache_dir: str = ""
+    mixed_precision: str = "none"
+    jit_compile: Optional[bool] = None
 
     def __post_init__(self):
         _check_positive("epochs", self.epochs)
@@ -157,6 +174,7 @@ class TrainConfig:
         _check_positive("early_stopping_patience", self.early_stopping_patience, allow_zero=True)
         _check_positive("shuffle_buffer", self.shuffle_buffer)
         _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1); received {self.warmup_fraction!r}")
 
