@@ -18,7 +18,8 @@ import keras
 import tensorflow as tf
 
 from tfmm import data as tfdata
-from tfmm import heads, text
+from tfmm import cache as feature_cache
+from tfmm import heads, precision, text
 from tfmm.config import RunConfig, save_config
 from tfmm.model import build_model
 
@@ -80,6 +81,7 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -
         optimizer=make_optimizer(config, steps_per_epoch),
         loss=heads.loss_for(mc.task),
         metrics=heads.metrics_for(mc.task, mc.num_classes),
+        jit_compile=precision.jit_compile_arg(config.train.jit_compile),
     )
 
 
@@ -194,14 +196,24 @@ def train(
 
     save_config(config, os.path.join(run_dir, CONFIG_FILE))
     tfdata.save_labels(labels, os.path.join(run_dir, LABELS_FILE))
-    with strategy.scope():
+    with strategy.scope(), precision.dtype_policy(config.train.mixed_precision):
         model = build_model(config)
         compile_model(model, config, steps_per_epoch)
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=config.train.epochs,
-        callbacks=default_callbacks(run_dir, config, val_ds is not None) + list(callbacks or []),
-        verbose=verbose,
-    )
+    fit_callbacks = default_callbacks(run_dir, config, val_ds is not None) + list(callbacks or [])
+    cached = feature_cache.cached_modalities(config, strategy=strategy, manifests=(train_m, val_m))
+    if cached:  # frozen encoders run once; the rest trains on their stored features
+        history = feature_cache.fit_with_cached_features(
+            model, config, train_m, val_m, cached=cached, labels=labels,
+            compile_fn=lambda m: compile_model(m, config, steps_per_epoch),
+            cache_dir=config.train.cache_dir or os.path.join(run_dir, feature_cache.DEFAULT_CACHE_DIR),
+            preprocessor=preprocessor, strategy=strategy, batch_size=global_batch,
+            callbacks=fit_callbacks, verbose=verbose,
+        )
+    else:
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=config.train.epochs,
+            callbacks=fit_callbacks, verbose=verbose,
+        )
     model.save(os.path.join(run_dir, MODEL_FILE))
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     with open(os.path.join(run_dir, "history.json"), "w", encoding="utf-8") as f:
