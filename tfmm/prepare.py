@@ -262,6 +262,7 @@ def record_dataset(
     )
     row_spec = {"row": _FEATURES["row"]}
     ds = ds.filter(lambda s: kept.lookup(tf.io.parse_single_example(s, row_spec)["row"]) > 0)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(manifest.frame)))
     table = None
     if labels is not None:
         table = tf.lookup.StaticHashTable(
