@@ -88,6 +88,25 @@ def alternate(rounds: int, **sides) -> dict:
     return times
 
 
+def fit_step_seconds(model, dataset, steps: int) -> float:
+    """Seconds that ``model.fit`` takes for ``steps`` steps after its first one.
+
+    Timed between consecutive ``on_train_batch_end`` calls inside one ``fit`` call, so it
+    holds the whole step (iterator, train function, metrics, callbacks) but not ``fit``'s
+    per-call set-up (a new iterator and its trace), paid once per training run.
+    """
+    import keras
+
+    ends = []
+
+    class _Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            ends.append(time.perf_counter())
+
+    model.fit(dataset, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[_Clock()])
+    return ends[-1] - ends[0]
+
+
 def best(values) -> float:
     return min(values)
 
