@@ -30,8 +30,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=256, help="JPEGs in the manifest (default: 256)")
     parser.add_argument("--batch-size", type=int, default=8, help="training batch (default: 8)")
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps per round (default: 3)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: 2)")
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps per round (default: 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
     args = parser.parse_args(argv)
 
     import keras
@@ -94,13 +94,16 @@ def main(argv=None) -> None:
     times["fit_fed_by_pipeline"] = fit_seconds
     model_rate = args.steps * args.batch_size / best(times["train_steps"])
     fed_rate = args.steps * args.batch_size / best(times["fit_fed_by_pipeline"])
-    rows = [[f"pipeline: {name}", len(manifest) / best(times[name]), len(manifest) / best(times[name]) / model_rate]
-            for name in variants]
-    rows.append(["model: train step, in-memory batch", model_rate, 1.0])
-    rows.append(["model: fit fed by the pipeline", fed_rate, fed_rate / model_rate])
+    def spread(name):
+        return " ".join(f"{t:.2f}" for t in times[name])
+
+    rows = [[f"pipeline: {name}", len(manifest) / best(times[name]), len(manifest) / best(times[name]) / model_rate,
+             spread(name)] for name in variants]
+    rows.append(["model: train step, in-memory batch", model_rate, 1.0, spread("train_steps")])
+    rows.append(["model: fit fed by the pipeline", fed_rate, fed_rate / model_rate, spread("fit_fed_by_pipeline")])
     print(f"\n{len(manifest)} JPEGs 256x256 -> 224x224, batch 32 (pipeline) / {args.batch_size} (model), "
           f"best of {args.rounds} alternating rounds; tf.data threads share the same {os.cpu_count()} cores")
-    print_table(["what", "images/s", "x model"], rows)
+    print_table(["what", "images/s", "x model", "seconds per round"], rows)
     print()
     print_ratio("pipeline_decode_vs_model", rows[0][2], ">= 3")
     print_ratio("pipeline_cached_vs_model", rows[1][2], ">= 3")
