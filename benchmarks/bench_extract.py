@@ -27,7 +27,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=64, help="JPEGs to extract (default: 64)")
     parser.add_argument("--batch-size", type=int, default=16, help="(default: 16)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default: 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
     args = parser.parse_args(argv)
 
     import keras
