@@ -66,7 +66,7 @@ def test_bad_manifest_exits_2_with_rows(demo_data, tiny_bert, tmp_path, capsys):
     args[args.index("--data") + 1] = bad
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "tfmm train: error: 1 bad row(s)" in err and "row 2: " in err and "images/gone.png: file not found" in err
+    assert "tfmm train: error: 1 problem(s) in 1 bad row(s)" in err and "row 2: " in err and "images/gone.png: file not found" in err
     assert main(["evaluate", "--model", str(tmp_path / "nothing"), "--data", demo_data["test"]]) == 2
     assert "is not a finished tfmm run: config.yaml is missing" in capsys.readouterr().err
 

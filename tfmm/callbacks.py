@@ -99,6 +99,7 @@ class ValidationSummaries(keras.callbacks.Callback):
                  labels: Sequence[str], *, task: str = "classification", num_examples: int = 8,
                  freq: int = 1):
         super().__init__()
+        self.full_model = None  # set when fit trains a part of the model (feature cache)
         if freq < 1:
             raise ValueError(f"freq must be >= 1; received {freq}")
         self.log_dir = log_dir
@@ -126,7 +127,7 @@ class ValidationSummaries(keras.callbacks.Callback):
         last = self.params.get("epochs") if self.params else None
         if (epoch + 1) % self.freq and epoch + 1 != last:
             return
-        scores = np.asarray(self.model.predict(self.val_ds, verbose=0))
+        scores = np.asarray((self.full_model or self.model).predict(self.val_ds, verbose=0))
         names, top = _predicted(scores, self.labels, self.task)
         true = _true_names(self.manifest, self.task)
         k = self.num_examples
@@ -248,6 +249,7 @@ class EmbeddingProjector(keras.callbacks.Callback):
                  labels: Sequence[str], *, task: str = "classification", max_points: int = 2000,
                  sprite_size: int = 32):
         super().__init__()
+        self.full_model = None  # set when fit trains a part of the model (feature cache)
         self.log_dir = log_dir
         self.val_ds = val_ds
         self.manifest = val_manifest
@@ -260,7 +262,7 @@ class EmbeddingProjector(keras.callbacks.Callback):
         from tensorboard.plugins import projector
 
         n = min(self.max_points, len(self.manifest))
-        embedder = fused_embedding_model(self.model)
+        embedder = fused_embedding_model(self.full_model or self.model)
         ds = self.val_ds.unbatch().take(n).batch(64)
         embeddings, scores = embedder.predict(ds.map(lambda f, *_: f), verbose=0)
         embeddings = np.asarray(embeddings, dtype=np.float32)[:n]

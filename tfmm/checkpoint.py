@@ -74,6 +74,7 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
             mode = "max" if any(k in monitor for k in ("acc", "f1", "auc", "precision", "recall")) else "min"
         self.path, self.monitor, self.mode, self.should_write = path, monitor, mode, should_write
         self.best = None
+        self.full_model = None  # set when fit trains a part of the model (feature cache)
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
@@ -86,5 +87,5 @@ class AtomicBestCheckpoint(keras.callbacks.Callback):
         if better:
             self.best = value
             if self.should_write:
-                atomic_save_weights(self.model, self.path)
+                atomic_save_weights(self.full_model or self.model, self.path)
                 logger.debug("epoch %d: %s improved to %.5f, saved %s", epoch + 1, self.monitor, value, self.path)

@@ -87,6 +87,30 @@ _CONFIG_FLAGS = [
                                     "long epochs (default: 0, at epoch ends only)")),
 ]
 
+# Performance options (tfmm.cache, tfmm.precision, the tf.data pipeline): see docs_perf.md.
+_CONFIG_FLAGS += [
+    ("--cache-features", "train", "cache_features", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="compute frozen encoders' features once (cached, keyed by encoder, weights, "
+             "preprocessing and data) and train the rest on them (default: on when an "
+             "encoder is frozen)")),
+    ("--cache-dir", "train", "cache_dir", dict(metavar="DIR",
+                                               help="feature cache folder, shared by runs (default: RUN/feature_cache)")),
+    ("--mixed-precision", "train", "mixed_precision", dict(
+        choices=["none", "mixed_float16", "mixed_bfloat16"],
+        help="16-bit compute with float32 weights and outputs (default: none)")),
+    ("--jit-compile", "train", "jit_compile", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="compile train steps with XLA (default: Keras auto, off on CPU only)")),
+    ("--cache-in-memory", "data", "cache_in_memory", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="keep decoded images in memory after the first epoch (default: when they fit in 1 GiB)")),
+    ("--deterministic", "data", "deterministic", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="--no-deterministic lets parallel decoding reorder elements: faster, not "
+             "reproducible (default: deterministic)")),
+]
+
 _TRAIN_EXAMPLES = """\
 examples:
   tfmm train --data data/train.csv --val-data data/val.csv --output-dir runs/products
@@ -251,7 +275,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N", help="data and training seed (default: 0)")
     p.add_argument("--export-dir", default="saved_models/demo", metavar="DIR",
                    help="where the fused model is exported for TF Serving (default: saved_models/demo)")
+    _add_prepare_parser(sub)
     return parser
+
+
+def _add_prepare_parser(sub) -> None:
+    p = sub.add_parser("prepare", help="convert a manifest to sharded TFRecords",
+                       formatter_class=_formatter,
+                       description="Write a manifest's images (encoded bytes), captions and labels "
+                                   "as sharded TFRecords plus manifest.json, for data that does not fit "
+                                   "in memory or lives on remote storage (DIR may be gs://...). Pass DIR "
+                                   "wherever a manifest is expected (--data, --val-data).",
+                       epilog="example:\n  tfmm prepare --data data/train.csv --output-dir data/train_tfr --shards 8\n"
+                              "  tfmm train --data data/train_tfr --val-data data/val.csv --output-dir runs/r")
+    p.add_argument("--data", required=True, metavar="MANIFEST", help="manifest to convert (labels optional)")
+    p.add_argument("--output-dir", required=True, metavar="DIR", help="folder to write (local or gs://)")
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="number of TFRecord files (default: one per ~128 MiB of images)")
+    for flag in ("--image-col", "--text-col", "--label-col", "--skip-bad-rows"):
+        p.add_argument(flag, **next(kw for f, _, _, kw in _CONFIG_FLAGS if f == flag))
+
+
+def _cmd_prepare(args) -> int:
+    from tfmm.config import DataConfig
+    from tfmm.prepare import prepare_dataset
+
+    names = {k: getattr(args, k) for k in ("image_col", "text_col", "label_col") if getattr(args, k)}
+    path = prepare_dataset(args.data, args.output_dir, shards=args.shards, config=DataConfig(**names),
+                           skip_bad_rows=bool(args.skip_bad_rows))
+    print(f"wrote {path}")
+    return 0
 
 
 def config_from_args(args):
@@ -301,6 +354,11 @@ def _cmd_evaluate(args) -> int:
         from tfmm.task_eval import format_summary
 
         print(format_summary(metrics))
+        if metrics["task"] != "contrastive":  # retrieval has no classes
+            print("\nper class:")
+            for label, m in metrics["per_class"].items():
+                print(f"  {label:30s} precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+                      f"f1 {m['f1']:.4f}  support {m['support']}")
         print(f"\nwrote {os.path.join(args.report_dir or args.model, 'metrics.json')}")
         return 0
     print(reports.format_report(metrics))
@@ -483,6 +541,7 @@ def _cmd_hub_export(args) -> int:
 _COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict, "demo": _cmd_demo,
              "export": _cmd_export, "check-export": _cmd_check_export, "validate": _cmd_validate,
              "hub-export": _cmd_hub_export}
+_COMMANDS["prepare"] = _cmd_prepare
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,7 @@ FUSIONS = ("concat", "sum", "mean", "gated")
 MODALITIES = ("both", "image", "text")
 POOLINGS = ("cls", "mean")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
 
 def _check_choice(name: str, value: Any, allowed) -> None:
@@ -48,6 +49,11 @@ class DataConfig:
         allow_outside_root: accept image paths that resolve outside the manifest's folder.
         negatives: task ``matching``: for each positive row, add this many negative rows
             pairing its image with captions of other rows (seeded; see :mod:`tfmm.pairs`).
+        cache_in_memory: keep decoded images in memory after the first epoch
+            (``tf.data`` ``cache()``); ``None`` (auto) caches when they fit in
+            ``tfmm.data.AUTO_CACHE_BYTES``.
+        deterministic: ``False`` lets parallel decoding hand out elements as soon as they
+            are ready (faster, but the order of a seeded shuffle is no longer reproducible).
     """
 
     image_col: str = "image"
@@ -59,6 +65,8 @@ class DataConfig:
     max_image_pixels: int = 40_000_000
     allow_outside_root: bool = False
     negatives: int = 0
+    cache_in_memory: Optional[bool] = None
+    deterministic: bool = True
 
     def __post_init__(self):
         _check_positive("negatives", self.negatives, allow_zero=True)
@@ -149,6 +157,11 @@ class TrainConfig:
             linear scaling rule for a global batch that grows with replicas).
         save_every: also back up the training state every N steps (0: at epoch ends only),
             for resuming long epochs after a crash.
+        cache_features: compute frozen encoders' outputs once and train the rest on them
+            (``None``: on when an encoder is frozen; see :mod:`tfmm.cache`).
+        cache_dir: where feature caches go (empty: ``RUN/feature_cache``).
+        mixed_precision: ``none``, ``mixed_float16`` or ``mixed_bfloat16``.
+        jit_compile: compile train steps with XLA (``None``: Keras' ``"auto"``).
     """
 
     epochs: int = 10
@@ -163,6 +176,10 @@ class TrainConfig:
     devices: str = ""
     scale_learning_rate: bool = False
     save_every: int = 0
+    cache_features: Optional[bool] = None
+    cache_dir: str = ""
+    mixed_precision: str = "none"
+    jit_compile: Optional[bool] = None
 
     def __post_init__(self):
         _check_positive("epochs", self.epochs)
@@ -177,6 +194,7 @@ class TrainConfig:
             object.__setattr__(self, "devices", ",".join(str(d).strip() for d in self.devices))
         if not isinstance(self.devices, str) or (self.devices and not all(d.strip() for d in self.devices.split(","))):
             raise ValueError(f"devices must be a comma-separated string like 'GPU:0,GPU:1'; received {self.devices!r}")
+        _check_choice("mixed_precision", self.mixed_precision, PRECISIONS)
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1); received {self.warmup_fraction!r}")
 

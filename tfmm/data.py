@@ -5,7 +5,10 @@ example: an image path relative to the manifest's folder, a caption and a label
 (``|``-separated for multi-label). Rows are counted from 0, after the header.
 
 The pipeline runs in a fixed order (see :func:`make_dataset`):
-list -> shuffle (seeded) -> map(read + decode + resize) -> batch -> map(tokenize) -> prefetch.
+list -> shuffle (seeded) -> map(read + decode + resize) -> batch -> map(tokenize) -> prefetch,
+or, when the decoded images fit in memory, list -> map(read + decode + resize) -> cache ->
+shuffle -> batch -> map(tokenize) -> prefetch (the same seeded order). A folder written by
+``tfmm prepare`` (sharded TFRecords, see :mod:`tfmm.prepare`) replaces the list of files.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from tfmm.validate import (  # noqa: F401  (ManifestError, RowProblem are part o
 logger = logging.getLogger(__name__)
 
 MULTILABEL_SEP = "|"
+# DataConfig.cache_in_memory=None caches decoded images when they take at most this much.
+AUTO_CACHE_BYTES = 1 << 30
 
 
 @dataclasses.dataclass
@@ -45,12 +50,15 @@ class Manifest:
             (``label`` is absent for unlabeled data) and ``row`` (row number in the source).
         source: the file it came from (or ``"<DataFrame>"``).
         root: the folder image paths are relative to.
+        records: for a dataset prepared by ``tfmm prepare``, its TFRecord files (they hold
+            the image bytes; ``image`` is then the original path, for messages only).
     """
 
     frame: pd.DataFrame
     source: str
     root: str
     problems: list = dataclasses.field(default_factory=list)  # records that could not be read
+    records: Optional[list] = None
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -85,6 +93,12 @@ def read_manifest(
         >>> m.frame.columns.tolist()
         ['row', 'image', 'text', 'label']
     """
+    if not isinstance(source, pd.DataFrame):
+        from tfmm import prepare  # a folder (or TFRecord pattern) written by `tfmm prepare`
+
+        if prepare.is_prepared(str(source)):
+            return prepare.read_prepared(str(source), require_labels=require_labels)
+
     problems = []
     if isinstance(source, pd.DataFrame):
         df, name = source.copy(), "<DataFrame>"
@@ -157,7 +171,10 @@ def validate_manifest(
     problems = list(manifest.problems)
     for rec in manifest.frame.itertuples(index=False):
         reasons = []
-        if not config.allow_outside_root and outside_root(rec.image, manifest.root):
+        # Prepared (TFRecord) images were checked by `tfmm prepare`.
+        if manifest.records is not None:
+            pass
+        elif not config.allow_outside_root and outside_root(rec.image, manifest.root):
             reasons.append(
                 f"image path resolves outside the manifest folder {manifest.root} "
                 "('..', an absolute path or a symlink); pass --allow-outside-root to allow it"
@@ -222,7 +239,7 @@ def check_manifest(
     )
     if kept.empty:
         raise ManifestError(problems, hint="No usable row is left.")
-    return Manifest(kept, manifest.source, manifest.root)
+    return Manifest(kept, manifest.source, manifest.root, records=manifest.records)
 
 
 def encode_labels(manifest: Manifest, labels: Sequence[str], task: str) -> np.ndarray:
@@ -350,34 +367,57 @@ def make_dataset(
 
     Returns:
         A dataset of ``({"image", "token_ids", "segment_ids", "padding_mask"}, targets)``.
+
+    The order of a seeded shuffle does not depend on ``config.cache_in_memory`` (the same
+    permutation is applied before decoding or after the cache); with
+    ``config.deterministic=False`` it is no longer reproducible.
     """
     use_image = modalities in ("both", "image")
     use_text = modalities in ("both", "text")
     if use_text and preprocessor is None:
         raise ValueError(f"modalities={modalities!r} needs a text preprocessor; received None")
     frame = manifest.frame
-    columns = {"image": frame["image"].to_numpy(dtype=str), "text": frame["text"].to_numpy(dtype=str)}
     with_targets = labels is not None and manifest.has_labels
-    if with_targets:
-        columns["targets"] = encode_labels(manifest, labels, task)
+    in_memory = should_cache_in_memory(config, len(frame), use_image)
 
-    # 1. list: one element per row.
-    ds = tf.data.Dataset.from_tensor_slices(columns)
-    # 2. shuffle, seeded so that runs are reproducible.
-    if shuffle:
-        ds = ds.shuffle(min(shuffle_buffer, len(frame)), seed=seed, reshuffle_each_iteration=True)
+    if manifest.records is not None:
+        # 1'. records of a `tfmm prepare` folder (read in parallel when shuffling).
+        from tfmm import prepare
 
-    # 3. read + decode + resize, in parallel.
-    def load(example):
-        out = {"text": example["text"]}
-        if use_image:
-            out["image"] = decode_image(tf.io.read_file(example["image"]), config.image_size,
-                                        config.max_image_pixels, name=example["image"])
+        ds, load = prepare.record_dataset(
+            manifest, image_size=config.image_size, use_image=use_image,
+            labels=labels if with_targets else None, task=task,
+            shuffle=shuffle and not in_memory, seed=seed,
+        )
+    else:
+        columns = {"image": frame["image"].to_numpy(dtype=str), "text": frame["text"].to_numpy(dtype=str)}
         if with_targets:
-            out["targets"] = example["targets"]
-        return out
+            columns["targets"] = encode_labels(manifest, labels, task)
+        # 1. list: one element per row.
+        ds = tf.data.Dataset.from_tensor_slices(columns)
 
+        def load(example):
+            out = {"text": example["text"]}
+            if use_image:
+                out["image"] = decode_image(tf.io.read_file(example["image"]), config.image_size,
+                                            config.max_image_pixels, name=example["image"])
+            if with_targets:
+                out["targets"] = example["targets"]
+            return out
+
+    def shuffled(d):
+        return d.shuffle(min(shuffle_buffer, len(frame)), seed=seed, reshuffle_each_iteration=True)
+
+    # 2. shuffle, seeded so that runs are reproducible (file names only: cheap to buffer).
+    if shuffle and not in_memory:
+        ds = shuffled(ds)
+    # 3. read + decode + resize in one map, in parallel.
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    # 3'. or keep the decoded examples in memory after the first pass, and shuffle them.
+    if in_memory:
+        ds = ds.cache()
+        if shuffle:
+            ds = shuffled(ds)
     # 4. batch.
     ds = ds.batch(batch_size)
 
@@ -396,4 +436,16 @@ def make_dataset(
     # One manifest file cannot be sharded by file across workers: shard by element.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = config.deterministic
     return ds.with_options(options)
+
+
+def should_cache_in_memory(config: DataConfig, n_rows: int, use_image: bool = True) -> bool:
+    """Whether :func:`make_dataset` keeps decoded examples in memory (``cache()``).
+
+    ``config.cache_in_memory`` decides when set; when ``None`` (auto), images are cached
+    when ``n_rows`` decoded float32 images take at most :data:`AUTO_CACHE_BYTES`.
+    """
+    if config.cache_in_memory is not None:
+        return bool(config.cache_in_memory)
+    return use_image and n_rows * config.image_size ** 2 * 3 * 4 <= AUTO_CACHE_BYTES

@@ -129,16 +129,58 @@ def decode_images(image_bytes: tf.Tensor, image_size: int, max_pixels: int = Non
         return tf.ensure_shape(tf.identity(images), [None, image_size, image_size, 3])
 
 
-def task_outputs(scores, task: str, labels: tf.Tensor) -> dict:
-    """The signature's outputs from the model's: ``scores`` and ``labels`` for head tasks
-    (binary: both classes), the model's own outputs otherwise."""
+def task_outputs(scores, task: str, labels: tf.Tensor, thresholds=None) -> dict:
+    """The signature's outputs from the model's: ``scores`` and ``labels`` for class tasks
+    (binary: both classes; multilabel adds ``predicted``), ``match_score`` and ``match`` for
+    matching (see :func:`tfmm.tasks.serving_outputs`), the model's own outputs otherwise."""
     if isinstance(scores, dict):
         return dict(scores)
+    if task in ("multilabel", "matching"):
+        from tfmm import tasks
+
+        names = [n.decode() if isinstance(n, bytes) else n for n in labels.numpy().tolist()]
+        return tasks.serving_outputs(task, scores, names, thresholds)
     if task not in heads.HEAD_TASKS:
         return {"outputs": scores}
     if task == "binary":
         scores = tf.concat([1.0 - scores, scores], axis=1)
     return {"scores": scores, "labels": tf.tile(labels[tf.newaxis], [tf.shape(scores)[0], 1])}
+
+
+class SignatureOutputs:
+    """Model features -> the signature's outputs, for every task (in graph and eagerly).
+
+    Contrastive runs are served through their towers: ``similarity`` (cosine of the row's
+    image and text), ``image_embedding`` and ``text_embedding`` (L2-normalized), since the
+    model's own output is an in-batch similarity matrix.
+    """
+
+    def __init__(self, run):
+        self.run, self.task = run, run.config.model.task
+        self.labels = tf.constant(list(run.labels) or [""], dtype=tf.string)
+        self.thresholds = None
+        if self.task in ("multilabel", "matching"):
+            from tfmm import tasks
+
+            self.thresholds = tasks.load_thresholds(run.run_dir, list(run.labels) if self.task == "multilabel" else ["1"])
+        if self.task == "contrastive":
+            from tfmm import contrastive
+
+            self.image_tower = contrastive.image_embedding_model(run.model)
+            self.text_tower = contrastive.text_embedding_model(run.model)
+
+    def embed_image(self, images):
+        return self.image_tower(images, training=False)
+
+    def embed_text(self, tokens):
+        return self.text_tower(tokens, training=False)
+
+    def __call__(self, features: dict) -> dict:
+        if self.task == "contrastive":
+            a = self.embed_image(features["image"])
+            b = self.embed_text({k: v for k, v in features.items() if k != "image"})
+            return {"similarity": tf.reduce_sum(a * b, axis=1), "image_embedding": a, "text_embedding": b}
+        return task_outputs(self.run.model(features, training=False), self.task, self.labels, self.thresholds)
 
 
 def _text_resources(preprocessor) -> list:
@@ -159,7 +201,7 @@ def build_export_archive(run) -> keras.export.ExportArchive:
         >>> build_export_archive(load_run("runs/demo")).write_out("/tmp/model/1")
     """
     mc, size = run.config.model, run.config.data.image_size
-    labels = tf.constant(list(run.labels), dtype=tf.string)
+    outputs_of = SignatureOutputs(run)
     archive = keras.export.ExportArchive()
     archive.track(run.model)
     if mc.uses_text:
@@ -181,8 +223,7 @@ def build_export_archive(run) -> keras.export.ExportArchive:
             features["image"] = tf.concat([images, tf.zeros([pad, size, size, 3])], 0)
         if mc.uses_text:
             features.update(run.preprocessor(tf.concat([text, tf.fill([pad], "")], 0)))
-        outputs = task_outputs(run.model(features, training=False), mc.task, labels)
-        return tf.nest.map_structure(lambda t: t[:n], outputs)
+        return tf.nest.map_structure(lambda t: t[:n], outputs_of(features))
 
     def serve_bytes(image_bytes, text):
         images = decode_images(image_bytes, size, run.config.data.max_image_pixels) if mc.uses_image else image_bytes
@@ -193,6 +234,21 @@ def build_export_archive(run) -> keras.export.ExportArchive:
                          input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes"), text_spec])
     archive.add_endpoint(PIXELS_SIGNATURE, predict, input_signature=[
         tf.TensorSpec([None, size, size, 3], tf.float32, name="image"), text_spec])
+    if mc.task == "contrastive":  # vectors for an ANN index
+        def embed_image(image_bytes):
+            n = tf.size(image_bytes)
+            images = decode_images(image_bytes, size, run.config.data.max_image_pixels)
+            images = tf.concat([images, tf.zeros([tf.maximum(1 - n, 0), size, size, 3])], 0)
+            return {"embedding": outputs_of.embed_image(images)[:n]}
+
+        def embed_text(text):
+            n = tf.size(text)
+            tokens = run.preprocessor(tf.concat([text, tf.fill([tf.maximum(1 - n, 0)], "")], 0))
+            return {"embedding": outputs_of.embed_text(tokens)[:n]}
+
+        archive.add_endpoint("embed_image", embed_image,
+                             input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        archive.add_endpoint("embed_text", embed_text, input_signature=[text_spec])
     return archive
 
 
@@ -284,9 +340,9 @@ def make_check_sample(run, data=None, rows: int = 8) -> dict:
         frame.insert(0, "row", np.arange(len(frame)))
         manifest = tfdata.Manifest(frame, "<check sample>", folder)
         images = serving.read_files(frame["image"])
-        preds = run.model.predict(run.dataset(manifest, with_labels=False), verbose=0)
-    outputs = task_outputs(tf.nest.map_structure(tf.constant, preds), run.config.model.task,
-                           tf.constant(list(run.labels)))
+        outputs_of = SignatureOutputs(run)
+        batches = [outputs_of(features) for features in run.dataset(manifest, with_labels=False)]
+    outputs = {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
     expected = {k: serving.to_json(v.numpy(), k) for k, v in outputs.items()}
     return {"sources": sources, "image_bytes_b64": [base64.b64encode(b).decode("ascii") for b in images],
             "text": frame["text"].tolist(), "expected": expected}

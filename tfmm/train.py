@@ -21,7 +21,8 @@ import tensorflow as tf
 
 from tfmm import compat, distribute, resume
 from tfmm import data as tfdata
-from tfmm import heads, pairs, plots, tasks, text
+from tfmm import cache as feature_cache
+from tfmm import heads, pairs, plots, precision, tasks, text
 from tfmm.callbacks import reporting_callbacks
 from tfmm.checkpoint import AtomicBestCheckpoint, atomic_save_model, check_free_space
 from tfmm.config import RunConfig, save_config
@@ -73,6 +74,7 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -
         optimizer=make_optimizer(config, steps_per_epoch),
         loss=heads.loss_for(mc.task),
         metrics=heads.metrics_for(mc.task, mc.num_classes),
+        jit_compile=precision.jit_compile_arg(config.train.jit_compile),
     )
 
 
@@ -220,7 +222,7 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
 
     save_config(config, os.path.join(run_dir, CONFIG_FILE))
     tfdata.save_labels(labels, os.path.join(run_dir, LABELS_FILE))
-    with strategy.scope():
+    with strategy.scope(), precision.dtype_policy(config.train.mixed_precision):
         model = build_model(config)
         optimizer_config = _scaled_learning_rate(config, strategy)
         compile_model(model, optimizer_config, steps_per_epoch)
@@ -230,13 +232,25 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
             **distribute.describe(strategy, config.train.batch_size),
             "learning_rate": optimizer_config.train.learning_rate})
     backup = resume.TrainingBackup(start.backup_dir, save_freq=config.train.save_every or "epoch")
-    history = model.fit(
-        train_ds, validation_data=val_ds, epochs=config.train.epochs,
-        callbacks=default_callbacks(run_dir, config, val_ds is not None, start.best if start.resumed else None)
+    fit_callbacks = (
+        default_callbacks(run_dir, config, val_ds is not None, start.best if start.resumed else None)
         + reporting_callbacks(run_dir, config, val_ds, val_m, labels) + list(callbacks or [])
-        + [backup],  # the backup last: each epoch is logged before it counts as done
-        verbose=verbose,
+        + [backup]  # the backup last: each epoch is logged before it counts as done
     )
+    cached = feature_cache.cached_modalities(config, strategy=strategy, manifests=(train_m, val_m))
+    if cached:  # frozen encoders run once; the rest trains on their stored features
+        history = feature_cache.fit_with_cached_features(
+            model, config, train_m, val_m, cached=cached, labels=labels,
+            compile_fn=lambda m: compile_model(m, optimizer_config, steps_per_epoch),
+            cache_dir=config.train.cache_dir or os.path.join(run_dir, feature_cache.DEFAULT_CACHE_DIR),
+            preprocessor=preprocessor, strategy=strategy, batch_size=global_batch,
+            callbacks=fit_callbacks, verbose=verbose,
+        )
+    else:
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=config.train.epochs,
+            callbacks=fit_callbacks, verbose=verbose,
+        )
     atomic_save_model(model, os.path.join(run_dir, MODEL_FILE))
     if task in tasks.THRESHOLD_TASKS:  # multilabel, matching: thresholds.json
         y_val = tfdata.encode_labels(val_m, labels, task) if val_m is not None else None

@@ -1,0 +1,149 @@
+"""Training overheads: ``fit`` vs a bare step, and the feature cache vs recomputing.
+
+1. ``model.fit`` step throughput vs a bare ``tf.function`` step (``model(x,
+   training=True)``, loss, gradients, ``optimizer.apply``) on the same in-memory batch,
+   for the default model (VGG16 at 224 + MiniLM, both trainable). Goal: fit's overhead
+   per step (iterator, metrics, callbacks) <= 10%. Fit steps are timed inside one ``fit``
+   call after its first step: each ``fit`` call also builds an iterator and traces its
+   train function once (seconds for this model), which a training run pays once.
+2. Epoch time of ``tfmm.train`` with both encoders frozen, with the feature cache (the
+   default) vs ``--no-cache-features`` (both encoders recomputed every epoch), same seed,
+   and their validation metrics. Goal: >= 20x faster epochs, same metrics within noise.
+   (Frozen MiniLM still applies its dropout in uncached Keras training, the cached features
+   are dropout-free, so the two runs differ by that noise; see tfmm.cache.)
+
+Run: ``python benchmarks/bench_train.py`` (about 3-6 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import common  # noqa: F401  (sets the environment and sys.path first)
+import keras
+from common import (alternate, best, default_config, fit_step_seconds, print_header, print_ratio, print_table,
+                    timed)
+
+
+def fit_vs_bare(steps: int, rounds: int, batch_size: int) -> tuple:
+    import numpy as np
+    import tensorflow as tf
+
+    from tfmm import heads
+    from tfmm.model import build_model
+    from tfmm.train import compile_model, make_optimizer
+
+    config = default_config().replace(model={"num_classes": 9})
+    keras.utils.set_random_seed(0)
+    model = build_model(config)
+    compile_model(model, config, steps_per_epoch=100)
+    s, L = config.data.image_size, config.data.sequence_length
+    rng = np.random.default_rng(0)
+    x = {"image": tf.constant(rng.uniform(0, 255, (batch_size, s, s, 3)), tf.float32),
+         "token_ids": tf.constant(rng.integers(1000, 2000, (batch_size, L)), tf.int32),
+         "segment_ids": tf.zeros((batch_size, L), tf.int32),
+         "padding_mask": tf.ones((batch_size, L), tf.int32)}
+    y = tf.one_hot(rng.integers(0, 9, batch_size), 9)
+    ds = tf.data.Dataset.from_tensors((x, y)).repeat()
+
+    loss_fn = heads.loss_for(config.model.task)
+    optimizer = make_optimizer(config, 100)
+    optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def bare_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+        return loss
+
+    def bare():
+        for _ in range(steps):
+            bare_step(x, y)
+
+    fit_seconds = []
+
+    def fit():  # steps 2..N of one fit call (fit's set-up is paid once per training run)
+        fit_seconds.append(fit_step_seconds(model, ds, steps))
+
+    bare_step(x, y)  # trace
+    times = alternate(rounds, bare_step=bare, fit=fit)
+    times["fit"] = fit_seconds
+    return {k: steps * batch_size / best(v) for k, v in times.items()}, times
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records each epoch's wall time (training + validation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def cache_vs_recompute(work: str, n_train: int, n_val: int, epochs: int) -> dict:
+    from tfmm.demo_data import write_demo_dataset
+    from tfmm.train import train
+
+    paths = write_demo_dataset(os.path.join(work, "data"), n_train=n_train, n_val=n_val, n_test=9,
+                               image_size=224)
+    config = default_config(freeze_image=True, freeze_text=True).replace(
+        train={"epochs": epochs, "batch_size": 8, "learning_rate": 1e-3, "early_stopping_patience": 0,
+               "seed": 0})
+    out = {}
+    for name, flag in (("cached", None), ("recomputed", False)):
+        timer = EpochTimer()
+        seconds, result = timed(train, config.replace(train={"cache_features": flag}), paths["train"],
+                                paths["val"], os.path.join(work, name), callbacks=[timer], verbose=0)
+        out[name] = {"total_s": seconds, "epoch_s": timer.times, "history": result.history}
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per round (default: 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=8, help="(default: 8)")
+    parser.add_argument("--train-rows", type=int, default=54, help="rows for part 2 (default: 54)")
+    parser.add_argument("--val-rows", type=int, default=18, help="validation rows for part 2 (default: 18)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs for part 2 (default: 3)")
+    args = parser.parse_args(argv)
+    print_header("bench_train: fit overhead, and feature cache vs recomputing frozen encoders")
+
+    rates, times = fit_vs_bare(args.steps, args.rounds, args.batch_size)
+    print(f"\n1. default model (VGG16 224 + MiniLM 64 tokens, trainable), batch {args.batch_size}, "
+          f"{args.steps} steps x {args.rounds} alternating rounds (best round)")
+    print_table(["step", "images/s", "seconds per round"],
+                [[k, rates[k], " ".join(f"{t:.2f}" for t in times[k])] for k in ("bare_step", "fit")])
+    overhead = rates["bare_step"] / rates["fit"] - 1.0
+
+    work = tempfile.mkdtemp(prefix="tfmm_bench_train_")
+    runs = cache_vs_recompute(work, args.train_rows, args.val_rows, args.epochs)
+    print(f"\n2. tfmm.train, VGG16 224 + MiniLM both frozen, {args.train_rows} train + {args.val_rows} val rows, "
+          f"{args.epochs} epochs, batch 8, seed 0 (epoch time: median of epochs 2..{args.epochs})")
+    rows = []
+    for name, run in runs.items():
+        later = run["epoch_s"][1:] or run["epoch_s"]
+        h = run["history"]
+        rows.append([name, run["total_s"], run["epoch_s"][0], statistics.median(later),
+                     h["val_loss"][-1], h["val_accuracy"][-1], h["val_f1"][-1]])
+    print_table(["run", "total s", "epoch 1 s", "epoch s", "val_loss", "val_accuracy", "val_f1"], rows)
+    print()
+    print_ratio("fit_overhead_vs_bare_step", overhead, "<= 0.10")
+    print_ratio("epoch_speedup_with_feature_cache", rows[1][3] / rows[0][3], ">= 20")
+    print_ratio("val_loss_cached_vs_recomputed", rows[0][4] / rows[1][4], "~1 (same metrics within noise)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
