@@ -191,7 +191,7 @@ def test_cached_run_saves_the_full_model(image_frozen_runs, demo_data):
 def _tiny_bert_without_dropout(folder):
     import keras_hub
 
-    from conftest import WORDS
+    from tests.conftest import WORDS
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [",", "."]
     keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,

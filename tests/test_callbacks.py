@@ -30,7 +30,8 @@ def trained(tmp_path_factory, tiny_bert, demo_data):
         data={"image_size": 32, "sequence_length": 8},
         model={"text_encoder": f"keras_nlp:{tiny_bert}", "image_weights": "none", "freeze_image": True,
                "projection_dim": 16, "hidden_dim": 16, "dropout": 0.1},
-        train={"epochs": EPOCHS, "batch_size": 8, "learning_rate": 1e-3},
+        # No feature cache: the full model's own optimizer steps (its learning rate is checked).
+        train={"epochs": EPOCHS, "batch_size": 8, "learning_rate": 1e-3, "cache_features": False},
     )
     return train(config, demo_data["train"], demo_data["val"], str(tmp_path_factory.mktemp("run")), verbose=0)
 
