@@ -425,7 +425,7 @@ def test_demo_exports_the_fused_run(tmp_path, monkeypatch):
 
     calls = {}
     monkeypatch.setattr(demo, "write_demo_dataset", lambda folder, **kw: {s: f"{folder}/{s}.csv" for s in ("train", "val", "test")})
-    monkeypatch.setattr(demo, "train", lambda config, train, val, run_dir: type("R", (), {"run_dir": run_dir})())
+    monkeypatch.setattr(demo, "train", lambda config, train, val, run_dir, **kw: type("R", (), {"run_dir": run_dir})())
     monkeypatch.setattr(demo, "evaluate", lambda run_dir, data: {"accuracy": 1.0})
 
     def fake_export(run, export_dir, **kwargs):
