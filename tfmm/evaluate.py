@@ -21,6 +21,7 @@ from tfmm import curves, reports
 from tfmm import data as tfdata
 from tfmm import text
 from tfmm.config import RunConfig, load_config
+from tfmm.tasks import class_summary
 from tfmm.train import CONFIG_FILE, LABELS_FILE, MODEL_FILE, TOKENIZER_DIR
 
 logger = logging.getLogger(__name__)
@@ -116,24 +117,12 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros(n), where=denom > 0)
     total = max(int(cm.sum()), 1)
-    weights = support / total
     present = support > 0
     return {
         "n_examples": int(cm.sum()),
         "accuracy": float(tp.sum() / total),
         "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
-        "f1_macro": float(f1.mean()),
-        "precision_weighted": float((precision * weights).sum()),
-        "recall_weighted": float((recall * weights).sum()),
-        "f1_weighted": float((f1 * weights).sum()),
-        "per_class": {
-            label: {"precision": float(precision[i]), "recall": float(recall[i]),
-                    "f1": float(f1[i]), "support": int(support[i])}
-            for i, label in enumerate(labels)
-        },
-        "labels": list(labels),
+        **class_summary(precision, recall, f1, support, labels),
         "confusion_matrix": cm.tolist(),
     }
 

@@ -313,7 +313,6 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[
     support = t.sum(0)
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
-    weights = _ratio(support, support.sum())
     out = {
         "task": "multilabel",
         "n_examples": int(len(t)),
@@ -322,18 +321,7 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[
         "precision_micro": float(_ratio(tp.sum(), tp.sum() + fp.sum())),
         "recall_micro": float(_ratio(tp.sum(), tp.sum() + fn.sum())),
         "f1_micro": float(_ratio(2 * tp.sum(), 2 * tp.sum() + fp.sum() + fn.sum())),
-        "precision_macro": float(precision.mean()),
-        "recall_macro": float(recall.mean()),
-        "f1_macro": float(f1.mean()),
-        "precision_weighted": float((precision * weights).sum()),
-        "recall_weighted": float((recall * weights).sum()),
-        "f1_weighted": float((f1 * weights).sum()),
-        "per_class": {
-            label: {"precision": float(precision[i]), "recall": float(recall[i]),
-                    "f1": float(f1[i]), "support": int(support[i])}
-            for i, label in enumerate(labels)
-        },
-        "labels": list(labels),
+        **class_summary(precision, recall, f1, support, labels),
         "confusion_matrix": [[[int(tn[i]), int(fp[i])], [int(fn[i]), int(tp[i])]] for i in range(len(labels))],
     }
     return out
@@ -365,6 +353,28 @@ def matching_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float = 
 
 
 # ---------------------------------------------------------------------------- serving
+
+def class_summary(precision, recall, f1, support, labels: Sequence[str]) -> dict:
+    """Macro and support-weighted precision/recall/F1, ``per_class`` and ``labels``, from
+    per-class arrays (shared by single-label and multi-label metrics)."""
+    precision, recall, f1 = (np.asarray(x, dtype=float) for x in (precision, recall, f1))
+    support = np.asarray(support, dtype=float)
+    weights = support / support.sum() if support.sum() > 0 else np.zeros_like(support)
+    return {
+        "precision_macro": float(precision.mean()),
+        "recall_macro": float(recall.mean()),
+        "f1_macro": float(f1.mean()),
+        "precision_weighted": float((precision * weights).sum()),
+        "recall_weighted": float((recall * weights).sum()),
+        "f1_weighted": float((f1 * weights).sum()),
+        "per_class": {
+            label: {"precision": float(precision[i]), "recall": float(recall[i]),
+                    "f1": float(f1[i]), "support": int(support[i])}
+            for i, label in enumerate(labels)
+        },
+        "labels": list(labels),
+    }
+
 
 def serving_outputs(task: str, scores, labels: Sequence[str], thresholds) -> dict:
     """The named outputs of a ``serving_default`` signature for ``multilabel`` / ``matching``.
