@@ -1,6 +1,6 @@
 """Query a TF Serving server that serves a tfmm export, over REST or gRPC.
 
-Start the server first (README, "Serve with Docker"), e.g. for the demo model::
+Start the server first (README, Serve with Docker), e.g. for the demo model::
 
     docker run --rm -p 8500:8500 -p 8501:8501 -v "$PWD/saved_models/demo:/models/demo" \
         tensorflow/serving --model_config_file=/models/demo/models.config

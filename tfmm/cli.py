@@ -21,7 +21,7 @@ logger = logging.getLogger("tfmm")
 # dataclasses, so argparse defaults are None: only flags given override a --config file.
 _CONFIG_FLAGS = [
     ("--task", "model", "task", dict(choices=["classification", "binary", "multilabel", "matching", "contrastive"],
-                                     help="what the model learns (default: classification); see README "Tasks"")),
+                                     help="what the model learns (default: classification); see README, Tasks")),
     ("--negatives", "data", "negatives", dict(
         type=int, metavar="N", help="--task matching: add N negatives per positive pair (its image with "
                                     "captions of other rows, seeded) (default: 0)")),
@@ -87,7 +87,7 @@ _CONFIG_FLAGS = [
                                     "long epochs (default: 0, at epoch ends only)")),
 ]
 
-# Performance options (tfmm.cache, tfmm.precision, the tf.data pipeline): see README "Speed".
+# Performance options (tfmm.cache, tfmm.precision, the tf.data pipeline): see README, Speed.
 _CONFIG_FLAGS += [
     ("--cache-features", "train", "cache_features", dict(
         action=argparse.BooleanOptionalAction, default=None,
@@ -463,7 +463,7 @@ def _cmd_export(args) -> int:
     if result.report is not None:
         print("checks:\n" + "\n".join("  " + str(c) for c in result.report.checks))
     print(f"TF Serving configs: {os.path.join(result.export_root, 'models.config')}, "
-          f"{os.path.join(result.export_root, 'batching.config')} (Docker instructions: README, "Serve with Docker")")
+          f"{os.path.join(result.export_root, 'batching.config')} (Docker instructions: README, Serve with Docker)")
     return 0
 
 

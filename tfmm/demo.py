@@ -65,5 +65,5 @@ def run_demo(output_dir: str = "tfmm_demo", *, epochs: int = 5, n_train: int = 1
     logger.info("demo: exporting the fused model for TF Serving")
     exported = export_for_serving(run_dirs["fused"], export_dir, warmup_data=paths["val"])
     results["export_dir"] = exported.path
-    results["notes"].append(f"TF Serving export: {exported.path} (checked; serve it as in README, "Serve with Docker")")
+    results["notes"].append(f"TF Serving export: {exported.path} (checked; serve it as in README, Serve with Docker)")
     return results

@@ -263,7 +263,7 @@ def write_serving_configs(export_root: str, model_name: str) -> list:
     """Writes ``models.config`` and ``batching.config`` for TF Serving (kept when they exist).
 
     ``models.config`` serves the latest version of ``model_name`` from ``/models/NAME``, the
-    path the export root is mounted at in the Docker instructions (README, "Serve with Docker").
+    path the export root is mounted at in the Docker instructions (README, Serve with Docker).
     """
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
