@@ -58,6 +58,8 @@ def test_non_deterministic_pipeline_yields_every_row(setup, preprocessor):
     cfg = DataConfig(image_size=32, sequence_length=8, deterministic=False)
     ds = tfdata.make_dataset(manifest, config=cfg, preprocessor=preprocessor, labels=labels, batch_size=16)
     assert ds.options().deterministic is False
+    assert ds.options().autotune.enabled is False  # see DataConfig.tf_data_autotune
+    assert tfdata.pipeline_options(DataConfig(tf_data_autotune=True)).autotune.enabled is True
     targets = np.concatenate([t.numpy() for _, t in ds])
     np.testing.assert_array_equal(np.sort(targets.argmax(1)),
                                   np.sort(tfdata.encode_labels(manifest, labels, "classification").argmax(1)))

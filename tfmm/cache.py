@@ -351,9 +351,7 @@ def cached_dataset(
         ds = tf.data.Dataset.zip(raw_ds, cached).map(
             lambda raw_batch, cached_batch: ({**raw_batch[0], **cached_batch}, raw_batch[1]))
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.with_options(options)
+    return ds.with_options(tfdata.pipeline_options(dataclasses.replace(config.data, deterministic=True)))
 
 
 def _save_with(callback: keras.callbacks.Callback, model: keras.Model) -> None:

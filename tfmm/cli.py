@@ -109,6 +109,10 @@ _CONFIG_FLAGS += [
         action=argparse.BooleanOptionalAction, default=None,
         help="--no-deterministic lets parallel decoding reorder elements: faster, not "
              "reproducible (default: deterministic)")),
+    ("--tf-data-autotune", "data", "tf_data_autotune", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="run tf.data's background autotuner (default: off; in TF 2.21 it can stall "
+             "every epoch's end, see docs_perf.md)")),
 ]
 
 _TRAIN_EXAMPLES = """\

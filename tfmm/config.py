@@ -54,6 +54,10 @@ class DataConfig:
             ``tfmm.data.AUTO_CACHE_BYTES``.
         deterministic: ``False`` lets parallel decoding hand out elements as soon as they
             are ready (faster, but the order of a seeded shuffle is no longer reproducible).
+        tf_data_autotune: run tf.data's background autotuner. Off by default: in TF 2.21,
+            deleting an iterator (Keras does at every epoch) can block until the autotuner's
+            current wait ends (its period doubles up to a minute); without it, ``AUTOTUNE``
+            parallelism is the number of cores and prefetch buffers still grow on demand.
     """
 
     image_col: str = "image"
@@ -67,6 +71,7 @@ class DataConfig:
     negatives: int = 0
     cache_in_memory: Optional[bool] = None
     deterministic: bool = True
+    tf_data_autotune: bool = False
 
     def __post_init__(self):
         _check_positive("negatives", self.negatives, allow_zero=True)

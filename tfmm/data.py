@@ -433,11 +433,21 @@ def make_dataset(
     ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
     # 6. prefetch so the model never waits for input.
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    # One manifest file cannot be sharded by file across workers: shard by element.
+    return ds.with_options(pipeline_options(config))
+
+
+def pipeline_options(config: DataConfig) -> tf.data.Options:
+    """The ``tf.data.Options`` of every tfmm input pipeline.
+
+    Elements are sharded across workers (one manifest file cannot be sharded by file),
+    ``config.deterministic`` sets the order guarantee and ``config.tf_data_autotune``
+    whether tf.data's background autotuner runs (see :class:`~tfmm.config.DataConfig`).
+    """
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     options.deterministic = config.deterministic
-    return ds.with_options(options)
+    options.autotune.enabled = config.tf_data_autotune
+    return options
 
 
 def should_cache_in_memory(config: DataConfig, n_rows: int, use_image: bool = True) -> bool:
