@@ -102,7 +102,10 @@ def read_manifest(
     problems = []
     if isinstance(source, pd.DataFrame):
         df, name = source.copy(), "<DataFrame>"
-        root = os.path.abspath(root or os.getcwd())
+        base = os.path.abspath(root or os.getcwd())
+        # A DataFrame's paths are the caller's own: with no root given, relative paths resolve
+        # against the current folder and absolute paths anywhere are accepted.
+        root = base if root else os.path.abspath(os.sep)
     else:
         name = str(source)
         if not os.path.isfile(name):
@@ -121,8 +124,9 @@ def read_manifest(
     frame = pd.DataFrame({key: df[col] for key, col in wanted.items()})
     frame = frame.fillna("").astype(str)
     frame.insert(0, "row", df["_row"].to_numpy() if "_row" in df.columns else np.arange(len(frame)))
+    base = base if isinstance(source, pd.DataFrame) else root
     frame["image"] = [
-        p if os.path.isabs(p) else os.path.normpath(os.path.join(root, p)) for p in frame["image"]
+        p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p)) for p in frame["image"]
     ]
     return Manifest(frame.reset_index(drop=True), name, root, problems)
 
