@@ -265,8 +265,10 @@ json.dump({"scores": out["scores"].numpy().tolist(), "labels": out["labels"].num
 def test_grpc_request_in_a_process_without_tfmm_matches_tfmm_predict(exported, demo_data, tmp_path, capsys):
     frame, _, texts = _manifest_bytes(demo_data["test"], 3)
     root = os.path.dirname(demo_data["test"])
+    # Files beside the manifest written below (paths outside its folder are refused).
     files = [_to_jpeg(os.path.join(root, frame["image"][0]), str(tmp_path / "a.jpg")),
-             os.path.join(root, frame["image"][1]), os.path.join(root, frame["image"][2])]
+             shutil.copy(os.path.join(root, frame["image"][1]), str(tmp_path / "b.png")),
+             shutil.copy(os.path.join(root, frame["image"][2]), str(tmp_path / "c.png"))]
     request = serving.grpc_request([open(f, "rb").read() for f in files], texts, model_name="tiny")
     (tmp_path / "request.pb").write_bytes(request.SerializeToString())
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
