@@ -32,7 +32,7 @@ def _import_export():
         sys.exit(
             f"bench_serving: cannot import tfmm.export.export_for_serving ({e}).\n"
             "This benchmark measures the SavedModel written by tfmm/export.py "
-            "(export_for_serving(run_dir, export_dir, version=None) -> path, signature "
+            "(export_for_serving(run_dir, export_dir) -> its version folder, signature "
             "serving_default(image_bytes, text) -> {scores, labels}); run it on a checkout "
             "that has the export module."
         )
@@ -66,7 +66,8 @@ def main(argv=None) -> None:
         train={"epochs": 1, "batch_size": 8, "early_stopping_patience": 0})
     run_dir = os.path.join(work, "run")
     train(config, manifest_path, None, run_dir, verbose=0)
-    path = export_for_serving(run_dir, os.path.join(work, "export"))
+    exported = export_for_serving(run_dir, os.path.join(work, "export"))
+    path = getattr(exported, "path", exported)  # an ExportResult (tfmm.export) or a path
     serve = tf.saved_model.load(path).signatures["serving_default"]
     run = load_run(run_dir)
     manifest = tfdata.read_manifest(manifest_path, run.config.data)

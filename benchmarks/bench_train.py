@@ -111,8 +111,8 @@ def cache_vs_recompute(work: str, n_train: int, n_val: int, epochs: int) -> dict
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per round (default: 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default: 3)")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per round (default: 1)")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds (default: 6)")
     parser.add_argument("--batch-size", type=int, default=8, help="(default: 8)")
     parser.add_argument("--train-rows", type=int, default=54, help="rows for part 2 (default: 54)")
     parser.add_argument("--val-rows", type=int, default=18, help="validation rows for part 2 (default: 18)")
