@@ -9,7 +9,8 @@ A text encoder spec names where a BERT comes from:
 
 Tokenization runs in the ``tf.data`` pipeline (the model takes numeric inputs
 ``token_ids``, ``segment_ids`` and ``padding_mask``), which keeps string tensors out of
-distributed training; the serving export wraps the same preprocessor around the model.
+distributed training; the serving export wraps the same preprocessor around the model. BERT
+WordPiece tokenization is made of TensorFlow core ops only (:mod:`tfmm.tokenizer`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ import logging
 import os
 
 import keras
+import tensorflow as tf
+
+from tfmm.tokenizer import WordPieceTokenizer, pack_single_segment
 
 logger = logging.getLogger(__name__)
 
 TEXT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 SAVED_VOCAB = "vocab.txt"
 SAVED_TOKENIZER_CONFIG = "tokenizer_options.json"
+# KerasHub BertTokenizer's defaults: what a run saved before these options were recorded used.
+DEFAULT_TOKENIZER_OPTIONS = {"lowercase": False, "strip_accents": False, "split_on_cjk": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,34 +108,51 @@ def _from_preset(cls, source: str):
         ) from e
 
 
-class KerasHubTextPreprocessor:
+class KerasHubTextPreprocessor(tf.Module):
     """Strings -> ``{token_ids, segment_ids, padding_mask}`` int32, for tf.data and export.
 
+    The vocabulary and options come from the KerasHub ``BertTokenizer`` of ``source``;
+    tokenizing and packing are TensorFlow core ops only (:mod:`tfmm.tokenizer`), so the same
+    graph runs in the ``tf.data`` pipeline and in any TF Serving 2.x.
+
     Args:
-        source: a KerasHub preset name or folder holding a BERT tokenizer.
-        sequence_length: pad/truncate to this many tokens.
+        source: a KerasHub preset name or folder holding a BERT tokenizer, or a tokenizer
+            folder saved in a run directory (``vocab.txt`` + ``tokenizer_options.json``).
+        sequence_length: pad/truncate to this many tokens ([CLS] and [SEP] included).
+
+    Example:
+        >>> pre = KerasHubTextPreprocessor(minilm_path(), 16)
+        >>> pre(tf.constant(["a red circle"]))["token_ids"].shape
+        TensorShape([1, 16])
     """
 
     def __init__(self, source: str, sequence_length: int):
-        import keras_hub
-
-        saved_vocab = os.path.join(source, SAVED_VOCAB)
-        if os.path.isfile(os.path.join(source, SAVED_TOKENIZER_CONFIG)):  # saved in a run dir
-            with open(os.path.join(source, SAVED_TOKENIZER_CONFIG), encoding="utf-8") as f:
-                options = json.load(f)
-            self.tokenizer = keras_hub.models.BertTokenizer(vocabulary=saved_vocab, **options)
+        super().__init__(name="text_preprocessor")
+        options_file = os.path.join(source, SAVED_TOKENIZER_CONFIG)
+        if os.path.isfile(options_file):  # saved in a run dir
+            with open(options_file, encoding="utf-8") as f:
+                options = {**DEFAULT_TOKENIZER_OPTIONS, **json.load(f)}
+            with open(os.path.join(source, SAVED_VOCAB), encoding="utf-8") as f:
+                vocabulary = [line.rstrip("\n") for line in f]
+            while vocabulary and vocabulary[-1] == "":
+                vocabulary.pop()
         else:
-            self.tokenizer = _from_preset(keras_hub.models.BertTokenizer, source)
+            import keras_hub
+
+            reference = _from_preset(keras_hub.models.BertTokenizer, source)
+            vocabulary = list(reference.get_vocabulary())
+            options = {name: bool(getattr(reference, name)) for name in DEFAULT_TOKENIZER_OPTIONS}
+        self.tokenizer = WordPieceTokenizer(vocabulary, **options)
         self.sequence_length = sequence_length
-        self.packer = keras_hub.models.BertTextClassifierPreprocessor(
-            self.tokenizer, sequence_length=sequence_length
-        )
+        self._special = {name: vocabulary.index(token) for name, token in
+                         (("start_id", "[CLS]"), ("end_id", "[SEP]"), ("pad_id", "[PAD]"))}
 
     def __call__(self, strings):
-        import tensorflow as tf
-
-        out = self.packer(strings)
-        return {k: tf.cast(out[k], tf.int32) for k in TEXT_INPUTS}
+        strings = tf.convert_to_tensor(strings, tf.string)
+        scalar = strings.shape.rank == 0
+        packed = pack_single_segment(self.tokenizer.tokenize(tf.reshape(strings, [-1])),
+                                     self.sequence_length, **self._special)
+        return {k: packed[k][0] if scalar else packed[k] for k in TEXT_INPUTS}
 
     def save(self, folder: str) -> None:
         """Saves the vocabulary and tokenizer options, so the run folder alone can rebuild it."""
@@ -137,7 +160,7 @@ class KerasHubTextPreprocessor:
         with open(os.path.join(folder, SAVED_VOCAB), "w", encoding="utf-8") as f:
             f.write("\n".join(self.tokenizer.get_vocabulary()) + "\n")
         with open(os.path.join(folder, SAVED_TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
-            json.dump({"lowercase": bool(self.tokenizer.lowercase)}, f)
+            json.dump({name: getattr(self.tokenizer, name) for name in DEFAULT_TOKENIZER_OPTIONS}, f)
 
 
 def load_text_preprocessor(spec: str, sequence_length: int, *, saved_tokenizer: str = None):

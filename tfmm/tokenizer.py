@@ -166,6 +166,10 @@ class WordPieceTokenizer(tf.Module):
             self._case_fold = _static_table(*tables["case_fold"], _MISSING)
             self._compose = _static_table(*_composition_pairs(), -1)
 
+    def get_vocabulary(self) -> list:
+        """The tokens, by id (as KerasHub tokenizers name it)."""
+        return list(self.vocabulary)
+
     # --- the steps, each on a flat or ragged string tensor --------------------------------
 
     @staticmethod
@@ -295,6 +299,10 @@ class WordPieceTokenizer(tf.Module):
             unique = self.fold_case(unique)
         pieces = tf.gather(self._wordpiece(unique), index)
         return words.with_flat_values(pieces).merge_dims(1, 2)
+
+    def __call__(self, text) -> tf.RaggedTensor:
+        """Same as :meth:`tokenize` (KerasHub tokenizers are called this way)."""
+        return self.tokenize(text)
 
 
 def _non_ascii(strings: tf.Tensor) -> tf.Tensor:
