@@ -37,12 +37,14 @@ def test_kerashub_bert_ops_need_tf_serving_2_20_with_an_icu_note():
     assert verdict["summary"].startswith("non-core ops CaseFoldUTF8 (TF Serving 2.12+), ")
     assert "TFText>RoundRobinTrim (TF Serving 2.20+); loads in TF Serving 2.20+;" in verdict["summary"]
     (note,) = verdict["notes"]
-    assert note.startswith("on TF Serving 2.20, CaseFoldUTF8 need(s) ICU normalization data") and "#1613" in note
+    assert note.startswith("on TF Serving 2.20, CaseFoldUTF8 needs ICU normalization data") and "#1613" in note
 
 
 def test_sentencepiece_ops_load_from_the_oldest_line():
     verdict = serving_compat.serving_verdict(["SentencepieceOp", "SentencepieceTokenizeOp", "SentencepieceOp"])
     assert verdict["oldest_tf_serving"] == "2.12" and verdict["notes"] == []
+    two = serving_compat.serving_verdict(["NormalizeUTF8", "CaseFoldUTF8"])
+    assert two["notes"][0].startswith("on TF Serving 2.20, CaseFoldUTF8, NormalizeUTF8 need ICU")
     assert verdict["summary"] == ("non-core ops SentencepieceOp (TF Serving 2.12+), SentencepieceTokenizeOp "
                                   "(TF Serving 2.12+); loads in TF Serving 2.12+ (the table starts at 2.12)")
 

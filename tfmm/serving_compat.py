@@ -121,7 +121,8 @@ def _icu_notes(ops: list, oldest: Optional[str], table: dict) -> list:
         lines = [line for line in lines if _version(line) >= _version(oldest)]
     if not icu_ops or not lines:
         return []
-    return [f"on TF Serving {', '.join(lines)}, {', '.join(icu_ops)} need(s) ICU normalization data the "
+    verb = "needs" if len(icu_ops) == 1 else "need"
+    return [f"on TF Serving {', '.join(lines)}, {', '.join(icu_ops)} {verb} ICU normalization data the "
             "server's ICU build may not carry (tensorflow/serving#1613): try the export in that image first"]
 
 
