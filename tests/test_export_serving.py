@@ -168,3 +168,25 @@ def test_odd_texts_get_finite_scores_or_an_error_naming_the_row(serving_fn):
                            "text": {"b64": base64.b64encode(ODD_TEXTS["invalid UTF-8"]).decode()}}]}
     _, inputs, _ = serving.parse_rest_request(body, serving.signature_inputs(serving_fn))
     assert np.isfinite(serving.run_signature(serving_fn, inputs)["scores"]).all()
+
+
+def test_load_and_ops_lines_from_fresh_process_results():
+    from tfmm import export_check
+
+    tf_only = {"ok": True, "load_seconds": 1.5, "imported": ["tensorflow"], "versions": {"tensorflow": "2.21.0"},
+               "ops": {"tensorflow": ["Identity"], "tensorflow_text": [], "unregistered": []}}
+    assert export_check._load_check(tf_only).detail == (
+        "loaded in 1.5 s by a fresh Python process importing tensorflow 2.21.0 only "
+        "(tensorflow_text not imported: loads in a TensorFlow-only process)")
+    with_text = {**tf_only, "imported": ["tensorflow", "tensorflow_text"],
+                 "versions": {"tensorflow": "2.21.0", "tensorflow_text": "2.21.1"},
+                 "ops": {"tensorflow": ["Identity"], "tensorflow_text": ["CaseFoldUTF8"], "unregistered": ["MyOp"]}}
+    assert export_check._load_check(with_text).detail.endswith(
+        "and tensorflow_text 2.21.1 (imported for the non-core ops ['CaseFoldUTF8'])")
+    assert export_check.non_core_ops(with_text["ops"]) == ["CaseFoldUTF8", "MyOp"]
+    risky = export_check._ops_check(with_text["ops"], serving_compat.serving_verdict(["CaseFoldUTF8", "MyOp"]))
+    assert not risky.ok and "SERVING RISK" in risky.detail
+    unread = export_check._ops_check({}, {})  # the fresh process stopped before reading the graph
+    assert not unread.ok and unread.detail.startswith("not classified")
+    assert str(export_check._ops_check(tf_only["ops"], serving_compat.serving_verdict([]))) == \
+        "ok    ops          core only — loads in any TF Serving 2.x"
