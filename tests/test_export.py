@@ -103,6 +103,7 @@ class _FakeArchive:
 def test_versions_are_next_integer_and_never_overwritten(tmp_path, monkeypatch):
     monkeypatch.setattr(tfexport, "build_export_archive", lambda run: _FakeArchive())
     monkeypatch.setattr(tfexport, "make_check_sample", lambda *args, **kwargs: {})
+    monkeypatch.setattr(tfexport, "serving_verdict", lambda path, report: {"summary": "fake"})
     run = LoadedRun(str(tmp_path / "run"), RunConfig(), ["a", "b"], None, None)
     root = tmp_path / "m"
     (root / "7.tmp").mkdir(parents=True)  # not a version: ignored

@@ -242,25 +242,31 @@ def build_parser() -> argparse.ArgumentParser:
                            serving_default takes image_bytes and text (DT_STRING [-1]) and returns
                            scores and labels; decoding, resizing and tokenizing run inside the graph.
                            The version is checked (fresh-process load, predictions vs the trained
-                           model, ops) before it appears, and is never overwritten."""),
-                       epilog="examples:\n  tfmm export --model runs/products --warmup-data data/val.csv\n"
+                           model, which TF Serving releases have its ops) before it appears, and is
+                           never overwritten. Warmup requests (assets.extra/tf_serving_warmup_requests)
+                           come from the run's validation rows unless --warmup-data names others."""),
+                       epilog="examples:\n  tfmm export --model runs/products\n"
+                              "  tfmm export --model runs/products --warmup-data data/holdout.csv\n"
                               "  tfmm export --model runs/products --export-dir saved_models/products --version 3")
     p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
     p.add_argument("--export-dir", metavar="DIR", help="export root (default: saved_models/<run folder name>)")
     p.add_argument("--version", type=int, metavar="N", help="version to write (default: the next integer)")
     p.add_argument("--model-name", metavar="NAME", help="model name for TF Serving (default: export root name)")
     p.add_argument("--warmup-data", metavar="MANIFEST",
-                   help="manifest (e.g. validation) whose rows become warmup requests and the check sample")
+                   help="manifest whose rows become the warmup requests and the check sample (default: the "
+                        "validation manifest `tfmm train` recorded in the run; without one, synthetic images, "
+                        "and the output says so)")
     p.add_argument("--warmup-records", type=int, default=32, metavar="N",
-                   help="warmup requests to write, at most 1000 (default: 32)")
+                   help="warmup requests to write, at most 1000; 0 writes no warmup file (default: 32)")
     p.add_argument("--no-check", action="store_true", help="skip the checks (not recommended)")
 
     p = sub.add_parser("check-export", help="check an exported SavedModel (load, predictions, ops)",
                        formatter_class=_formatter,
-                       description="Load the export in a fresh Python process importing only tensorflow and "
-                                   "tensorflow_text, compare its predictions on raw files with the trained "
-                                   "model's, list its ops by where they are registered, read its warmup file. "
-                                   "Exit status 1 when a check fails.",
+                       description="Load the export in a fresh Python process importing only tensorflow "
+                                   "(tensorflow_text too only when the graph has non-core ops), compare its "
+                                   "predictions on raw files with the trained model's, say which TF Serving "
+                                   "releases load its ops (from tfmm's table, not from what is installed), "
+                                   "read its warmup file. Exit status 1 when a check fails.",
                        epilog="example:\n  tfmm check-export saved_models/products/1")
     p.add_argument("dir", metavar="DIR", help="a version folder, or an export root (its highest version)")
 
@@ -466,6 +472,8 @@ def _cmd_export(args) -> int:
     print(f"  serving_default: {result.metadata['signatures']['serving_default']}")
     if result.report is not None:
         print("checks:\n" + "\n".join("  " + str(c) for c in result.report.checks))
+    print(f"warmup: {result.warmup_source}")
+    print(f"TF Serving: {result.metadata['serving']['summary']}")
     print(f"TF Serving configs: {os.path.join(result.export_root, 'models.config')}, "
           f"{os.path.join(result.export_root, 'batching.config')} (Docker instructions: README, Serve with Docker)")
     return 0

@@ -12,7 +12,8 @@ A version folder holds::
 
     saved_model.pb, variables/, assets/
     assets.extra/tf_serving_warmup_requests   PredictionLog records TF Serving replays on load
-    assets.extra/tfmm.json                    labels, task, TF/TF Text versions, ops, checks
+    assets.extra/tfmm.json                    labels, task, TF/TF Text versions, ops, checks, and
+                                              ``serving``: which TF Serving releases load it
     assets.extra/tfmm_check.json              a sample of raw inputs + the trained model's outputs
 
 The version is written to a hidden temporary folder, checked, then renamed, so a server
@@ -36,7 +37,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmm import data as tfdata
-from tfmm import heads, serving
+from tfmm import heads, serving, serving_compat
 from tfmm.export_check import (  # noqa: F401  (Check, TOLERANCE: re-exported for the API)
     ASSETS_EXTRA, CHECK_FILE, METADATA_FILE, SIGNATURE, TOLERANCE, Check, CheckReport, ExportCheckError,
     check_export, synthetic_images, write_json,
@@ -73,6 +74,7 @@ class ExportResult:
     version: int
     report: Optional[CheckReport]
     metadata: dict
+    warmup_source: str = ""  # where the warmup requests came from (printed by `tfmm export`)
 
 
 # --- the serving graph ----------------------------------------------------------------------
@@ -303,6 +305,31 @@ def _versions() -> dict:
     return out
 
 
+def recorded_validation_data(run) -> tuple:
+    """The validation manifest ``tfmm train`` recorded for ``run`` (``data_sources.json``).
+
+    Returns:
+        ``(manifest, None)`` with the manifest read from its recorded path (and image
+        folder), or ``(None, reason)`` saying why there is none: the run recorded no
+        validation manifest (trained without one, or on a DataFrame), the file no longer
+        exists, or it could not be read.
+    """
+    from tfmm.train import DATA_SOURCES_FILE, read_data_sources
+
+    source = read_data_sources(run.run_dir).get("validation")
+    if not source or not source.get("path"):
+        return None, (f"{run.run_dir} records no validation manifest in {DATA_SOURCES_FILE} (trained without "
+                      "validation data, on a DataFrame, or before tfmm recorded it)")
+    path = source["path"]
+    if "://" not in path and not os.path.exists(path):
+        return None, f"the run's validation manifest {path} no longer exists"
+    try:
+        manifest = tfdata.read_manifest(path, run.config.data, root=source.get("root"), require_labels=False)
+    except (OSError, ValueError) as e:
+        return None, f"the run's validation manifest {path} could not be read ({e})"
+    return manifest, None
+
+
 def _read_rows(run, data, limit: int) -> tfdata.Manifest:
     """The first ``limit`` usable rows of a manifest (bad rows are skipped with a warning)."""
     manifest = data if isinstance(data, tfdata.Manifest) else tfdata.read_manifest(
@@ -348,6 +375,31 @@ def make_check_sample(run, data=None, rows: int = 8) -> dict:
             "text": frame["text"].tolist(), "expected": expected}
 
 
+def _warmup_rows(run, warmup_data, limit: int) -> tuple:
+    """The rows for the warmup requests and the check sample, and a sentence saying where they came from.
+
+    ``warmup_data`` wins; else the run's recorded validation manifest; else ``(None, reason)``:
+    the warmup requests are then made from the check sample's synthetic images.
+    """
+    if warmup_data is not None:
+        rows = _read_rows(run, warmup_data, limit)
+        return rows, f"{len(rows)} row(s) of {rows.source} (--warmup-data)"
+    manifest, reason = recorded_validation_data(run)
+    if manifest is not None:
+        rows = _read_rows(run, manifest, limit)
+        if len(rows):
+            return rows, f"{len(rows)} row(s) of the run's validation manifest {rows.source}"
+        reason = f"the run's validation manifest {manifest.source} has no usable rows"
+    return None, f"synthetic images: {reason}; pass --warmup-data MANIFEST (warmup_data=) for real rows"
+
+
+def _synthetic_requests(sample: dict, model_name: str, limit: int) -> list:
+    """Warmup requests from the synthetic images (and captions) of a check sample."""
+    columns = zip(sample.get("image_bytes_b64", []), sample.get("text", []), sample.get("sources", []))
+    pairs = [(base64.b64decode(b), t) for b, t, source in columns if source.startswith("synthetic")]
+    return [serving.grpc_request([b], [t], model_name=model_name) for b, t in pairs[:limit]]
+
+
 def _metadata(run, model_name: str, version: int, n_warmup: int) -> dict:
     """What ``assets.extra/tfmm.json`` records about an export."""
     dc, mc = run.config.data, run.config.model
@@ -366,6 +418,23 @@ def _metadata(run, model_name: str, version: int, n_warmup: int) -> dict:
         },
         "versions": _versions(), "warmup_records": n_warmup,
     }
+
+
+def serving_verdict(path: str, report: Optional[CheckReport] = None) -> dict:
+    """Which TF Serving releases load the SavedModel at ``path`` (:func:`tfmm.serving_compat.serving_verdict`).
+
+    With a check ``report``, the non-core ops are those the fresh TensorFlow-only process
+    could not find registered; without one, they are estimated here: ops of the table plus
+    ops this process has not registered (this process may have imported tensorflow_text).
+    """
+    if report is not None and report.serving:
+        return report.serving
+    from tfmm import savedmodel_check
+
+    ops = serving.saved_model_ops(path)
+    table_ops = serving_compat.load_table()["tf_text_ops"]
+    non_core = [op for op in ops if op in table_ops] + savedmodel_check.unregistered_ops(ops)
+    return serving_compat.serving_verdict(non_core)
 
 
 def _resolve_run(run):
@@ -395,10 +464,14 @@ def export_for_serving(
         version: the version to write (default: the next integer); never overwritten.
         model_name: the name in ``models.config`` and warmup requests (default: the export
             root's folder name).
-        warmup_data: a manifest (e.g. the validation set) whose first ``warmup_records`` rows
-            become the warmup requests and the check sample; default: no warmup file, and a
-            synthetic check sample only.
-        warmup_records: at most 1000 (TF Serving's limit).
+        warmup_data: a manifest whose first ``warmup_records`` rows become the warmup
+            requests (``assets.extra/tf_serving_warmup_requests``) and, with synthetic
+            images of each format, the check sample. Default: the validation manifest
+            ``tfmm train`` recorded in the run's ``data_sources.json``; when the run has none
+            (no validation data, a DataFrame, or the file is gone), the warmup requests and
+            the check sample are made from synthetic images, and a warning says so
+            (``ExportResult.warmup_source`` and ``tfmm.json`` say where they came from).
+        warmup_records: at most 1000 (TF Serving's limit); 0 writes no warmup file.
         check: run :func:`check_export` before publishing the version.
         check_rows: manifest rows in the check sample.
 
@@ -411,9 +484,11 @@ def export_for_serving(
         ValueError: bad ``version`` or ``warmup_records``.
 
     Example:
-        >>> result = export_for_serving("runs/demo", "saved_models/demo", warmup_data="data/val.csv")
+        >>> result = export_for_serving("runs/demo", "saved_models/demo")  # warmup from the run's validation rows
         >>> result.path
         '.../saved_models/demo/1'
+        >>> result.warmup_source
+        "32 request(s) from 40 row(s) of the run's validation manifest .../data/val.csv"
     """
     run = _resolve_run(run)
     root = os.path.abspath(export_dir or os.path.join("saved_models", os.path.basename(run.run_dir.rstrip("/"))))
@@ -436,32 +511,40 @@ def export_for_serving(
         build_export_archive(run).write_out(tmp, verbose=False)
         extra = os.path.join(tmp, ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
-        rows, n_warmup = None, 0
-        if warmup_data is not None:  # read and checked once, for the warmup and the check sample
-            rows = _read_rows(run, warmup_data, max(warmup_records, 4 * check_rows))
+        # Real rows (--warmup-data, else the run's validation manifest) are read and checked
+        # once, for the warmup and the check sample; without them both use synthetic images.
+        rows, warmup_source = _warmup_rows(run, warmup_data, max(warmup_records, 4 * check_rows))
+        if rows is None:
+            logger.warning("warmup requests and check sample from %s", warmup_source)
+        sample = make_check_sample(run, rows, check_rows)
+        write_json(os.path.join(extra, CHECK_FILE), sample)
+        if rows is not None:
             frame = rows.frame.head(warmup_records)
             requests = [serving.grpc_request([b], [t], model_name=model_name)
                         for b, t in zip(serving.read_files(frame["image"]), frame["text"])]
-            if requests:
-                n_warmup = serving.write_warmup(os.path.join(tmp, serving.WARMUP_FILE), requests)
-        write_json(os.path.join(extra, CHECK_FILE), make_check_sample(run, rows, check_rows))
+        else:
+            requests = _synthetic_requests(sample, model_name, warmup_records)
+        n_warmup = serving.write_warmup(os.path.join(tmp, serving.WARMUP_FILE), requests) if requests else 0
+        warmup_source = f"{n_warmup} request(s) from {warmup_source}" if n_warmup else "none (warmup_records=0)"
         metadata = _metadata(run, model_name, int(version), n_warmup)
+        metadata["warmup_source"] = warmup_source
         write_json(os.path.join(extra, METADATA_FILE), metadata)
-        report = None
-        if check:
-            report = check_export(tmp)
+        report = check_export(tmp) if check else None
+        if report is not None:
             metadata.update(ops={k: v for k, v in report.ops.items() if k != "tensorflow"},
                             checks=[dataclasses.asdict(c) for c in report.checks])
-            write_json(os.path.join(extra, METADATA_FILE), metadata)
-            if not report.ok:
-                raise ExportCheckError(report)
+        verdict = serving_verdict(tmp, report)
+        metadata["serving"] = verdict  # core_ops_only, non_core_ops, oldest_tf_serving, notes, summary
+        write_json(os.path.join(extra, METADATA_FILE), metadata)
+        if report is not None and not report.ok:
+            raise ExportCheckError(report)
         os.rename(tmp, final)  # atomic: a polling server sees all of the version or none of it
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if report is not None:
         report.path = final
     write_serving_configs(root, model_name)
-    logger.info("exported %s (model %r, version %d)", final, model_name, version)
-    return ExportResult(final, root, model_name, int(version), report, metadata)
+    logger.info("exported %s (model %r, version %d); TF Serving: %s", final, model_name, version, verdict["summary"])
+    return ExportResult(final, root, model_name, int(version), report, metadata, warmup_source)
 
 

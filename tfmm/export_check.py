@@ -1,12 +1,16 @@
 """Checks of an exported SavedModel, the ones ``tfmm export`` runs and ``tfmm check-export`` repeats.
 
-- ``load``: the SavedModel loads in a fresh Python process that imports only ``tensorflow`` and
-  ``tensorflow_text`` (tfmm/savedmodel_check.py, run with ``python -c`` from an empty folder);
+- ``load``: the SavedModel loads in a fresh Python process that imports only ``tensorflow``
+  (tfmm/savedmodel_check.py, run with ``python -c`` from an empty folder), plus
+  ``tensorflow_text`` only when the graph has ops TensorFlow core does not register; the
+  line says which;
 - ``signature``: ``serving_default`` takes ``image_bytes`` and ``text``, DT_STRING ``[-1]``;
 - ``predictions``: that process's outputs on the raw files of the stored check sample equal the
   trained model's outputs through the training pipeline (max abs diff <= 1e-5);
-- ``ops``: every op of the graphs and function library is registered by TensorFlow or TF Text
-  (any other is named as a serving risk);
+- ``ops``: which TF Serving releases load the graph, from tfmm's table
+  (:mod:`tfmm.serving_compat`), not from what is installed: ``core only — loads in any TF
+  Serving 2.x``, or each non-core op with the first TF Serving release that has it and the
+  oldest release that loads them all (an op no release is known to have fails the check);
 - ``metadata``: ``assets.extra/tfmm.json`` records the TF and TF Text versions and the labels;
 - ``warmup``: the warmup file, when present, holds at most 1000 ``PredictionLog`` requests.
 """
@@ -23,7 +27,7 @@ import tempfile
 
 import numpy as np
 
-from tfmm import serving
+from tfmm import serving, serving_compat
 from tfmm.serving import ASSETS_EXTRA, CHECK_FILE, METADATA_FILE, SIGNATURE
 
 TOLERANCE = 1e-5
@@ -49,6 +53,7 @@ class CheckReport:
     checks: list
     ops: dict
     versions: dict
+    serving: dict = dataclasses.field(default_factory=dict)  # serving_compat.serving_verdict
 
     @property
     def ok(self) -> bool:
@@ -92,8 +97,8 @@ def synthetic_images(folder: str, seed: int = 0) -> list:
 # --- checks ---------------------------------------------------------------------------------
 
 def _fresh_process(saved_model: str, sample: dict, timeout: int = 600) -> dict:
-    """Runs tfmm/savedmodel_check.py in a new Python process (importing tensorflow and
-    tensorflow_text only) from an empty folder; returns its result dict."""
+    """Runs tfmm/savedmodel_check.py in a new Python process (importing tensorflow, and
+    tensorflow_text only for non-core ops) from an empty folder; returns its result dict."""
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "savedmodel_check.py")
     with open(script, encoding="utf-8") as f:
         source = f.read()
@@ -122,9 +127,14 @@ def _load_check(result: dict) -> Check:
         return Check("load", False, f"failed at {result.get('stage')}: {result.get('error')}")
     if result.get("forbidden_modules"):
         return Check("load", False, f"the loading process imported {result['forbidden_modules']}")
-    return Check("load", True, f"loaded in {result.get('load_seconds')} s by a fresh Python process importing "
-                               f"only tensorflow {versions.get('tensorflow')} and tensorflow_text "
-                               f"{versions.get('tensorflow_text')}")
+    detail = f"loaded in {result.get('load_seconds')} s by a fresh Python process importing tensorflow " \
+             f"{versions.get('tensorflow')}"
+    if "tensorflow_text" in result.get("imported", []):
+        non_core = result.get("ops", {}).get("tensorflow_text", [])
+        detail += f" and tensorflow_text {versions.get('tensorflow_text')} (imported for the non-core ops {non_core})"
+    else:
+        detail += " only (tensorflow_text not imported: loads in a TensorFlow-only process)"
+    return Check("load", True, detail)
 
 
 def _signature_check(result: dict) -> Check:
@@ -155,12 +165,15 @@ def _predictions_check(result: dict, sample: dict, tolerance: float) -> Check:
     )
 
 
-def _ops_check(ops: dict) -> Check:
-    text_ops = ops.get("tensorflow_text", [])
-    detail = f"{len(ops.get('tensorflow', []))} TensorFlow ops, {len(text_ops)} TF Text ops {text_ops}"
-    if ops.get("unregistered"):
-        detail += f"; SERVING RISK, registered by neither: {ops['unregistered']}"
-    return Check("ops", bool(ops) and not ops.get("unregistered"), detail)
+def non_core_ops(ops: dict) -> list:
+    """The ops the fresh process found TensorFlow core does not register (TF Text's or unknown)."""
+    return sorted(ops.get("tensorflow_text", []) + ops.get("unregistered", []))
+
+
+def _ops_check(ops: dict, verdict: dict) -> Check:
+    if not ops:
+        return Check("ops", False, "not classified: the fresh process stopped before reading the graph")
+    return Check("ops", not verdict["unknown_ops"], verdict["summary"])
 
 
 def _metadata_check(meta: dict, result: dict) -> Check:
@@ -178,7 +191,8 @@ def _metadata_check(meta: dict, result: dict) -> Check:
 def _warmup_check(path: str) -> Check:
     warmup = os.path.join(path, serving.WARMUP_FILE)
     if not os.path.isfile(warmup):
-        return Check("warmup", True, "no warmup file (optional; export with --warmup-data)")
+        return Check("warmup", True, "no warmup file (tfmm export writes one from the run's validation "
+                                     "rows, --warmup-data, or synthetic images; --warmup-records 0 writes none)")
     try:
         requests = serving.read_warmup(warmup)
     except Exception as e:  # a corrupt file is this check's failure, whatever the error type
@@ -224,6 +238,8 @@ def check_export(path: str, *, tolerance: float = TOLERANCE) -> CheckReport:
         sample = {"image_bytes_b64": [base64.b64encode(b).decode("ascii") for b in images],
                   "text": ["a photo"] * len(images), "sources": ["synthetic"] * len(images)}
     result = _fresh_process(path, sample)
+    ops = result.get("ops", {})
+    verdict = serving_compat.serving_verdict(non_core_ops(ops)) if ops else {}  # {}: the graph was not read
     checks = [_load_check(result), _signature_check(result), _predictions_check(result, sample, tolerance),
-              _ops_check(result.get("ops", {})), _metadata_check(meta, result), _warmup_check(path)]
-    return CheckReport(path, checks, result.get("ops", {}), result.get("versions", {}))
+              _ops_check(ops, verdict), _metadata_check(meta, result), _warmup_check(path)]
+    return CheckReport(path, checks, ops, result.get("versions", {}), verdict)

@@ -40,7 +40,7 @@ BEST_CHECKPOINT = os.path.join("checkpoints", "best.weights.h5")
 # described the old model).
 RUN_OUTPUTS = (
     "config.yaml", "labels.txt", "tokenizer", "checkpoints", "logs", "history.json", HISTORY_CSV,
-    "model.keras", "skipped_rows.csv", "training_curves.png", "thresholds.json", STATE_FILE,
+    "model.keras", "skipped_rows.csv", "training_curves.png", "thresholds.json", STATE_FILE, "data_sources.json",
     distribute.BACKUP_DIR,
     "metrics.json", "per_class.csv", "confusion_matrix.png", "roc_curve.png", "pr_curve.png", "ablation.json",
 )

@@ -1,16 +1,28 @@
 """Stand-alone check of an exported SavedModel, run in a fresh Python process.
 
-This file is a script, not a tfmm module: it imports only ``tensorflow`` and
-``tensorflow_text`` (what a serving process has), so that loading proves the export does not
-depend on tfmm, keras_hub or tensorflow_hub. :func:`tfmm.export.check_export` runs it as
+This file is a script, not a tfmm module: it imports ``tensorflow`` first and only, the way a
+stock TF Serving binary knows only TensorFlow's ops, so that:
+
+- the graph's ops are classified by what *TensorFlow core* registers (``tensorflow``); every
+  other op is non-core, whatever is installed here;
+- an export with core ops only is loaded and run with TensorFlow alone, which proves it loads
+  in a TensorFlow-only process;
+- an export with non-core ops makes this script import ``tensorflow_text`` (when installed)
+  only then, to still load and run it; which servers have those ops is decided by the parent
+  from tfmm's table (:mod:`tfmm.serving_compat`), not from what was importable here.
+
+It never imports tfmm, keras_hub or tensorflow_hub. :func:`tfmm.export.check_export` runs it as
 ``python -c <this source> JOB.json RESULT.json`` from an empty folder.
+:func:`tfmm.serving.load_saved_model` reuses :func:`read_saved_model`, :func:`graph_ops` and
+:func:`unregistered_ops`.
 
 JOB.json: ``{"saved_model": DIR, "signature": NAME, "image_bytes_b64": [...], "text": [...]}``.
 RESULT.json: ``ok``, ``stage`` and ``error`` on failure; ``ops`` (op names by where they are
-registered: ``tensorflow``, ``tensorflow_text``, ``unregistered``), ``signature`` (inputs and
-outputs with dtype and shape), ``outputs`` of the signature on the job's inputs,
-``forbidden_modules`` (tfmm/keras_hub/tensorflow_hub modules found imported), ``versions``
-and ``load_seconds``.
+registered: ``tensorflow`` (core), ``tensorflow_text`` (registered once it was imported),
+``unregistered``), ``imported`` (the ML modules imported, e.g. ``["tensorflow"]``),
+``signature`` (inputs and outputs with dtype and shape), ``outputs`` of the signature on the
+job's inputs, ``forbidden_modules`` (tfmm/keras_hub/tensorflow_hub modules found imported),
+``versions`` and ``load_seconds``.
 """
 
 import base64
@@ -44,6 +56,13 @@ def graph_ops(proto):
     return sorted(ops)
 
 
+def unregistered_ops(ops):
+    """The ``ops`` this process has not registered (before ``import tensorflow_text``: non-core)."""
+    from tensorflow.python.framework import op_def_registry
+
+    return [op for op in ops if op_def_registry.get(op) is None]
+
+
 def tensor_info(info):
     import tensorflow as tf
 
@@ -75,17 +94,22 @@ def main(job_path, result_path):
     result = {"ok": False, "stage": "import"}
     try:
         import tensorflow as tf
-        from tensorflow.python.framework import op_def_registry
 
         proto = read_saved_model(job["saved_model"])
         ops = graph_ops(proto)
-        in_tf = [op for op in ops if op_def_registry.get(op) is not None]
-        import tensorflow_text
+        non_core = unregistered_ops(ops)
+        result["versions"] = {"tensorflow": tf.__version__}
+        if non_core:  # only now: a TF-only process could not load this graph
+            try:
+                import tensorflow_text
 
-        in_text = [op for op in ops if op not in in_tf and op_def_registry.get(op) is not None]
-        result["ops"] = {"tensorflow": in_tf, "tensorflow_text": in_text,
-                         "unregistered": [op for op in ops if op not in in_tf and op not in in_text]}
-        result["versions"] = {"tensorflow": tf.__version__, "tensorflow_text": tensorflow_text.__version__}
+                result["versions"]["tensorflow_text"] = tensorflow_text.__version__
+            except ImportError:
+                pass  # loading fails below, naming the first missing op
+        still_missing = unregistered_ops(non_core)
+        result["ops"] = {"tensorflow": [op for op in ops if op not in non_core],
+                         "tensorflow_text": [op for op in non_core if op not in still_missing],
+                         "unregistered": still_missing}
         result["signature"] = signature_info(proto, job["signature"])
 
         result["stage"] = "load"
@@ -103,6 +127,8 @@ def main(job_path, result_path):
         del result["stage"]
     except Exception as e:  # reported to the parent process, which names the stage
         result["error"] = f"{type(e).__name__}: {e}"
+    # What the process had imported by the end (tensorflow_text only when the graph needed it).
+    result["imported"] = [m for m in ("tensorflow", "tensorflow_text") if m in sys.modules]
     result["forbidden_modules"] = sorted(
         m for m in sys.modules if m.split(".")[0] in FORBIDDEN
     )

@@ -80,8 +80,19 @@ def resolve_saved_model(path: str) -> str:
     )
 
 
+def saved_model_ops(path: str) -> list:
+    """Op names of a SavedModel folder's graphs and function library (see tfmm/savedmodel_check.py)."""
+    from tfmm import savedmodel_check
+
+    return savedmodel_check.graph_ops(savedmodel_check.read_saved_model(path))
+
+
 def load_saved_model(path: str):
-    """Loads an exported model (``tensorflow_text`` is imported first: the tokenizer needs its ops).
+    """Loads an exported model; ``tensorflow_text`` is imported first only when the graph needs it.
+
+    The graph's ops are read from ``saved_model.pb`` before loading: a graph of TensorFlow
+    core ops loads with TensorFlow alone; one with ops this process has not registered
+    (e.g. TF Text tokenizer ops) imports ``tensorflow_text``, which registers them.
 
     Args:
         path: a SavedModel folder or an export root (the highest version is loaded, as TF
@@ -90,10 +101,21 @@ def load_saved_model(path: str):
     Returns:
         The object from ``tf.saved_model.load``; ``.signatures["serving_default"]`` is the
         serving signature.
-    """
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops before loading)
 
-    return tf.saved_model.load(resolve_saved_model(path))
+    Raises:
+        FileNotFoundError: ``path`` is not a SavedModel.
+
+    Example:
+        >>> fn = load_saved_model("saved_models/demo").signatures["serving_default"]
+    """
+    from tfmm import savedmodel_check
+
+    path = resolve_saved_model(path)
+    missing = savedmodel_check.unregistered_ops(saved_model_ops(path))
+    if missing:
+        logger.debug("%s uses ops %s: importing tensorflow_text before loading", path, missing)
+        import tensorflow_text  # noqa: F401  (registers the TF Text ops)
+    return tf.saved_model.load(path)
 
 
 def read_files(paths) -> list:

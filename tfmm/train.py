@@ -3,7 +3,9 @@
 A run directory holds ``config.yaml`` (enough to rebuild everything), ``labels.txt``,
 ``tokenizer/`` (the text preprocessor's vocabulary), ``checkpoints/``, ``logs/``
 (TensorBoard, see :mod:`tfmm.callbacks`), ``history.json`` / ``history.csv``,
-``training_curves.png`` and the final ``model.keras``, plus ``train_state.json``
+``training_curves.png`` and the final ``model.keras``, ``data_sources.json`` (the absolute
+paths of the training and validation manifests, when they were files; ``tfmm export`` builds
+its warmup requests from the validation rows), plus ``train_state.json``
 (running/finished, strategy, replicas, global batch) and, while training,
 ``backup/<worker>/`` for crash-safe resume (see :mod:`tfmm.resume`).
 """
@@ -11,12 +13,14 @@ A run directory holds ``config.yaml`` (enough to rebuild everything), ``labels.t
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
 from typing import Optional
 
 import keras
+import pandas as pd
 import tensorflow as tf
 
 from tfmm import compat, distribute, resume
@@ -38,6 +42,7 @@ MODEL_FILE = "model.keras"
 TOKENIZER_DIR = "tokenizer"
 SKIPPED_FILE = "skipped_rows.csv"
 TRAINING_CURVES_FILE = "training_curves.png"
+DATA_SOURCES_FILE = "data_sources.json"
 
 
 @dataclasses.dataclass
@@ -82,6 +87,46 @@ def _as_manifest(source, config: RunConfig) -> tfdata.Manifest:
     if isinstance(source, tfdata.Manifest):
         return source
     return tfdata.read_manifest(source, config.data, require_labels=pairs.labels_required(config))
+
+
+def manifest_source(data) -> Optional[dict]:
+    """Where a manifest argument came from: ``{"path": absolute path, "root": image folder}``.
+
+    ``None`` for a DataFrame (or a :class:`~tfmm.data.Manifest` made from one): it has no path
+    to read it again from.
+    """
+    if data is None or isinstance(data, pd.DataFrame):
+        return None
+    if isinstance(data, tfdata.Manifest):
+        if data.source.startswith("<"):  # "<DataFrame>"
+            return None
+        return {"path": _absolute(data.source), "root": data.root}
+    return {"path": _absolute(os.fspath(data))}
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)  # gs://... stays as it is
+
+
+def write_data_sources(run_dir: str, train_data, val_data) -> dict:
+    """Writes ``data_sources.json`` (``train``/``validation``: see :func:`manifest_source`, or null)."""
+    sources = {"train": manifest_source(train_data), "validation": manifest_source(val_data)}
+    resume.write_json_atomic(os.path.join(run_dir, DATA_SOURCES_FILE), sources)
+    return sources
+
+
+def read_data_sources(run_dir: str) -> dict:
+    """The run's ``data_sources.json`` (``{}`` for runs trained before it was written, or unreadable)."""
+    path = os.path.join(run_dir, DATA_SOURCES_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            sources = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        logger.warning("ignoring unreadable %s: %s", path, e)
+        return {}
+    return sources if isinstance(sources, dict) else {}
 
 
 def _check_writable(path: str) -> None:
@@ -222,6 +267,7 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
 
     save_config(config, os.path.join(run_dir, CONFIG_FILE))
     tfdata.save_labels(labels, os.path.join(run_dir, LABELS_FILE))
+    write_data_sources(run_dir, train_data, val_data)
     with strategy.scope(), precision.dtype_policy(config.train.mixed_precision):
         model = build_model(config)
         optimizer_config = _scaled_learning_rate(config, strategy)
