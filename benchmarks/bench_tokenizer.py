@@ -1,0 +1,117 @@
+"""The core-op WordPiece tokenizer vs KerasHub's TF Text one: tokenization alone and the
+whole serving signature, same batch.
+
+Tokenization alone: MiniLM's vocabulary, a batch of real texts in many languages (gettext
+catalogues, licences, docstrings: ``tests/text_corpus.py``, cut to caption length), packed
+to 64 tokens; ``tfmm.text.KerasHubTextPreprocessor`` (core ops) vs KerasHub's
+``BertTextClassifierPreprocessor`` (TF Text ops), each in a ``tf.function``.
+
+Whole signature: the default model (VGG16 at 224 + MiniLM, frozen, trained for one epoch on
+36 JPEGs) exported twice with ``tfmm.export.build_export_archive``: once as tfmm exports it
+(core-op tokenizer), once with the TF Text preprocessor swapped in; both SavedModels are
+loaded back and ``serving_default`` is called on the same raw JPEG bytes + texts, alternating.
+
+Run: ``python benchmarks/bench_tokenizer.py`` (about 3-5 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+
+import common  # noqa: F401  (sets the environment and sys.path first)
+from common import alternate, best, default_config, print_header, print_ratio, print_table, write_jpeg_dataset
+
+
+class TFTextPreprocessor:
+    """What tfmm used before: KerasHub's BERT preprocessor (TF Text ops, round-robin packing)."""
+
+    def __init__(self, source: str, sequence_length: int):
+        import keras_hub
+
+        self.tokenizer = keras_hub.models.BertTokenizer.from_preset(source)
+        self.sequence_length = sequence_length
+        self.packer = keras_hub.models.BertTextClassifierPreprocessor(self.tokenizer, sequence_length=sequence_length)
+
+    def __call__(self, strings):
+        import tensorflow as tf
+
+        out = self.packer(strings)
+        return {k: tf.cast(out[k], tf.int32) for k in ("token_ids", "segment_ids", "padding_mask")}
+
+
+def real_texts(n: int, max_chars: int = 160) -> list:
+    from tests.text_corpus import gettext_strings, licence_strings, docstring_strings
+    import itertools
+
+    pool = gettext_strings(n) + licence_strings(n // 4) + list(itertools.islice(docstring_strings(), n // 4))
+    texts = [t.replace("\n", " ")[:max_chars] for t in pool if t.strip()]
+    step = max(1, len(texts) // n)
+    return texts[::step][:n]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=32, help="texts (and images) per call (default: 32)")
+    parser.add_argument("--rounds", type=int, default=20, help="alternating rounds per measurement (default: 20)")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import tensorflow as tf
+
+    from tfmm.evaluate import load_run
+    from tfmm.export import build_export_archive
+    from tfmm.text import KerasHubTextPreprocessor, minilm_path
+    from tfmm.train import train
+
+    print_header("bench_tokenizer: core-op WordPiece vs TF Text (KerasHub), alone and in the serving signature")
+    texts = real_texts(4 * args.batch)
+    batches = [tf.constant(texts[i:i + args.batch]) for i in range(0, len(texts), args.batch)]
+    spec = [tf.TensorSpec([None], tf.string)]
+    core = KerasHubTextPreprocessor(minilm_path(), 64)
+    tf_text = TFTextPreprocessor(minilm_path(), 64)
+    sides = {"core ops (tfmm)": tf.function(core.__call__, input_signature=spec),
+             "TF Text (KerasHub)": tf.function(lambda s: tf_text(s), input_signature=spec)}
+    same = all(np.array_equal(sides["core ops (tfmm)"](b)["token_ids"], sides["TF Text (KerasHub)"](b)["token_ids"])
+               for b in batches)
+    calls = {name: (lambda fn=fn: [fn(b)["token_ids"].numpy() for b in batches]) for name, fn in sides.items()}
+    alone = alternate(args.rounds, **calls)
+
+    work = tempfile.mkdtemp(prefix="tfmm_bench_tokenizer_")
+    manifest = write_jpeg_dataset(os.path.join(work, "data"), 36, size=256)
+    config = default_config(freeze_image=True, freeze_text=True).replace(
+        train={"epochs": 1, "batch_size": 8, "early_stopping_patience": 0})
+    run_dir = os.path.join(work, "run")
+    train(config, manifest, None, run_dir, verbose=0)
+    run = load_run(run_dir)
+    serve = {}
+    for name, preprocessor in (("core ops (tfmm)", run.preprocessor),
+                               ("TF Text (KerasHub)", TFTextPreprocessor(minilm_path(), config.data.sequence_length))):
+        run.preprocessor = preprocessor
+        path = os.path.join(work, name.split()[0].lower().replace("(", ""))
+        build_export_archive(run).write_out(path, verbose=False)
+        serve[name] = tf.saved_model.load(path).signatures["serving_default"]
+    images = [open(os.path.join(work, "data", "images", f"{i:05d}.jpg"), "rb").read() for i in range(args.batch)]
+    request = dict(image_bytes=tf.constant(images), text=batches[0])
+    scores = {name: fn(**request)["scores"].numpy() for name, fn in serve.items()}
+    agree = float(np.abs(scores["core ops (tfmm)"] - scores["TF Text (KerasHub)"]).max())
+    whole = alternate(max(3, args.rounds // 4), **{name: (lambda fn=fn: fn(**request)["scores"].numpy())
+                                                   for name, fn in serve.items()})
+    shutil.rmtree(work, ignore_errors=True)
+
+    n_texts = sum(int(b.shape[0]) for b in batches)
+    rows = [[name, n_texts / best(alone[name]), args.batch / best(whole[name])] for name in sides]
+    print(f"\n{n_texts} real texts in {len(batches)} batches of {args.batch} (<= 160 characters, many languages), "
+          f"64 tokens; same token ids: {same}; whole signature: VGG16 224 + MiniLM, batch {args.batch}, "
+          f"max |score difference| {agree:.1e}")
+    print_table(["tokenizer", "texts/s (tokenize + pack)", "requests/s (whole serving_default)"], rows)
+    print()
+    core_row, text_row = rows
+    print_ratio("tokenize_seconds_core_vs_tf_text", text_row[1] / core_row[1], "reported")
+    print_ratio("signature_seconds_core_vs_tf_text", text_row[2] / core_row[2], "<= 1.1")
+
+
+if __name__ == "__main__":
+    main()
