@@ -4,9 +4,9 @@ Measures images/s of
 
 - a bare forward pass: ``tf.function(encoder(x, training=False))`` of the VGG16 image
   encoder at 224 on one in-memory batch of decoded images, repeated (no input pipeline);
-- ``tfmm.cache.extract_features``: the same encoder and batch size over a JPEG manifest
+- ``tfmm.training.feature_cache.extract_features``: the same encoder and batch size over a JPEG manifest
   (read, decode, resize in the tf.data pipeline, ``model.predict``);
-- ``tfmm.cache.cached_features`` on an empty cache, end to end: hashing the weights and
+- ``tfmm.training.feature_cache.cached_features`` on an empty cache, end to end: hashing the weights and
   every file, extracting, writing ``features.npy`` (what ``tfmm train`` pays once).
 
 Run: ``python benchmarks/bench_extract.py`` (about 2-4 minutes on 2 CPU cores).
@@ -34,19 +34,20 @@ def main(argv=None) -> None:
     import keras
     import tensorflow as tf
 
-    from tfmm import cache
-    from tfmm import data as tfdata
-    from tfmm.vision import build_image_encoder
+    from tfmm.training import feature_cache
+    from tfmm.data.images import decode_image
+    from tfmm.data.manifest import read_manifest
+    from tfmm.models.vision import build_image_encoder
 
     print_header("bench_extract: feature-cache extraction vs bare VGG16 forward")
     work = tempfile.mkdtemp(prefix="tfmm_bench_extract_")
     n, b = args.images, args.batch_size
     config = default_config(modalities="image", freeze_image=True)
-    manifest = tfdata.read_manifest(write_jpeg_dataset(os.path.join(work, "data"), n, size=256), config.data)
+    manifest = read_manifest(write_jpeg_dataset(os.path.join(work, "data"), n, size=256), config.data)
     keras.utils.set_random_seed(0)
     encoder = build_image_encoder("vgg16", weights="none", image_size=224, trainable=False)
     # The first b images of the manifest, decoded once: the same pixels, without a pipeline.
-    batch = tf.stack([tfdata.decode_image(open(p, "rb").read(), 224) for p in manifest.frame["image"][:b]])
+    batch = tf.stack([decode_image(open(p, "rb").read(), 224) for p in manifest.frame["image"][:b]])
     forward = tf.function(lambda x: encoder(x, training=False))
 
     def bare():
@@ -54,16 +55,16 @@ def main(argv=None) -> None:
             forward(batch).numpy()
 
     def extract():
-        cache.extract_features(encoder, "image", manifest, config=config, batch_size=b, verbose=0)
+        feature_cache.extract_features(encoder, "image", manifest, config=config, batch_size=b, verbose=0)
 
     counter = iter(range(10 ** 6))
 
     def cold_cache():
-        cache.cached_features(encoder, "image", manifest, config=config, batch_size=b, verbose=0,
+        feature_cache.cached_features(encoder, "image", manifest, config=config, batch_size=b, verbose=0,
                               cache_dir=os.path.join(work, f"cache{next(counter)}"))
 
     forward(batch)  # trace
-    cache.extract_features(encoder, "image", manifest.__class__(manifest.frame.head(b), "warm", manifest.root),
+    feature_cache.extract_features(encoder, "image", manifest.__class__(manifest.frame.head(b), "warm", manifest.root),
                            config=config, batch_size=b, verbose=0)
     times = alternate(args.rounds, bare_forward=bare, extract_features=extract, cached_features_cold=cold_cache)
     bare_rate = -(-n // b) * b / best(times["bare_forward"])
@@ -73,7 +74,7 @@ def main(argv=None) -> None:
                         ("cached_features_cold", "cached_features, empty cache (hash + extract + save)")):
         rate = (bare_rate if name == "bare_forward" else n / best(times[name]))
         rows.append([label, rate, rate / bare_rate, " ".join(f"{t:.2f}" for t in times[name])])
-    key_seconds = min(timed(cache.cache_key, "image", encoder, manifest, config)[0] for _ in range(3))
+    key_seconds = min(timed(feature_cache.cache_key, "image", encoder, manifest, config)[0] for _ in range(3))
     print(f"\nVGG16 at 224x224, {n} JPEGs (256x256), batch {b}, best of {args.rounds} alternating rounds")
     print_table(["what", "images/s", "x bare", "seconds per round"], rows)
     print(f"cache key alone (sha256 of the encoder's weights and of {n} files): {key_seconds:.2f} s")

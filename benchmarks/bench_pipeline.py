@@ -2,7 +2,7 @@
 
 Measures, in one process on this machine:
 
-- images/s delivered by ``tfmm.data.make_dataset`` (read JPEG, decode + resize to 224,
+- images/s delivered by ``tfmm.data.pipeline.make_dataset`` (read JPEG, decode + resize to 224,
   tokenize the caption, batch, prefetch) over one shuffled epoch: decoding every epoch, from
   the in-memory cache (an epoch after the first), with ``deterministic=False``, and from a
   ``tfmm prepare`` TFRecord folder;
@@ -37,25 +37,26 @@ def main(argv=None) -> None:
     import keras
     import tensorflow as tf
 
-    from tfmm import data as tfdata
-    from tfmm.model import build_model
-    from tfmm.prepare import prepare_dataset
-    from tfmm.text import load_text_preprocessor
-    from tfmm.train import compile_model
+    from tfmm.data.manifest import build_label_vocab, read_manifest
+    from tfmm.data.pipeline import make_dataset
+    from tfmm.models.build import build_model
+    from tfmm.data.tfrecords import prepare_dataset
+    from tfmm.models.text import load_text_preprocessor
+    from tfmm.training.train import compile_model
 
     print_header("bench_pipeline: input pipeline images/s vs default-model training images/s")
     work = tempfile.mkdtemp(prefix="tfmm_bench_pipeline_")
     manifest_path = write_jpeg_dataset(os.path.join(work, "data"), args.images, size=256)
     config = default_config()
     dc = config.data
-    manifest = tfdata.read_manifest(manifest_path, dc)
-    labels = tfdata.build_label_vocab(manifest)
+    manifest = read_manifest(manifest_path, dc)
+    labels = build_label_vocab(manifest)
     config = config.replace(model={"num_classes": len(labels)})
     preprocessor = load_text_preprocessor(config.model.text_encoder, dc.sequence_length)
-    prepared = tfdata.read_manifest(prepare_dataset(manifest, os.path.join(work, "tfrecords"), shards=4, verbose=0))
+    prepared = read_manifest(prepare_dataset(manifest, os.path.join(work, "tfrecords"), shards=4, verbose=0))
 
     def pipeline(source, batch_size=32, **options):
-        return tfdata.make_dataset(
+        return make_dataset(
             source, config=dataclasses.replace(dc, **options), preprocessor=preprocessor, labels=labels,
             batch_size=batch_size, shuffle=True, seed=0)
 

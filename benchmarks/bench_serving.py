@@ -2,7 +2,7 @@
 
 Trains a small run of the default model (VGG16 at 224 + MiniLM, both frozen, so training
 takes seconds thanks to the feature cache), exports it with
-``tfmm.export.export_for_serving(run_dir, export_dir)`` and calls
+``tfmm.serving.export.export_for_serving(run_dir, export_dir)`` and calls
 ``tf.saved_model.load(path).signatures["serving_default"]`` on raw requests
 (``image_bytes``: encoded JPEGs, ``text``: captions; decoding, resizing and tokenizing run
 inside the graph). The baseline is ``model.predict`` of the same run's ``model.keras`` on
@@ -27,11 +27,11 @@ from common import default_config, print_header, print_ratio, print_table, write
 
 def _import_export():
     try:
-        from tfmm.export import export_for_serving
+        from tfmm.serving.export import export_for_serving
     except ImportError as e:
         sys.exit(
             f"bench_serving: cannot import tfmm.export.export_for_serving ({e}).\n"
-            "This benchmark measures the SavedModel written by tfmm/export.py "
+            "This benchmark measures the SavedModel written by tfmm/serving/export.py "
             "(export_for_serving(run_dir, export_dir) -> its version folder, signature "
             "serving_default(image_bytes, text) -> {scores, labels}); run it on a checkout "
             "that has the export module."
@@ -55,9 +55,9 @@ def main(argv=None) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from tfmm import data as tfdata
-    from tfmm.evaluate import load_run
-    from tfmm.train import train
+    from tfmm.data.manifest import read_manifest
+    from tfmm.run_dir import load_run
+    from tfmm.training.train import train
 
     print_header("bench_serving: exported SavedModel vs in-memory model.predict")
     work = tempfile.mkdtemp(prefix="tfmm_bench_serving_")
@@ -70,7 +70,7 @@ def main(argv=None) -> None:
     path = getattr(exported, "path", exported)  # an ExportResult (tfmm.export) or a path
     serve = tf.saved_model.load(path).signatures["serving_default"]
     run = load_run(run_dir)
-    manifest = tfdata.read_manifest(manifest_path, run.config.data)
+    manifest = read_manifest(manifest_path, run.config.data)
 
     image_bytes = [open(p, "rb").read() for p in manifest.frame["image"]]
     texts = list(manifest.frame["text"])

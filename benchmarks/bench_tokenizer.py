@@ -3,11 +3,11 @@ whole serving signature, same batch.
 
 Tokenization alone: MiniLM's vocabulary, a batch of real texts in many languages (gettext
 catalogues, licences, docstrings: ``tests/text_corpus.py``, cut to caption length), packed
-to 64 tokens; ``tfmm.text.KerasHubTextPreprocessor`` (core ops) vs KerasHub's
+to 64 tokens; ``tfmm.models.text.KerasHubTextPreprocessor`` (core ops) vs KerasHub's
 ``BertTextClassifierPreprocessor`` (TF Text ops), each in a ``tf.function``.
 
 Whole signature: the default model (VGG16 at 224 + MiniLM, frozen, trained for one epoch on
-36 JPEGs) exported twice with ``tfmm.export.build_export_archive``: once as tfmm exports it
+36 JPEGs) exported twice with ``tfmm.serving.export.build_export_archive``: once as tfmm exports it
 (core-op tokenizer), once with the TF Text preprocessor swapped in; both SavedModels are
 loaded back and ``serving_default`` is called on the same raw JPEG bytes + texts, alternating.
 
@@ -61,10 +61,10 @@ def main(argv=None) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from tfmm.evaluate import load_run
-    from tfmm.export import build_export_archive
-    from tfmm.text import KerasHubTextPreprocessor, minilm_path
-    from tfmm.train import train
+    from tfmm.run_dir import load_run
+    from tfmm.serving.export import build_export_archive
+    from tfmm.models.text import KerasHubTextPreprocessor, minilm_path
+    from tfmm.training.train import train
 
     print_header("bench_tokenizer: core-op WordPiece vs TF Text (KerasHub), alone and in the serving signature")
     texts = real_texts(4 * args.batch)

@@ -34,9 +34,9 @@ def fit_vs_bare(steps: int, rounds: int, batch_size: int) -> tuple:
     import numpy as np
     import tensorflow as tf
 
-    from tfmm import heads
-    from tfmm.model import build_model
-    from tfmm.train import compile_model, make_optimizer
+    from tfmm.models import heads
+    from tfmm.models.build import build_model
+    from tfmm.training.train import compile_model, make_optimizer
 
     config = default_config().replace(model={"num_classes": 9})
     keras.utils.set_random_seed(0)
@@ -92,8 +92,8 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def cache_vs_recompute(work: str, n_train: int, n_val: int, epochs: int) -> dict:
-    from tfmm.demo_data import write_demo_dataset
-    from tfmm.train import train
+    from tfmm.data.demo_data import write_demo_dataset
+    from tfmm.training.train import train
 
     paths = write_demo_dataset(os.path.join(work, "data"), n_train=n_train, n_val=n_val, n_test=9,
                                image_size=224)

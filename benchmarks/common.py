@@ -120,7 +120,7 @@ def write_jpeg_dataset(folder: str, n: int, *, size: int = 256, seed: int = 0, q
 
     Labels are ``"<colour> <shape>"`` as in the demo (colour only in the caption).
     """
-    from tfmm.demo_data import COLOURS, SHAPES, TEMPLATES, _draw_shape
+    from tfmm.data.demo_data import COLOURS, SHAPES, TEMPLATES, _draw_shape
 
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)

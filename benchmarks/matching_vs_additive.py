@@ -5,7 +5,7 @@ two colours agree. Every image and every caption is as often in a match as in a 
 so a head that scores ``f(image) + g(text)`` (concat -> Dense, tfmm's classification head
 with ``--hidden-dim 0``) has nothing to go on, while the matching head (interaction
 features ``[u, v, u * v, |u - v|]`` -> MLP) does. Both train end to end through
-``tfmm.train`` on the same rows (negatives from ``tfmm.pairs.add_negatives``) with the same
+``tfmm.train`` on the same rows (negatives from ``tfmm.data.pairs.add_negatives``) with the same
 frozen encoders.
 
 Run:  python benchmarks/matching_vs_additive.py [--text-encoder minilm] [--epochs 12]
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 import tfmm
-from tfmm import pairs
+from tfmm.data import pairs
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 TEMPLATES = ("a {} one", "this thing is {}", "a picture of something {}", "painted {}")

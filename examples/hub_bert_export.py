@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmm.hub import HubTextEncoder, HubTextPreprocessor, hub_inputs_from_canonical
-from tfmm.hub_export import export_hub_bert_from_spec
+from tfmm.models.hub import HubTextEncoder, HubTextPreprocessor, hub_inputs_from_canonical
+from tfmm.models.hub_export import export_hub_bert_from_spec
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--spec", default="minilm", help="minilm | keras_hub:PRESET_OR_DIR")

@@ -16,10 +16,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 
 import tfmm  # noqa: E402
-from tfmm import data as tfdata  # noqa: E402
-from tfmm.demo_data import write_demo_dataset  # noqa: E402
-from tfmm.text import load_text_preprocessor  # noqa: E402
-from tfmm.train import compile_model  # noqa: E402
+from tfmm.data.demo_data import write_demo_dataset  # noqa: E402
+from tfmm.data.manifest import build_label_vocab, check_manifest
+from tfmm.data.pipeline import make_dataset
+from tfmm.models.text import load_text_preprocessor  # noqa: E402
+from tfmm.training.train import compile_model  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--train", help="training manifest (default: generate the demo data)")
@@ -41,13 +42,13 @@ config = tfmm.RunConfig().replace(
 )
 
 # 2. Data: read + validate manifests (every bad row is reported), label vocabulary, tf.data.
-train_manifest = tfdata.check_manifest(tfmm.read_manifest(args.train, config.data))
-labels = tfdata.build_label_vocab(train_manifest)
-val_manifest = tfdata.check_manifest(tfmm.read_manifest(args.val, config.data), labels=labels)
+train_manifest = check_manifest(tfmm.read_manifest(args.train, config.data))
+labels = build_label_vocab(train_manifest)
+val_manifest = check_manifest(tfmm.read_manifest(args.val, config.data), labels=labels)
 preprocessor = load_text_preprocessor(config.model.text_encoder, config.data.sequence_length)
 common = dict(config=config.data, preprocessor=preprocessor, labels=labels, batch_size=config.train.batch_size)
-train_ds = tfdata.make_dataset(train_manifest, shuffle=True, seed=config.train.seed, **common)
-val_ds = tfdata.make_dataset(val_manifest, **common)
+train_ds = make_dataset(train_manifest, shuffle=True, seed=config.train.seed, **common)
+val_ds = make_dataset(val_manifest, **common)
 
 # 3. Model: a Keras functional model; compile with AdamW + warmup/cosine and F1/precision/recall.
 config = config.replace(model={"num_classes": len(labels)})

@@ -8,10 +8,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import pytest  # noqa: E402
 
 import tfmm  # noqa: E402
-from tfmm import cli, serving  # noqa: E402
+from tfmm import cli
 from tfmm.config import RunConfig  # noqa: E402
-from tfmm.evaluate import LoadedRun, load_run  # noqa: E402
-from tfmm.demo_data import write_demo_dataset  # noqa: E402
+from tfmm.data.demo_data import write_demo_dataset  # noqa: E402
+from tfmm.run_dir import LoadedRun, load_run  # noqa: E402
+from tfmm.serving import saved_model
 
 WORDS = (
     "a one this thing is painted the colour here it should be shown in as caption says "
@@ -87,7 +88,7 @@ def exported(export_root) -> str:
 
 @pytest.fixture(scope="session")
 def serving_fn(exported):
-    return serving.load_saved_model(exported).signatures["serving_default"]
+    return saved_model.load_saved_model(exported).signatures["serving_default"]
 
 
 @pytest.fixture(scope="session")

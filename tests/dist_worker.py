@@ -41,7 +41,7 @@ def run_cli(argv) -> int:
 
         import numpy as np
 
-        train_module = importlib.import_module("tfmm.train")  # (tfmm.train is also the function)
+        train_module = importlib.import_module("tfmm.training.train")
         original = train_module.train
 
         def train_and_dump(*a, **k):
@@ -62,7 +62,7 @@ def keras_bug() -> int:
     import keras
     import numpy as np
 
-    from tfmm import compat
+    from tfmm.training import keras_patches
 
     rng = np.random.default_rng(0)
     x = {"a": rng.random((32, 4), dtype=np.float32), "b": rng.integers(0, 5, (32, 3)).astype("int32")}
@@ -72,7 +72,7 @@ def keras_bug() -> int:
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).with_options(options)
     for fixes in ([], ["symbolic_build"], ["symbolic_build", "scalar_reduce"]):
         if fixes:
-            compat.apply_distribute_fixes(fixes)
+            keras_patches.apply_distribute_fixes(fixes)
         with strategy.scope():
             a = keras.Input((4,), name="a")
             b = keras.Input((3,), name="b", dtype="int32")
@@ -91,7 +91,8 @@ def shards(manifest_path: str) -> int:
     import tensorflow as tf
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # first: before any op
-    from tfmm import data as tfdata
+    from tfmm.data.manifest import build_label_vocab, read_manifest
+    from tfmm.data.pipeline import make_dataset
     from tfmm.config import DataConfig
 
     def row_tokenizer(texts):  # caption "17" -> token_ids [[17]]
@@ -99,8 +100,8 @@ def shards(manifest_path: str) -> int:
         return {"token_ids": ids, "segment_ids": tf.zeros_like(ids), "padding_mask": tf.ones_like(ids)}
 
     config = DataConfig(image_size=32)
-    manifest = tfdata.read_manifest(manifest_path, config)
-    ds = tfdata.make_dataset(manifest, config=config, preprocessor=row_tokenizer, labels=tfdata.build_label_vocab(manifest),
+    manifest = read_manifest(manifest_path, config)
+    ds = make_dataset(manifest, config=config, preprocessor=row_tokenizer, labels=build_label_vocab(manifest),
                              modalities="text", batch_size=16, shuffle=True, seed=42)
     rows = []
     for features, _ in strategy.experimental_distribute_dataset(ds):

@@ -1,4 +1,4 @@
-"""Subprocess helper for tests/test_hub.py (each mode needs a fresh Python process).
+"""Subprocess helper for tests/models/test_hub.py (each mode needs a fresh Python process).
 
     python tests/hub_helper.py clean-load PREPROCESS ENCODER OUT.npz
         Loads the TF-Hub pair importing only tensorflow, tensorflow_text and tensorflow_hub,
@@ -43,12 +43,7 @@ def mirrored(preprocess, encoder, out):
     import keras
     import numpy as np
 
-    from tfmm.hub import (
-        HUB_INPUT_KEYS,
-        HubTextEncoder,
-        HubTextPreprocessor,
-        hub_inputs_from_canonical,
-    )
+    from tfmm.models.hub import HUB_INPUT_KEYS, HubTextEncoder, HubTextPreprocessor, hub_inputs_from_canonical
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     preprocessor = HubTextPreprocessor(preprocess, seq_length=12)

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 import tfmm
-from tfmm import contrastive, tasks
 from tfmm.cli import main
+from tfmm.tasks import contrastive
+from tfmm.tasks.thresholds import THRESHOLDS_FILE, load_thresholds
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 TEMPLATES = ("a {} one", "this thing is {}", "a picture of something {}", "painted {}")
@@ -56,7 +57,7 @@ def test_matching_cli_with_generated_negatives(colour_pairs, tiny_bert, tmp_path
     run = str(tmp_path / "match")
     assert main(["train", "--data", colour_pairs["train"], "--val-data", colour_pairs["val"], "--output-dir", run,
                  "--task", "matching", "--negatives", "1", *_args(tiny_bert)]) == 0
-    saved = json.load(open(os.path.join(run, tasks.THRESHOLDS_FILE)))
+    saved = json.load(open(os.path.join(run, THRESHOLDS_FILE)))
     assert saved["labels"] == ["1"] and saved["tuned_on"] == "validation data"
     assert os.listdir(os.path.join(run, "logs"))  # TensorBoard
     assert "val_auc" in json.load(open(os.path.join(run, "history.json")))
@@ -95,7 +96,7 @@ def test_multilabel_api_thresholds_metrics_and_predicted(demo_data, tiny_config,
     result = tfmm.train(config, manifests["train"], manifests["val"], str(tmp_path / "ml"))
     labels = ["blue", "circle", "green", "red", "square", "triangle"]
     assert result.labels == labels
-    thresholds = tasks.load_thresholds(result.run_dir, labels)
+    thresholds = load_thresholds(result.run_dir, labels)
     assert thresholds.shape == (6,) and ((thresholds > 0) & (thresholds < 1)).all()
 
     metrics = tfmm.evaluate(result.run_dir, manifests["test"])
@@ -105,7 +106,8 @@ def test_multilabel_api_thresholds_metrics_and_predicted(demo_data, tiny_config,
     assert metrics["per_class"]["red"]["threshold"] == pytest.approx(thresholds[3])
 
     records = tfmm.predict(result.run_dir, manifests["test"], k=6)
-    from tfmm.evaluate import load_run, predict_scores
+    from tfmm.run_dir import load_run
+    from tfmm.evaluation.metrics import predict_scores
 
     run = load_run(result.run_dir)
     scores = predict_scores(run, tfmm.read_manifest(manifests["test"]))
@@ -139,7 +141,7 @@ def test_contrastive_cli_retrieval_and_zero_shot_use_the_prompt(colour_pairs, ti
 
     # The scores are those of the image against the embedded prompts, at the learned temperature.
     loaded = tfmm.load_run(run)
-    from tfmm.data import decode_image
+    from tfmm.data.images import decode_image
 
     pixels = decode_image(open(image, "rb").read(), 32)[None]
     image_emb = contrastive.image_embedding_model(loaded.model).predict(pixels, verbose=0)

@@ -12,11 +12,14 @@ import os as _os
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from tfmm.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config, save_config  # noqa: E402
-from tfmm.data import Manifest, ManifestError, make_dataset, read_manifest  # noqa: E402
-from tfmm.evaluate import evaluate, load_run, predict  # noqa: E402
-from tfmm.export import export_for_serving  # noqa: E402
-from tfmm.model import build_model  # noqa: E402
-from tfmm.train import train  # noqa: E402
+from tfmm.data.manifest import Manifest, read_manifest  # noqa: E402
+from tfmm.data.pipeline import make_dataset  # noqa: E402
+from tfmm.data.validation import ManifestError  # noqa: E402
+from tfmm.evaluation.evaluate import evaluate, predict  # noqa: E402
+from tfmm.models.build import build_model  # noqa: E402
+from tfmm.run_dir import load_run  # noqa: E402
+from tfmm.serving.export import export_for_serving  # noqa: E402
+from tfmm.training.train import train  # noqa: E402
 
 __version__ = "0.1.0"
 

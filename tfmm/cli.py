@@ -308,7 +308,7 @@ def _add_prepare_parser(sub) -> None:
 
 def _cmd_prepare(args) -> int:
     from tfmm.config import DataConfig
-    from tfmm.prepare import prepare_dataset
+    from tfmm.data.tfrecords import prepare_dataset
 
     names = {k: getattr(args, k) for k in ("image_col", "text_col", "label_col") if getattr(args, k)}
     path = prepare_dataset(args.data, args.output_dir, shards=args.shards, config=DataConfig(**names),
@@ -331,7 +331,7 @@ def config_from_args(args):
 
 
 def _cmd_train(args) -> int:
-    from tfmm.train import train
+    from tfmm.training.train import train
 
     config = config_from_args(args)
     result = train(config, args.data, args.val_data, args.output_dir, overwrite=args.overwrite)
@@ -356,12 +356,12 @@ def format_metrics_table(rows: dict) -> str:
 
 
 def _cmd_evaluate(args) -> int:
-    from tfmm import reports
-    from tfmm.evaluate import evaluate
+    from tfmm.evaluation import reports
+    from tfmm.evaluation.evaluate import evaluate
 
     metrics = evaluate(args.model, args.data, report_dir=args.report_dir, ablate=args.ablate)
     if metrics.get("task") in ("multilabel", "matching", "contrastive"):
-        from tfmm.task_eval import format_summary
+        from tfmm.evaluation.task_eval import format_summary
 
         print(format_summary(metrics))
         if metrics["task"] != "contrastive":  # retrieval has no classes
@@ -390,9 +390,10 @@ def _write_or_print(text: str, output, what: str) -> None:
 
 def _predict_saved_model(args) -> int:
     """``tfmm predict`` on an exported SavedModel: a REST body, a manifest or one image."""
-    from tfmm import serving
+    from tfmm.serving import saved_model
+    from tfmm.serving import protocol
 
-    if not serving.is_saved_model(args.model):
+    if not saved_model.is_saved_model(args.model):
         raise ValueError(f"--request needs a SavedModel (a folder with saved_model.pb, or an export root); "
                          f"received {args.model!r}. Export the run first: tfmm export --model {args.model}")
     if args.request is not None:
@@ -401,7 +402,7 @@ def _predict_saved_model(args) -> int:
         with open(args.request, encoding="utf-8") as f:
             body = f.read()
         try:
-            response, status = serving.predict_rest(args.model, body), 0
+            response, status = protocol.predict_rest(args.model, body), 0
         except (ValueError, tf.errors.OpError) as e:  # TF Serving answers HTTP 400 with this body
             response, status = {"error": getattr(e, "message", str(e))}, 1
             print(f"tfmm predict: the request failed; TF Serving would answer HTTP 400 with: {response}",
@@ -411,9 +412,9 @@ def _predict_saved_model(args) -> int:
     if args.image is not None:
         if args.text is None:
             raise ValueError("--image needs --text (the caption that goes with it)")
-        records = serving.predict_saved_model(args.model, _single_example(args), k=args.top_k)
+        records = protocol.predict_saved_model(args.model, _single_example(args), k=args.top_k)
     else:
-        records = serving.predict_saved_model(args.model, args.data, k=args.top_k)
+        records = protocol.predict_saved_model(args.model, args.data, k=args.top_k)
     _write_or_print("".join(json.dumps(r) + "\n" for r in records), args.output, f"{len(records)} prediction(s)")
     return 0
 
@@ -422,7 +423,7 @@ def _single_example(args):
     """``--image PATH --text STR`` as a one-row manifest rooted at the image's folder."""
     import pandas as pd
 
-    from tfmm.data import read_manifest
+    from tfmm.data.manifest import read_manifest
 
     image = os.path.abspath(args.image)
     frame = pd.DataFrame({"image": [image], "text": [args.text if args.text is not None else ""]})
@@ -430,10 +431,11 @@ def _single_example(args):
 
 
 def _cmd_predict(args) -> int:
-    from tfmm import serving
-    from tfmm.evaluate import predict
+    from tfmm.serving import saved_model
+    from tfmm.serving import protocol
+    from tfmm.evaluation.evaluate import predict
 
-    if args.request is not None or serving.is_saved_model(args.model):
+    if args.request is not None or saved_model.is_saved_model(args.model):
         return _predict_saved_model(args)
     zero_shot = None
     if args.zero_shot_labels is not None:
@@ -458,7 +460,8 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from tfmm.export import ExportCheckError, export_for_serving
+    from tfmm.serving.export_check import ExportCheckError
+    from tfmm.serving.export import export_for_serving
 
     try:
         result = export_for_serving(
@@ -480,7 +483,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_check_export(args) -> int:
-    from tfmm.export import check_export
+    from tfmm.serving.export_check import check_export
 
     report = check_export(args.dir)
     print(f"checked {report.path}")
@@ -505,12 +508,12 @@ def _cmd_demo(args) -> int:
 def _cmd_validate(args) -> int:
     import csv
 
-    from tfmm import data as tfdata
+    from tfmm.data.manifest import read_manifest, validate_manifest
     from tfmm.config import RunConfig
 
     labels, preprocessor, config = None, None, RunConfig()
     if args.model:
-        from tfmm.evaluate import load_run
+        from tfmm.run_dir import load_run
 
         run = load_run(args.model)
         config, preprocessor = run.config, run.preprocessor
@@ -519,8 +522,8 @@ def _cmd_validate(args) -> int:
                                                 "allow_outside_root") if getattr(args, f) is not None}
     config = config.replace(data=overrides)
     task = args.task or config.model.task
-    manifest = tfdata.read_manifest(args.data, config.data, require_labels=not args.no_labels)
-    problems = tfdata.validate_manifest(manifest, task=task, labels=labels, config=config.data)
+    manifest = read_manifest(args.data, config.data, require_labels=not args.no_labels)
+    problems = validate_manifest(manifest, task=task, labels=labels, config=config.data)
     for p in problems:
         print(p)
     if args.report:
@@ -531,7 +534,7 @@ def _cmd_validate(args) -> int:
     total = len(manifest) + len({p.row for p in manifest.problems})
     bad = len({p.row for p in problems})
     if preprocessor is not None:
-        from tfmm.validate import count_truncated
+        from tfmm.data.validation import count_truncated
 
         truncated = count_truncated(manifest.frame["text"].tolist(), preprocessor)
         if truncated:
@@ -542,7 +545,7 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_hub_export(args) -> int:
-    from tfmm.hub_export import export_hub_bert_from_spec
+    from tfmm.models.hub_export import export_hub_bert_from_spec
 
     preprocess, encoder = export_hub_bert_from_spec(args.spec, args.output_dir, seq_length=args.seq_length)
     print(f"wrote {preprocess}\nwrote {encoder}")
@@ -564,7 +567,7 @@ def main(argv=None) -> int:
     )
     if not args.verbose:  # tf.distribute logs every collective it builds at INFO
         logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    from tfmm.data import ManifestError
+    from tfmm.data.validation import ManifestError
 
     try:
         return _COMMANDS[args.command](args)

@@ -48,10 +48,10 @@ class DataConfig:
         max_image_pixels: refuse images whose header claims more pixels than this.
         allow_outside_root: accept image paths that resolve outside the manifest's folder.
         negatives: task ``matching``: for each positive row, add this many negative rows
-            pairing its image with captions of other rows (seeded; see :mod:`tfmm.pairs`).
+            pairing its image with captions of other rows (seeded; see :mod:`tfmm.data.pairs`).
         cache_in_memory: keep decoded images in memory after the first epoch
             (``tf.data`` ``cache()``); ``None`` (auto) caches when they fit in
-            ``tfmm.data.AUTO_CACHE_BYTES``.
+            ``tfmm.data.pipeline.AUTO_CACHE_BYTES``.
         deterministic: ``False`` lets parallel decoding hand out elements as soon as they
             are ready (faster, but the order of a seeded shuffle is no longer reproducible).
         tf_data_autotune: run tf.data's background autotuner. Off by default: in TF 2.21,
@@ -163,7 +163,7 @@ class TrainConfig:
         save_every: also back up the training state every N steps (0: at epoch ends only),
             for resuming long epochs after a crash.
         cache_features: compute frozen encoders' outputs once and train the rest on them
-            (``None``: on when an encoder is frozen; see :mod:`tfmm.cache`).
+            (``None``: on when an encoder is frozen; see :mod:`tfmm.training.feature_cache`).
         cache_dir: where feature caches go (empty: ``RUN/feature_cache``).
         mixed_precision: ``none``, ``mixed_float16`` or ``mixed_bfloat16``.
         jit_compile: compile train steps with XLA (``None``: Keras' ``"auto"``).

@@ -1,6 +1,6 @@
 """``tfmm demo``: the embedded default, end to end and offline.
 
-Generates the demo dataset (see :mod:`tfmm.demo_data`), trains the fused model and the
+Generates the demo dataset (see :mod:`tfmm.data.demo_data`), trains the fused model and the
 image-only and text-only baselines with the same code, evaluates all three on the test
 split and keeps the fused run. Text: the offline all-MiniLM-L6-v2 (frozen). Image: VGG16
 at 32x32 from random weights (ImageNet weights cannot be downloaded offline).
@@ -13,10 +13,10 @@ import logging
 import os
 
 from tfmm.config import RunConfig
-from tfmm.demo_data import write_demo_dataset
-from tfmm.evaluate import evaluate
-from tfmm.export import export_for_serving
-from tfmm.train import train
+from tfmm.data.demo_data import write_demo_dataset
+from tfmm.evaluation.evaluate import evaluate
+from tfmm.serving.export import export_for_serving
+from tfmm.training.train import train
 
 logger = logging.getLogger(__name__)
 

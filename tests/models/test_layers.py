@@ -1,0 +1,70 @@
+"""Fusion, image preprocessing and pooling layers: values, shapes and serialization."""
+
+import keras
+import numpy as np
+import pytest
+
+from tfmm.models.fusion import Fusion
+from tfmm.models.text import MaskedMeanPooling
+from tfmm.models.vision import ImagePreprocess
+
+
+def _roundtrip_model(layer_fn, inputs, tmp_path):
+    model = keras.Model(inputs, layer_fn(inputs))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    return model, keras.models.load_model(path)
+
+
+@pytest.mark.parametrize("mode, expected_dim", [("concat", 8), ("sum", 4), ("mean", 4), ("gated", 4)])
+def test_fusion_values_shapes_and_save_load(mode, expected_dim, tmp_path):
+    a = np.arange(8, dtype="float32").reshape(2, 4)
+    b = np.ones((2, 4), dtype="float32")
+    layer = Fusion(mode)
+    out = keras.ops.convert_to_numpy(layer([a, b]))
+    assert out.shape == (2, expected_dim)
+    if mode == "concat":
+        np.testing.assert_allclose(out, np.concatenate([a, b], 1))
+    elif mode == "sum":
+        np.testing.assert_allclose(out, a + b)
+    elif mode == "mean":
+        np.testing.assert_allclose(out, (a + b) / 2)
+    else:  # a convex combination per feature: between the two inputs
+        assert np.all(out >= np.minimum(a, b) - 1e-6) and np.all(out <= np.maximum(a, b) + 1e-6)
+    clone = Fusion.from_config(layer.get_config())
+    assert clone.mode == mode
+    inputs = [keras.Input((4,)), keras.Input((4,))]
+    model, loaded = _roundtrip_model(Fusion(mode), inputs, tmp_path)
+    np.testing.assert_allclose(model.predict([a, b], verbose=0), loaded.predict([a, b], verbose=0), atol=1e-6)
+
+
+def test_fusion_single_input_passes_through_and_errors():
+    x = np.ones((2, 3), "float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(Fusion("sum")([x])), x)
+    with pytest.raises(ValueError, match="fusion must be one of .*; received 'cat'"):
+        Fusion("cat")
+    with pytest.raises(ValueError, match=r"needs inputs of equal width; received widths \[3, 5\]"):
+        Fusion("sum")([keras.Input((3,)), keras.Input((5,))])
+
+
+def test_image_preprocess_matches_application_and_roundtrips(tmp_path):
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    want = keras.applications.vgg16.preprocess_input(x.copy())
+    got = keras.ops.convert_to_numpy(ImagePreprocess("VGG16")(x))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert ImagePreprocess.from_config(ImagePreprocess("resnet50").get_config()).encoder == "resnet50"
+    model, loaded = _roundtrip_model(ImagePreprocess("mobilenet_v2"), keras.Input((8, 8, 3)), tmp_path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), x / 127.5 - 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="image_encoder must be one of .*; received 'alexnet'"):
+        ImagePreprocess("alexnet")
+
+
+def test_masked_mean_pooling_ignores_padding(tmp_path):
+    seq = np.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]], "float32")
+    mask = np.array([[1, 1, 0]], "int32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(MaskedMeanPooling()(seq, mask)), [[2.0, 3.0]])
+    s, m = keras.Input((3, 2)), keras.Input((3,), dtype="int32")
+    model = keras.Model([s, m], MaskedMeanPooling()(s, m))
+    model.save(str(tmp_path / "p.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "p.keras"))
+    np.testing.assert_allclose(loaded.predict([seq, mask], verbose=0), [[2.0, 3.0]])

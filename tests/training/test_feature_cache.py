@@ -1,0 +1,230 @@
+"""tfmm.cache: keys, hits, misses, invalidation, and cached == uncached training."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from tfmm.cli import build_parser, config_from_args
+from tfmm.data.images import decode_image
+from tfmm.data.manifest import Manifest, read_manifest
+from tfmm.evaluation.metrics import predict_scores
+from tfmm.models.build import build_model
+from tfmm.models.text import build_text_encoder, load_text_preprocessor
+from tfmm.models.vision import build_image_encoder
+from tfmm.run_dir import load_run
+from tfmm.training import feature_cache
+from tfmm.training.train import train
+
+
+def _image_encoder(seed=0, size=32):
+    keras.utils.set_random_seed(seed)
+    return build_image_encoder("vgg16", weights="none", image_size=size, trainable=False)
+
+
+def _copy_manifest(demo_data, tmp_path, split="val"):
+    """A private copy of a demo split (its images can be changed without touching others)."""
+    m = read_manifest(demo_data[split])
+    folder = tmp_path / "data"
+    folder.mkdir()
+    frame = m.frame.copy()
+    for i, path in enumerate(frame["image"]):
+        target = folder / f"{i}.png"
+        target.write_bytes(open(path, "rb").read())
+        frame.loc[i, "image"] = str(target)
+    return Manifest(frame, m.source, str(folder))
+
+
+def test_key_is_stable_and_changes_with_each_part(tiny_config, demo_data, tmp_path, monkeypatch):
+    manifest = _copy_manifest(demo_data, tmp_path)
+    key = feature_cache.cache_key("image", _image_encoder(0), manifest, tiny_config)[0]
+    assert feature_cache.cache_key("image", _image_encoder(0), manifest, tiny_config)[0] == key  # same weights
+    changed = {
+        "weights": feature_cache.cache_key("image", _image_encoder(1), manifest, tiny_config)[0],
+        "image_size": feature_cache.cache_key("image", _image_encoder(0, 48), manifest,
+                                      tiny_config.replace(data={"image_size": 48}))[0],
+        "encoder": feature_cache.cache_key("image", _image_encoder(0), manifest,
+                                   tiny_config.replace(model={"image_encoder": "VGG19"}))[0],
+        "rows": feature_cache.cache_key("image", _image_encoder(0), Manifest(
+            manifest.frame.iloc[::-1].reset_index(drop=True), "r", manifest.root), tiny_config)[0],
+    }
+    monkeypatch.setattr(feature_cache, "PREPROCESSING_VERSION", "changed")
+    changed["preprocessing"] = feature_cache.cache_key("image", _image_encoder(0), manifest, tiny_config)[0]
+    monkeypatch.undo()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(manifest.frame["image"][4])
+    changed["file content"] = feature_cache.cache_key("image", _image_encoder(0), manifest, tiny_config)[0]
+    assert all(k != key for k in changed.values()), changed
+    assert len(set(changed.values())) == len(changed)
+
+
+def test_text_key_covers_texts_tokenizer_and_pooling(tiny_config, demo_data):
+    manifest = read_manifest(demo_data["val"])
+    spec = tiny_config.model.text_encoder
+    encoder = build_text_encoder(spec, sequence_length=8, trainable=False)
+    pre = load_text_preprocessor(spec, 8)
+    key = feature_cache.cache_key("text", encoder, manifest, tiny_config, pre)[0]
+    frame = manifest.frame.copy()
+    frame.loc[0, "text"] = "another caption"
+    other_text = feature_cache.cache_key("text", encoder, Manifest(frame, "x", manifest.root), tiny_config, pre)[0]
+    other_pooling = feature_cache.cache_key("text", encoder, manifest, tiny_config.replace(model={"text_pooling": "cls"}), pre)[0]
+    pre.tokenizer.lowercase = False
+    other_tokenizer = feature_cache.cache_key("text", encoder, manifest, tiny_config, pre)[0]
+    assert len({key, other_text, other_pooling, other_tokenizer}) == 4
+
+
+def test_hit_miss_and_invalidation(tiny_config, demo_data, tmp_path, monkeypatch):
+    manifest = _copy_manifest(demo_data, tmp_path)
+    encoder, root = _image_encoder(0), str(tmp_path / "cache")
+    first, folder, hit = feature_cache.cached_features(encoder, "image", manifest, config=tiny_config, cache_dir=root,
+                                               batch_size=8, verbose=0)
+    assert not hit and first.shape == (len(manifest), 512) and first.dtype == np.float32
+    assert sorted(os.listdir(folder)) == ["features.npy", "key.json"]
+    assert json.load(open(os.path.join(folder, "key.json")))["parts"]["image_size"] == 32
+    # The stored features are the encoder's inference-mode outputs, row by row.
+    direct = encoder.predict(np.stack([decode_image(open(p, "rb").read(), 32).numpy()
+                                       for p in manifest.frame["image"][:3]]), verbose=0)
+    np.testing.assert_allclose(first[:3], direct, rtol=1e-5, atol=1e-5)
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(feature_cache, "extract_features", no_extraction)
+    again, folder2, hit = feature_cache.cached_features(encoder, "image", manifest, config=tiny_config, cache_dir=root)
+    assert hit and folder2 == folder and np.array_equal(again, first)
+    monkeypatch.undo()
+
+    # Change one image: a new key, recomputed; the other rows' features are unchanged.
+    Image.new("RGB", (32, 32), (250, 0, 0)).save(manifest.frame["image"][2])
+    changed, folder3, hit = feature_cache.cached_features(encoder, "image", manifest, config=tiny_config,
+                                                  cache_dir=root, batch_size=8, verbose=0)
+    assert not hit and folder3 != folder
+    assert not np.allclose(changed[2], first[2])
+    np.testing.assert_allclose(np.delete(changed, 2, 0), np.delete(first, 2, 0), rtol=1e-5, atol=1e-5)
+    # Other weights: a new key too.
+    assert feature_cache.cached_features(_image_encoder(5), "image", manifest, config=tiny_config, cache_dir=root,
+                                 batch_size=8, verbose=0)[2] is False
+
+
+def test_broken_or_interrupted_entry_is_recomputed(tiny_config, demo_data, tmp_path):
+    manifest = _copy_manifest(demo_data, tmp_path)
+    encoder, root = _image_encoder(0), str(tmp_path / "cache")
+    first, folder, _ = feature_cache.cached_features(encoder, "image", manifest, config=tiny_config, cache_dir=root,
+                                             batch_size=8, verbose=0)
+    with open(os.path.join(folder, "features.npy"), "wb") as f:
+        f.write(b"truncated")
+    again, _, hit = feature_cache.cached_features(encoder, "image", manifest, config=tiny_config, cache_dir=root,
+                                          batch_size=8, verbose=0)
+    assert not hit and np.array_equal(again, first)
+    assert not [name for name in os.listdir(root) if ".tmp-" in name]
+
+
+def test_cache_features_flag_and_auto(tiny_config):
+    assert feature_cache.cached_modalities(tiny_config) == []
+    frozen = tiny_config.replace(model={"freeze_image": True, "freeze_text": True})
+    assert feature_cache.cached_modalities(frozen) == ["image", "text"]
+    assert feature_cache.cached_modalities(frozen.replace(model={"modalities": "text"})) == ["text"]
+    assert feature_cache.cached_modalities(frozen.replace(train={"cache_features": False})) == []
+    with pytest.raises(ValueError, match=r"needs a frozen encoder; received freeze_image=False"):
+        feature_cache.cached_modalities(tiny_config.replace(train={"cache_features": True}))
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "d.csv", "--output-dir", "r", "--no-cache-features",
+                              "--cache-dir", "/c", "--mixed-precision", "mixed_bfloat16", "--jit-compile",
+                              "--no-cache-in-memory", "--no-deterministic"])
+    tc, dc = config_from_args(args).train, config_from_args(args).data
+    assert (tc.cache_features, tc.cache_dir, tc.mixed_precision, tc.jit_compile) == (False, "/c", "mixed_bfloat16", True)
+    assert (dc.cache_in_memory, dc.deterministic) == (False, False)
+    args = parser.parse_args(["train", "--data", "d.csv", "--output-dir", "r", "--cache-features"])
+    assert config_from_args(args).train.cache_features is True
+    assert config_from_args(parser.parse_args(["train", "--data", "d", "--output-dir", "r"])).train.cache_features is None
+
+
+def _head_weights(model):
+    return model.get_layer("fusion_head").get_weights()
+
+
+@pytest.fixture(scope="module")
+def image_frozen_runs(tiny_bert, demo_data, tmp_path_factory):
+    """The same seeded run with the image encoder frozen, with and without the feature_cache."""
+    from tfmm.config import RunConfig
+
+    cfg = RunConfig().replace(
+        data={"image_size": 32, "sequence_length": 8},
+        model={"text_encoder": f"keras_nlp:{tiny_bert}", "image_weights": "none", "projection_dim": 16,
+               "hidden_dim": 16, "dropout": 0.1, "freeze_image": True},
+        train={"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "seed": 7},
+    )
+    root = tmp_path_factory.mktemp("runs")
+    return {name: train(cfg.replace(train={"cache_features": flag}), demo_data["train"], demo_data["val"],
+                        str(root / name), verbose=0)
+            for name, flag in (("cached", None), ("plain", False))}
+
+
+@pytest.mark.slow
+def test_cached_and_uncached_runs_match(image_frozen_runs):
+    cached, plain = image_frozen_runs["cached"], image_frozen_runs["plain"]
+    assert os.listdir(os.path.join(cached.run_dir, "feature_cache"))
+    assert not os.path.exists(os.path.join(plain.run_dir, "feature_cache"))
+    # Same rows in the same order, same dropout masks: same weights (VGG16 has no dropout).
+    for a, b in zip(_head_weights(cached.model), _head_weights(plain.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(cached.model.get_layer("text_encoder").get_weights(),
+                    plain.model.get_layer("text_encoder").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(cached.history["val_loss"], plain.history["val_loss"], rtol=1e-4)
+    assert cached.history["val_accuracy"] == plain.history["val_accuracy"]
+
+
+@pytest.mark.slow
+def test_cached_run_saves_the_full_model(image_frozen_runs, demo_data):
+    cached = image_frozen_runs["cached"]
+    run = load_run(cached.run_dir)
+    assert set(run.model.input) == {"image", "token_ids", "segment_ids", "padding_mask"}
+    manifest = read_manifest(demo_data["test"])
+    expected = image_frozen_runs["plain"].model.predict(run.dataset(manifest, with_labels=False), verbose=0)
+    np.testing.assert_allclose(predict_scores(run, manifest), expected, rtol=1e-4, atol=1e-5)
+    # The best checkpoint has the full model's layout, as without the feature_cache.
+    fresh = build_model(cached.config)
+    fresh.load_weights(os.path.join(cached.run_dir, "checkpoints", "best.weights.h5"))
+
+
+def _tiny_bert_without_dropout(folder):
+    import keras_hub
+
+    from tests.conftest import WORDS
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [",", "."]
+    keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,
+                                  intermediate_dim=32, max_sequence_length=16, dropout=0.0).save_to_preset(folder)
+    keras_hub.models.BertTokenizer(vocabulary=vocab, lowercase=True).save_to_preset(folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_both_frozen_cached_matches_uncached_and_is_reused(demo_data, tmp_path, monkeypatch):
+    from tfmm.config import RunConfig
+
+    bert = _tiny_bert_without_dropout(str(tmp_path / "bert"))
+    shared = str(tmp_path / "shared_cache")
+    cfg = RunConfig().replace(
+        data={"image_size": 32, "sequence_length": 8},
+        model={"text_encoder": f"keras_nlp:{bert}", "image_weights": "none", "projection_dim": 16,
+               "hidden_dim": 0, "dropout": 0.0, "fusion": "gated", "freeze_image": True, "freeze_text": True},
+        train={"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "cache_dir": shared},
+    )
+    cached = train(cfg, demo_data["train"], demo_data["val"], str(tmp_path / "cached"), verbose=0)
+    plain = train(cfg.replace(train={"cache_features": False}), demo_data["train"], demo_data["val"],
+                  str(tmp_path / "plain"), verbose=0)
+    assert sorted(name.split("-")[0] for name in os.listdir(shared)) == ["image", "image", "text", "text"]
+    for a, b in zip(_head_weights(cached.model), _head_weights(plain.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("a second run with the same --cache-dir should reuse the features")
+
+    monkeypatch.setattr(feature_cache, "extract_features", no_extraction)
+    again = train(cfg, demo_data["train"], demo_data["val"], str(tmp_path / "again"), verbose=0)
+    for a, b in zip(_head_weights(again.model), _head_weights(cached.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

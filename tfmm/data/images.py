@@ -1,0 +1,89 @@
+"""Encoded images: header checks and decoding, shared by the input pipeline and the serving graph.
+
+:func:`decode_image` is the one decoder of tfmm: ``tf.data`` (:mod:`tfmm.data.pipeline`),
+prepared TFRecords and the exported SavedModel all call it, so a served image is decoded
+and resized exactly as in training.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow as tf
+
+
+def _header_uint(header, start: int, length: int, *, big_endian: bool):
+    """Unsigned integer of ``length`` bytes at ``start`` of a uint8 header vector (int64)."""
+    value = tf.constant(0, tf.int64)
+    order = range(length) if big_endian else reversed(range(length))
+    for i in order:
+        value = value * 256 + header[start + i]
+    return value
+
+
+def image_header_size(image_bytes):
+    """``(height, width)`` read from a JPEG/PNG/GIF/BMP header, without decoding pixels.
+
+    Returns ``(-1, -1)`` for bytes of any other format (decoding then fails with TF's own
+    "unknown image format" error). Works eagerly and inside ``tf.data`` / ``tf.function``.
+    """
+    padded = tf.strings.join([image_bytes, tf.constant(b"\0" * 32)])
+    header = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, 0, 32), tf.uint8), tf.int64)
+    magic = tf.strings.substr(padded, 0, 8)
+
+    def png():
+        return (_header_uint(header, 20, 4, big_endian=True), _header_uint(header, 16, 4, big_endian=True))
+
+    def gif():
+        return (_header_uint(header, 8, 2, big_endian=False), _header_uint(header, 6, 2, big_endian=False))
+
+    def bmp():
+        height = _header_uint(header, 22, 4, big_endian=False)
+        height = tf.where(height >= 2**31, 2**32 - height, height)  # top-down BMPs store -height
+        return (height, _header_uint(header, 18, 4, big_endian=False))
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
+        return (shape[0], shape[1])
+
+    def unknown():
+        return (tf.constant(-1, tf.int64), tf.constant(-1, tf.int64))
+
+    return tf.case(
+        [
+            (tf.equal(magic, b"\x89PNG\r\n\x1a\n"), png),
+            (tf.equal(tf.strings.substr(magic, 0, 4), b"GIF8"), gif),
+            (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"), bmp),
+            (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"), jpeg),
+        ],
+        default=unknown,
+        exclusive=True,
+    )
+
+
+def decode_image(image_bytes, image_size: int, max_pixels: Optional[int] = None, name=None):
+    """Encoded JPEG/PNG/GIF/BMP bytes -> ``[S, S, 3]`` float32 RGB in ``[0, 255]``.
+
+    Grayscale and RGBA become RGB; a GIF gives its first frame. The serving export uses
+    this same function, so training and serving see identical pixels.
+
+    Args:
+        image_bytes: scalar string tensor of encoded image bytes.
+        image_size: output side ``S``.
+        max_pixels: when set, the header's width x height is checked against it *before*
+            the pixels are decoded, so a decompression bomb fails fast instead of allocating.
+        name: optional string tensor (a path, a row or request index) named in that error.
+    """
+    checks = []
+    if max_pixels:
+        height, width = image_header_size(image_bytes)
+        what = [name] if name is not None else []
+        checks.append(tf.debugging.Assert(
+            height * width <= max_pixels,
+            [f"image header claims more pixels than the limit of {max_pixels} (max_image_pixels): "
+             "refusing to decode;"] + what + ["height", height, "width", width],
+        ))
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+    image = tf.image.resize(image, (image_size, image_size), method="bilinear")
+    return tf.cast(image, tf.float32)

@@ -1,0 +1,371 @@
+"""Manifests: reading CSV/TSV/JSONL files, DataFrames and prepared folders; labels; row checks.
+
+A manifest is a CSV, TSV or JSONL file (or a pandas DataFrame) with one row per
+example: an image path relative to the manifest's folder, a caption and a label
+(``|``-separated for multi-label). Rows are counted from 0, after the header.
+
+A folder written by ``tfmm prepare`` (sharded TFRecords, see :mod:`tfmm.data.tfrecords`) is
+read here too (:func:`read_prepared`): its ``manifest.json`` and ``rows.jsonl`` say everything
+but the pixels, so anything that takes a manifest also takes a prepared folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import posixpath
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from tfmm.config import DataConfig
+from tfmm.data.validation import (
+    ManifestError, RowProblem, duplicate_problems, image_problem, outside_root, read_table,
+)
+
+logger = logging.getLogger(__name__)
+
+
+MULTILABEL_SEP = "|"
+
+
+@dataclasses.dataclass
+class Manifest:
+    """A validated-or-not table of examples.
+
+    Attributes:
+        frame: DataFrame with columns ``image`` (absolute path), ``text``, ``label``
+            (``label`` is absent for unlabeled data) and ``row`` (row number in the source).
+        source: the file it came from (or ``"<DataFrame>"``).
+        root: the folder image paths are relative to.
+        records: for a dataset prepared by ``tfmm prepare``, its TFRecord files (they hold
+            the image bytes; ``image`` is then the original path, for messages only).
+    """
+
+    frame: pd.DataFrame
+    source: str
+    root: str
+    problems: list = dataclasses.field(default_factory=list)  # records that could not be read
+    records: Optional[list] = None
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def has_labels(self) -> bool:
+        return "label" in self.frame.columns
+
+
+def read_manifest(
+    source, config: DataConfig = DataConfig(), *, root: Optional[str] = None, require_labels: bool = True
+) -> Manifest:
+    """Reads a manifest file or DataFrame into a :class:`Manifest`.
+
+    Args:
+        source: path of a ``.csv``/``.tsv``/``.jsonl`` file, or a ``pandas.DataFrame``.
+        config: names the image/text/label columns.
+        root: folder image paths are relative to (default: the manifest's folder, or the
+            current folder for a DataFrame).
+        require_labels: raise if the label column is missing.
+
+    Records that cannot be read (malformed CSV/JSONL lines, non-UTF-8 bytes) do not stop
+    reading: they are kept in ``Manifest.problems`` and reported by :func:`check_manifest`.
+
+    Raises:
+        FileNotFoundError: the manifest file does not exist.
+        ValueError: unsupported extension or a required column is missing (the message
+            lists the columns found).
+
+    Example:
+        >>> m = read_manifest("data/train.csv")
+        >>> m.frame.columns.tolist()
+        ['row', 'image', 'text', 'label']
+    """
+    if not isinstance(source, pd.DataFrame):
+        if is_prepared(str(source)):
+            return read_prepared(str(source), require_labels=require_labels)
+
+    problems = []
+    if isinstance(source, pd.DataFrame):
+        df, name = source.copy(), "<DataFrame>"
+        base = os.path.abspath(root or os.getcwd())
+        # A DataFrame's paths are the caller's own: with no root given, relative paths resolve
+        # against the current folder and absolute paths anywhere are accepted.
+        root = base if root else os.path.abspath(os.sep)
+    else:
+        name = str(source)
+        if not os.path.isfile(name):
+            raise FileNotFoundError(f"manifest not found: {name}")
+        df, problems = read_table(name)
+        root = os.path.abspath(root or os.path.dirname(os.path.abspath(name)))
+    wanted = {"image": config.image_col, "text": config.text_col}
+    if require_labels or config.label_col in df.columns:
+        wanted["label"] = config.label_col
+    missing = [col for col in wanted.values() if col not in df.columns]
+    if missing:
+        raise ValueError(
+            f"manifest {name}: missing column(s) {missing}; found {list(df.columns)}. "
+            "Name the columns with --image-col/--text-col/--label-col."
+        )
+    frame = pd.DataFrame({key: df[col] for key, col in wanted.items()})
+    frame = frame.fillna("").astype(str)
+    frame.insert(0, "row", df["_row"].to_numpy() if "_row" in df.columns else np.arange(len(frame)))
+    base = base if isinstance(source, pd.DataFrame) else root
+    frame["image"] = [
+        p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p)) for p in frame["image"]
+    ]
+    return Manifest(frame.reset_index(drop=True), name, root, problems)
+
+
+def split_labels(label: str, task: str) -> list:
+    """The label(s) of one row: several for ``multilabel``, else one."""
+    if task == "multilabel":
+        return [part.strip() for part in label.split(MULTILABEL_SEP) if part.strip()]
+    return [label.strip()] if label.strip() else []
+
+
+def build_label_vocab(manifest: Manifest, task: str = "classification") -> list:
+    """Sorted list of the distinct labels of ``manifest``."""
+    labels = set()
+    for value in manifest.frame["label"]:
+        labels.update(split_labels(value, task))
+    return sorted(labels)
+
+
+def save_labels(labels: Sequence[str], path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(labels) + "\n")
+
+
+def load_labels(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.rstrip("\n")]
+
+
+def validate_manifest(
+    manifest: Manifest,
+    *,
+    task: str = "classification",
+    labels: Optional[Sequence[str]] = None,
+    config: DataConfig = DataConfig(),
+) -> list:
+    """Checks every row; returns all problems found (empty list if none).
+
+    Checks: the record could be read; the image path stays inside the manifest's folder
+    (unless ``config.allow_outside_root``); the file exists, is readable, non-empty, a
+    complete JPEG/PNG/GIF/BMP image within ``config.max_image_pixels``; the text is not
+    empty; the label is present and, when ``labels`` (the training vocabulary) is given,
+    known; the row is not an exact duplicate of an earlier one.
+    """
+    known = set(labels) if labels is not None else None
+    problems = list(manifest.problems)
+    for rec in manifest.frame.itertuples(index=False):
+        reasons = []
+        # Prepared (TFRecord) images were checked by `tfmm prepare`.
+        if manifest.records is not None:
+            pass
+        elif not config.allow_outside_root and outside_root(rec.image, manifest.root):
+            reasons.append(
+                f"image path resolves outside the manifest folder {manifest.root} "
+                "('..', an absolute path or a symlink); pass --allow-outside-root to allow it"
+            )
+        else:
+            why = image_problem(rec.image, max_pixels=config.max_image_pixels)
+            if why:
+                reasons.append(why)
+        if not rec.text.strip():
+            reasons.append("empty text")
+        if manifest.has_labels and task != "contrastive":  # contrastive: labels unused
+            row_labels = split_labels(rec.label, task)
+            if not row_labels:
+                reasons.append("empty label")
+            elif known is not None:
+                unknown = [x for x in row_labels if x not in known]
+                if unknown:
+                    reasons.append(f"unknown label(s) {unknown}; the model knows {sorted(known)}")
+        problems += [RowProblem(manifest.source, int(rec.row), rec.image, r) for r in reasons]
+    problems += duplicate_problems(manifest.frame, manifest.source)
+    return sorted(problems, key=lambda p: p.row)
+
+
+def check_manifest(
+    manifest: Manifest,
+    *,
+    task: str = "classification",
+    labels: Optional[Sequence[str]] = None,
+    skip_bad_rows: bool = False,
+    skipped_path: Optional[str] = None,
+    config: DataConfig = DataConfig(),
+) -> Manifest:
+    """Validates ``manifest``; stops with every problem, or drops the bad rows.
+
+    Args:
+        skip_bad_rows: drop bad rows (logged, and written to ``skipped_path``) instead of
+            raising.
+        skipped_path: CSV file receiving the skipped rows with their reasons.
+        config: the limits and options of :func:`validate_manifest`.
+
+    Raises:
+        ManifestError: bad rows and ``skip_bad_rows`` is False, or no usable row is left.
+    """
+    problems = validate_manifest(manifest, task=task, labels=labels, config=config)
+    if not problems:
+        return manifest
+    if not skip_bad_rows:
+        raise ManifestError(problems, hint="Fix these rows, or pass --skip-bad-rows to skip them.")
+    bad_rows = {p.row for p in problems}
+    if skipped_path:
+        with open(skipped_path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            if f.tell() == 0:
+                writer.writerow(["source", "row", "image", "reason"])
+            for p in problems:
+                writer.writerow([p.source, p.row, p.image, p.reason])
+    kept = manifest.frame[~manifest.frame["row"].isin(bad_rows)].reset_index(drop=True)
+    logger.warning(
+        "%s: skipped %d bad row(s) of %d%s", manifest.source, len(bad_rows),
+        len(manifest) + len({p.row for p in manifest.problems}),
+        f" (listed in {skipped_path})" if skipped_path else "",
+    )
+    if kept.empty:
+        raise ManifestError(problems, hint="No usable row is left.")
+    return Manifest(kept, manifest.source, manifest.root, records=manifest.records)
+
+
+def encode_labels(manifest: Manifest, labels: Sequence[str], task: str) -> np.ndarray:
+    """Label targets as float32: one-hot (classification), multi-hot (multilabel) or 0/1
+    of shape ``[N, 1]`` (binary: ``labels[1]`` is the positive class); for ``contrastive``,
+    the ``[N, 2]`` (image id, caption id) of :func:`pair_ids`."""
+    if task == "contrastive":
+        return pair_ids(manifest)
+    index = {name: i for i, name in enumerate(labels)}
+    rows = [split_labels(v, task) for v in manifest.frame["label"]]
+    if task in ("binary", "matching"):  # matching: labels "0"/"1"
+        return np.array([[float(index[r[0]])] for r in rows], dtype="float32")
+    out = np.zeros((len(rows), len(labels)), dtype="float32")
+    for i, row_labels in enumerate(rows):
+        for name in row_labels:
+            out[i, index[name]] = 1.0
+    return out
+
+
+FORMAT = "tfmm.tfrecord"
+
+
+FORMAT_VERSION = 1
+
+
+MANIFEST_FILE = "manifest.json"
+
+
+ROWS_FILE = "rows.jsonl"
+
+
+_FEATURES = {
+    "image": tf.io.FixedLenFeature([], tf.string),
+    "text": tf.io.FixedLenFeature([], tf.string),
+    "label": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "row": tf.io.FixedLenFeature([], tf.int64),
+    "image_path": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def _join(folder: str, name: str) -> str:
+    # posixpath keeps "gs://bucket/x" intact; os.path.join would do the same on POSIX only.
+    return posixpath.join(folder, name) if "://" in folder else tf.io.gfile.join(folder, name)
+
+
+def _is_pattern(source: str) -> bool:
+    return any(ch in source for ch in "*?[") or source.endswith((".tfrecord", ".tfrecords"))
+
+
+def is_prepared(source: str) -> bool:
+    """Whether ``source`` names prepared data: a folder with ``manifest.json``, that file,
+    or a TFRecord file / glob pattern (``*.tfrecord``)."""
+    source = str(source)
+    if _is_pattern(source) and ".tfrecord" in source:
+        return True
+    if posixpath.basename(source) == MANIFEST_FILE:
+        return tf.io.gfile.exists(source)
+    try:
+        return tf.io.gfile.isdir(source) and tf.io.gfile.exists(_join(source, MANIFEST_FILE))
+    except tf.errors.OpError:
+        return False
+
+
+def _scan_records(files: Sequence[str]) -> pd.DataFrame:
+    """Reads row, path, text and label of every record (for a bare TFRecord pattern)."""
+    spec = {k: v for k, v in _FEATURES.items() if k != "image"}
+    ds = tf.data.TFRecordDataset(list(files)).map(lambda s: tf.io.parse_single_example(s, spec))
+    rows = [{"row": int(ex["row"]), "image": ex["image_path"].decode("utf-8"),
+             "text": ex["text"].decode("utf-8"), "label": ex["label"].decode("utf-8")}
+            for ex in ds.as_numpy_iterator()]
+    return pd.DataFrame(rows, columns=["row", "image", "text", "label"])
+
+
+def read_prepared(source: str, *, require_labels: bool = True) -> Manifest:
+    """Reads a prepared folder (or its ``manifest.json``, or a TFRecord pattern).
+
+    Returns:
+        A :class:`~tfmm.data.manifest.Manifest` whose ``records`` are the TFRecord files and whose
+        frame has ``row``, ``image`` (original path), ``text`` and ``label``.
+
+    Raises:
+        FileNotFoundError: no ``manifest.json`` / no file matches the pattern.
+        ValueError: not a tfmm prepared folder, or labels are required and absent.
+    """
+    source = str(source)
+    if posixpath.basename(source) == MANIFEST_FILE:
+        source = source[: -len(MANIFEST_FILE)].rstrip("/") or "."
+    if _is_pattern(source):
+        files = sorted(tf.io.gfile.glob(source))
+        if not files:
+            raise FileNotFoundError(f"no TFRecord file matches {source!r}")
+        frame = _scan_records(files)
+        has_labels = bool((frame["label"] != "").any())
+        root = posixpath.dirname(files[0])
+    else:
+        path = _join(source, MANIFEST_FILE)
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(
+                f"{source!r} has no {MANIFEST_FILE}: not a finished `tfmm prepare` folder "
+                "(run `tfmm prepare --data MANIFEST --output-dir DIR` again)"
+            )
+        with tf.io.gfile.GFile(path) as f:
+            meta = json.load(f)
+        if meta.get("format") != FORMAT or meta.get("version", 0) > FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: format {meta.get('format')!r} version {meta.get('version')!r} is not "
+                f"a {FORMAT!r} version <= {FORMAT_VERSION} folder; re-run `tfmm prepare`"
+            )
+        with tf.io.gfile.GFile(_join(source, ROWS_FILE)) as f:
+            frame = pd.read_json(f, lines=True, dtype=False)
+        files = [_join(source, name) for name in meta["shards"]]
+        has_labels, root = bool(meta["has_labels"]), source
+    if has_labels:
+        frame["label"] = frame["label"].fillna("").astype(str)
+    else:
+        frame = frame.drop(columns=["label"], errors="ignore")
+        if require_labels:
+            raise ValueError(f"prepared data {source!r} has no labels; prepare a labeled manifest")
+    frame["row"] = frame["row"].astype(np.int64)
+    frame["text"] = frame["text"].fillna("").astype(str)
+    frame["image"] = frame["image"].fillna("").astype(str)
+    return Manifest(frame.reset_index(drop=True), source, root, records=files)
+
+
+def pair_ids(manifest: Manifest) -> np.ndarray:
+    """``[N, 2]`` float32 (image id, caption id): equal ids mean the same file / caption.
+
+    These are the ``contrastive`` targets: rows ``i`` and ``j`` of a batch are a positive
+    pair when they share an image or a caption (see
+    :class:`tfmm.models.pair_heads.ContrastiveLoss`).
+    """
+    image_ids, _ = pd.factorize(manifest.frame["image"])
+    text_ids, _ = pd.factorize(manifest.frame["text"])
+    return np.stack([image_ids, text_ids], axis=1).astype("float32")

@@ -1,0 +1,147 @@
+"""The ``tf.data`` input pipeline over a manifest (:func:`make_dataset`).
+
+The pipeline runs in a fixed order:
+list -> shuffle (seeded) -> map(read + decode + resize) -> batch -> map(tokenize) -> prefetch,
+or, when the decoded images fit in memory, list -> map(read + decode + resize) -> cache ->
+shuffle -> batch -> map(tokenize) -> prefetch (the same seeded order). A folder written by
+``tfmm prepare`` (sharded TFRecords, see :mod:`tfmm.data.tfrecords`) replaces the list of files.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from tfmm.config import DataConfig
+from tfmm.data.images import decode_image
+from tfmm.data.manifest import Manifest, encode_labels
+
+logger = logging.getLogger(__name__)
+
+# DataConfig.cache_in_memory=None caches decoded images when they take at most this much.
+AUTO_CACHE_BYTES = 1 << 30
+
+
+def make_dataset(
+    manifest: Manifest,
+    *,
+    config: DataConfig,
+    preprocessor=None,
+    labels: Optional[Sequence[str]] = None,
+    task: str = "classification",
+    modalities: str = "both",
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 42,
+    shuffle_buffer: int = 2048,
+) -> tf.data.Dataset:
+    """The ``tf.data`` input pipeline over a (validated) manifest.
+
+    Args:
+        manifest: the examples.
+        config: image size (the sequence length comes with ``preprocessor``).
+        preprocessor: strings -> ``{token_ids, segment_ids, padding_mask}``; needed when
+            ``modalities`` includes text.
+        labels: the label vocabulary; when given (and the manifest has labels), elements are
+            ``(features, targets)``, else ``features`` alone.
+        task: selects the label encoding (see :func:`encode_labels`).
+        modalities: ``both``, ``image`` or ``text``: which features to produce.
+        batch_size: examples per batch (the global batch under a distribution strategy).
+        shuffle: shuffle with ``seed`` (reshuffled each epoch, reproducibly).
+
+    Returns:
+        A dataset of ``({"image", "token_ids", "segment_ids", "padding_mask"}, targets)``.
+
+    The order of a seeded shuffle does not depend on ``config.cache_in_memory`` (the same
+    permutation is applied before decoding or after the cache); with
+    ``config.deterministic=False`` it is no longer reproducible.
+    """
+    use_image = modalities in ("both", "image")
+    use_text = modalities in ("both", "text")
+    if use_text and preprocessor is None:
+        raise ValueError(f"modalities={modalities!r} needs a text preprocessor; received None")
+    frame = manifest.frame
+    with_targets = labels is not None and manifest.has_labels
+    in_memory = should_cache_in_memory(config, len(frame), use_image)
+
+    if manifest.records is not None:
+        # 1'. records of a `tfmm prepare` folder (read in parallel when shuffling).
+        from tfmm.data import tfrecords
+
+        ds, load = tfrecords.record_dataset(
+            manifest, image_size=config.image_size, use_image=use_image,
+            labels=labels if with_targets else None, task=task,
+            shuffle=shuffle and not in_memory, seed=seed,
+        )
+    else:
+        columns = {"image": frame["image"].to_numpy(dtype=str), "text": frame["text"].to_numpy(dtype=str)}
+        if with_targets:
+            columns["targets"] = encode_labels(manifest, labels, task)
+        # 1. list: one element per row.
+        ds = tf.data.Dataset.from_tensor_slices(columns)
+
+        def load(example):
+            out = {"text": example["text"]}
+            if use_image:
+                out["image"] = decode_image(tf.io.read_file(example["image"]), config.image_size,
+                                            config.max_image_pixels, name=example["image"])
+            if with_targets:
+                out["targets"] = example["targets"]
+            return out
+
+    def shuffled(d):
+        return d.shuffle(min(shuffle_buffer, len(frame)), seed=seed, reshuffle_each_iteration=True)
+
+    # 2. shuffle, seeded so that runs are reproducible (file names only: cheap to buffer).
+    if shuffle and not in_memory:
+        ds = shuffled(ds)
+    # 3. read + decode + resize in one map, in parallel.
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    # 3'. or keep the decoded examples in memory after the first pass, and shuffle them.
+    if in_memory:
+        ds = ds.cache()
+        if shuffle:
+            ds = shuffled(ds)
+    # 4. batch.
+    ds = ds.batch(batch_size)
+
+    # 5. tokenize whole batches (faster than per example), then split features/targets.
+    def to_model_inputs(batch):
+        features = {}
+        if use_image:
+            features["image"] = batch["image"]
+        if use_text:
+            features.update(preprocessor(batch["text"]))
+        return (features, batch["targets"]) if with_targets else features
+
+    ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
+    # 6. prefetch so the model never waits for input.
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(pipeline_options(config))
+
+
+def pipeline_options(config: DataConfig) -> tf.data.Options:
+    """The ``tf.data.Options`` of every tfmm input pipeline.
+
+    Elements are sharded across workers (one manifest file cannot be sharded by file),
+    ``config.deterministic`` sets the order guarantee and ``config.tf_data_autotune``
+    whether tf.data's background autotuner runs (see :class:`~tfmm.config.DataConfig`).
+    """
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = config.deterministic
+    options.autotune.enabled = config.tf_data_autotune
+    return options
+
+
+def should_cache_in_memory(config: DataConfig, n_rows: int, use_image: bool = True) -> bool:
+    """Whether :func:`make_dataset` keeps decoded examples in memory (``cache()``).
+
+    ``config.cache_in_memory`` decides when set; when ``None`` (auto), images are cached
+    when ``n_rows`` decoded float32 images take at most :data:`AUTO_CACHE_BYTES`.
+    """
+    if config.cache_in_memory is not None:
+        return bool(config.cache_in_memory)
+    return use_image and n_rows * config.image_size ** 2 * 3 * 4 <= AUTO_CACHE_BYTES

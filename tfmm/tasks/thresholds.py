@@ -1,0 +1,185 @@
+"""Task heads, losses, thresholds and metrics beyond single-label classification.
+
+- ``matching``: does the caption describe the image? A ``concat -> Dense`` head scores
+  ``f(image) + g(text)``, a sum with no term that depends on both, so it cannot tell a
+  matching pair from a mismatched one when each image and each caption is as often in
+  either. The matching head therefore feeds an MLP with *interaction features* of the two
+  projected embeddings ``u`` and ``v``: ``[u, v, u * v, |u - v|]``
+  (:class:`PairInteraction`), and outputs one sigmoid ``match_score``.
+- ``multilabel``: sigmoid scores per label (see :mod:`tfmm.models.heads`); the decision threshold
+  of each label is tuned on validation data (:func:`tune_thresholds`) and stored in the run
+  directory as ``thresholds.json``. ``matching`` stores its one threshold the same way.
+- ``contrastive``: see :mod:`tfmm.tasks.contrastive`.
+
+Metric functions here take numpy arrays and return plain dicts; :mod:`tfmm.evaluation.task_eval`
+runs them on a trained run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional, Sequence
+
+import keras
+import numpy as np
+
+from tfmm.models.pair_heads import DEFAULT_THRESHOLD
+
+logger = logging.getLogger(__name__)
+
+THRESHOLD_TASKS = ("multilabel", "matching")
+THRESHOLDS_FILE = "thresholds.json"
+
+
+# ---------------------------------------------------------------------------- thresholds
+
+def _best_f1_threshold(y: np.ndarray, s: np.ndarray) -> float:
+    """The threshold ``t`` (predict ``s >= t``) with the highest F1; ties: closest to 0.5."""
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        return DEFAULT_THRESHOLD
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # last index of each distinct score
+    predicted = np.arange(1, len(s) + 1)[last]
+    f1 = 2 * tp[last] / (positives + predicted)
+    cut = s_sorted[last]
+    below = np.r_[cut[1:], cut[-1] - 1.0]  # next lower distinct score
+    thresholds = np.where(np.arange(len(cut)) < len(cut) - 1, (cut + below) / 2, cut)
+    best = np.flatnonzero(np.isclose(f1, f1.max()))
+    return float(thresholds[best[np.argmin(np.abs(thresholds[best] - DEFAULT_THRESHOLD))]])
+
+
+def tune_thresholds(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per-column decision thresholds maximizing F1 on (validation) data.
+
+    Each threshold lies halfway between two neighbouring distinct scores; a column whose
+    labels are all 0 or all 1 keeps 0.5.
+
+    Args:
+        y_true: ``[N, C]`` 0/1 targets.
+        scores: ``[N, C]`` sigmoid scores.
+
+    Returns:
+        ``[C]`` float thresholds (predict a label when ``score >= threshold``).
+
+    Example:
+        >>> tune_thresholds(np.array([[0], [1], [1]]), np.array([[0.2], [0.3], [0.9]]))
+        array([0.25])
+    """
+    y_true, scores = np.asarray(y_true), np.asarray(scores, dtype="float64")
+    if y_true.shape != scores.shape or y_true.ndim != 2:
+        raise ValueError(f"y_true and scores must both be [N, C]; received {y_true.shape} and {scores.shape}")
+    return np.array([_best_f1_threshold(y_true[:, c] > 0.5, scores[:, c]) for c in range(y_true.shape[1])])
+
+
+def save_thresholds(run_dir: str, labels: Sequence[str], thresholds, *, tuned_on: Optional[str]) -> str:
+    """Writes ``RUN/thresholds.json``: ``{"labels", "thresholds", "tuned_on", "rule"}``."""
+    path = os.path.join(run_dir, THRESHOLDS_FILE)
+    payload = {
+        "labels": list(labels),
+        "thresholds": [float(t) for t in thresholds],
+        "tuned_on": tuned_on,
+        "rule": "predict a label when its score >= its threshold; tuned to maximize F1 per label"
+        if tuned_on else "default 0.5 (no validation data to tune on)",
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+    return path
+
+
+def load_thresholds(run_dir: str, labels: Sequence[str]) -> np.ndarray:
+    """The run's thresholds in ``labels`` order (0.5 each when ``thresholds.json`` is absent).
+
+    Raises:
+        ValueError: the file lists other labels than ``labels``.
+    """
+    path = os.path.join(run_dir, THRESHOLDS_FILE)
+    if not os.path.exists(path):
+        logger.info("%s not found: using threshold %.2f", path, DEFAULT_THRESHOLD)
+        return np.full(len(labels), DEFAULT_THRESHOLD)
+    with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+    if list(saved["labels"]) != list(labels):
+        raise ValueError(f"{path}: thresholds are for labels {saved['labels']}; the run has {list(labels)}")
+    return np.asarray(saved["thresholds"], dtype="float64")
+
+
+def threshold_labels(task: str, labels: Sequence[str]) -> list:
+    """What the thresholds are for: every label (multilabel) or the positive label ``1``."""
+    return list(labels) if task == "multilabel" else [labels[1]]
+
+
+def tune_and_save(model: keras.Model, val_ds, y_val: Optional[np.ndarray], run_dir: str, task: str,
+                  labels: Sequence[str]) -> Optional[np.ndarray]:
+    """After training: tunes the thresholds on ``val_ds`` (or keeps 0.5) and saves them.
+
+    Args:
+        model: the trained model.
+        val_ds: the validation dataset (``None``: keep 0.5).
+        y_val: its ``[N, C]`` targets (``[N, 1]`` for matching).
+        run_dir: where ``thresholds.json`` goes.
+        task: the run's task; other tasks than ``THRESHOLD_TASKS`` are skipped.
+        labels: the run's labels.
+
+    Returns:
+        The thresholds, or ``None`` when the task has none.
+    """
+    if task not in THRESHOLD_TASKS:
+        return None
+    names = threshold_labels(task, labels)
+    if val_ds is None or y_val is None:
+        thresholds = np.full(len(names), DEFAULT_THRESHOLD)
+    else:
+        thresholds = tune_thresholds(y_val, np.asarray(model.predict(val_ds, verbose=0)))
+    save_thresholds(run_dir, names, thresholds, tuned_on="validation data" if val_ds is not None else None)
+    logger.info("decision thresholds %s", dict(zip(names, np.round(thresholds, 4).tolist())))
+    return thresholds
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+# ---------------------------------------------------------------------------- serving
+
+
+def serving_outputs(task: str, scores, labels: Sequence[str], thresholds) -> dict:
+    """The named outputs of a ``serving_default`` signature for ``multilabel`` / ``matching``.
+
+    For the SavedModel export: wrap the model's output tensor with this inside the
+    signature function, after loading ``thresholds`` with :func:`load_thresholds` (the
+    thresholds become graph constants, so the server applies the run's tuned values).
+
+    Args:
+        task: ``multilabel`` or ``matching``.
+        scores: the model's output, ``[B, C]`` (multilabel) or ``[B, 1]`` (matching).
+        labels: the run's labels.
+        thresholds: ``[C]`` (multilabel) or ``[1]`` (matching) decision thresholds.
+
+    Returns:
+        multilabel: ``scores`` float32 ``[B, C]``, ``labels`` string ``[B, C]`` (label names in
+        score order) and ``predicted`` bool ``[B, C]`` (``score >= threshold``);
+        matching: ``match_score`` float32 ``[B]`` and ``match`` bool ``[B]``.
+
+    Raises:
+        ValueError: another task.
+
+    Example:
+        >>> out = serving_outputs("matching", model(features), ["0", "1"], [0.42])
+        >>> sorted(out)
+        ['match', 'match_score']
+    """
+    import tensorflow as tf
+
+    scores = tf.cast(scores, tf.float32)
+    thresholds = tf.constant(np.asarray(thresholds, dtype="float32"))
+    if task == "matching":
+        match_score = scores[:, 0]
+        return {"match_score": match_score, "match": match_score >= thresholds[0]}
+    if task == "multilabel":
+        names = tf.tile(tf.constant([list(labels)]), [tf.shape(scores)[0], 1])
+        return {"scores": scores, "labels": names, "predicted": scores >= thresholds[None, :]}
+    raise ValueError(f"task must be one of {list(THRESHOLD_TASKS)} for serving_outputs; received {task!r}")

@@ -1,0 +1,319 @@
+"""TensorBoard reporting during training, as Keras callbacks.
+
+``keras.callbacks.TensorBoard`` (added by :func:`tfmm.training.train.default_callbacks`) already
+writes the loss, the metrics and the learning rate (``epoch_learning_rate``: the
+schedule's value at the end of each epoch) under ``RUN/logs/train`` and
+``RUN/logs/validation``. These callbacks add what it does not:
+
+- :class:`ValidationSummaries`: each epoch, a confusion-matrix image and a grid of
+  validation examples (image, caption, prediction, true label) under ``logs/validation``;
+- :func:`hparams_callback`: the run's config in the HParams dashboard, next to the
+  validation metrics;
+- :class:`EmbeddingProjector`: at the end of training, the fused validation embeddings
+  (the output of the ``fusion`` layer of the ``fusion_head`` model) in the Projector,
+  with label, prediction and caption metadata and an image sprite (``logs/validation``:
+  the Projector shows them for the ``validation`` run).
+
+:func:`reporting_callbacks` builds them all for ``tfmm.train``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfmm import plots
+from tfmm.config import RunConfig
+from tfmm.data.manifest import Manifest, encode_labels, split_labels
+from tfmm.models import text
+
+logger = logging.getLogger(__name__)
+
+LOGS_DIR = "logs"
+TRAIN_RUN = "train"
+VALIDATION_RUN = "validation"
+PROJECTOR_CHECKPOINT = "projector_embeddings.ckpt"
+PROJECTOR_METADATA = "projector_metadata.tsv"
+PROJECTOR_SPRITE = "projector_sprite.png"
+# The variable's key in the checkpoint written by tf.train.Checkpoint(embedding=...).
+PROJECTOR_TENSOR = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _png_summary(name: str, png: bytes, step: int) -> None:
+    image = tf.image.decode_png(png, channels=4)
+    tf.summary.image(name, image[tf.newaxis], step=step)
+
+
+def _class_ids(manifest: Manifest, labels: Sequence[str], task: str) -> np.ndarray:
+    """Integer class ids of a single-label manifest (binary: 0/1)."""
+    targets = encode_labels(manifest, labels, task)
+    return targets[:, 0].astype(int) if task == "binary" else targets.argmax(axis=1)
+
+
+def _predicted(scores: np.ndarray, labels: Sequence[str], task: str) -> tuple:
+    """``(names, scores)`` of the prediction of each row."""
+    scores = np.asarray(scores)
+    if task == "binary":
+        positive = scores[:, 0] > 0.5
+        return ([labels[int(p)] for p in positive],
+                np.where(positive, scores[:, 0], 1.0 - scores[:, 0]).tolist())
+    if task == "multilabel":
+        names = ["|".join(labels[j] for j in np.flatnonzero(row > 0.5)) or "(none)" for row in scores]
+        return names, scores.max(axis=1).tolist()
+    return [labels[j] for j in scores.argmax(axis=1)], scores.max(axis=1).tolist()
+
+
+def _true_names(manifest: Manifest, task: str) -> list:
+    return ["|".join(sorted(split_labels(v, task))) for v in manifest.frame["label"]]
+
+
+class ValidationSummaries(keras.callbacks.Callback):
+    """Each epoch: a confusion matrix and example predictions on the validation set.
+
+    Scores the whole validation set once per logged epoch and writes two images under
+    ``log_dir/validation``: ``confusion_matrix`` (single-label tasks) and
+    ``validation_examples`` (the first ``num_examples`` rows: image, caption, predicted
+    label and score, true label; green when right, red when wrong).
+
+    Args:
+        log_dir: the TensorBoard folder (``RUN/logs``).
+        val_ds: the validation dataset, unshuffled, in ``val_manifest`` order.
+        val_manifest: the validation manifest (captions and labels).
+        labels: the label vocabulary.
+        task: ``classification``, ``binary`` or ``multilabel``.
+        num_examples: how many examples the grid shows.
+        freq: log every ``freq`` epochs (and always the last one).
+
+    Example:
+        >>> cb = ValidationSummaries("runs/a/logs", val_ds, val_manifest, labels, task="classification")
+        >>> model.fit(train_ds, validation_data=val_ds, callbacks=[cb])
+    """
+
+    def __init__(self, log_dir: str, val_ds: tf.data.Dataset, val_manifest: Manifest,
+                 labels: Sequence[str], *, task: str = "classification", num_examples: int = 8,
+                 freq: int = 1):
+        super().__init__()
+        self.full_model = None  # set when fit trains a part of the model (feature cache)
+        if freq < 1:
+            raise ValueError(f"freq must be >= 1; received {freq}")
+        self.log_dir = log_dir
+        self.val_ds = val_ds
+        self.manifest = val_manifest
+        self.labels = list(labels)
+        self.task = task
+        self.num_examples = min(num_examples, len(val_manifest))
+        self.freq = freq
+        self._writer = None
+        self._images = None
+
+    def _example_images(self) -> Optional[np.ndarray]:
+        """Pixels of the first examples, read once from the dataset."""
+        if self._images is None:
+            batch = next(iter(self.val_ds.unbatch().batch(self.num_examples).take(1)))
+            features = batch[0] if isinstance(batch, tuple) else batch
+            self._images = features["image"].numpy() if "image" in features else False
+        return self._images if self._images is not False else None
+
+    def on_train_begin(self, logs=None):
+        self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, VALIDATION_RUN))
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = self.params.get("epochs") if self.params else None
+        if (epoch + 1) % self.freq and epoch + 1 != last:
+            return
+        scores = np.asarray((self.full_model or self.model).predict(self.val_ds, verbose=0))
+        names, top = _predicted(scores, self.labels, self.task)
+        true = _true_names(self.manifest, self.task)
+        k = self.num_examples
+        with self._writer.as_default():
+            if self.task != "multilabel":
+                y_true = _class_ids(self.manifest, self.labels, self.task)
+                index = {name: i for i, name in enumerate(self.labels)}
+                cm = np.zeros((len(self.labels),) * 2, dtype=np.int64)
+                np.add.at(cm, (y_true, [index[n] for n in names]), 1)
+                fig = plots.confusion_matrix_figure(cm, self.labels, title=f"Validation, epoch {epoch + 1}")
+                _png_summary("confusion_matrix", plots.figure_to_png(fig), epoch)
+            fig = plots.examples_figure(self._example_images(), list(self.manifest.frame["text"][:k]),
+                                        names[:k], top[:k], true[:k])
+            _png_summary("validation_examples", plots.figure_to_png(fig), epoch)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def flat_hparams(config: RunConfig) -> dict:
+    """The config as ``{"model.fusion": "concat", ...}`` with HParams-friendly values."""
+    out = {}
+    for section, values in dataclasses.asdict(config).items():
+        for key, value in values.items():
+            out[f"{section}.{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
+
+
+def hparams_callback(log_dir: str, config: RunConfig, *, has_val: bool = True) -> keras.callbacks.Callback:
+    """The HParams plugin's Keras callback, recording ``config`` as this run's session.
+
+    The session is written into ``log_dir/validation`` (``log_dir/train`` without
+    validation data), where ``keras.callbacks.TensorBoard`` writes the ``epoch_*``
+    scalars: the dashboard pairs a session only with scalars in its own folder or below,
+    and cannot pair a session written at the root of the folder TensorBoard is pointed
+    at. So the metric columns show whether TensorBoard is pointed at ``RUN/logs`` or at a
+    folder of runs. The session is named after the run directory.
+    """
+    from tensorboard.plugins.hparams import api as hp
+
+    trial = os.path.basename(os.path.dirname(os.path.abspath(log_dir)))
+    session_dir = os.path.join(log_dir, VALIDATION_RUN if has_val else TRAIN_RUN)
+    return hp.KerasCallback(session_dir, flat_hparams(config), trial_id=trial)
+
+
+def fused_embedding_model(model: keras.Model) -> keras.Model:
+    """A model from the fused model's inputs to ``[fused embedding, scores]``.
+
+    The embedding is the output of the ``fusion`` layer inside the nested ``fusion_head``
+    model (before dropout and the dense head); the encoders and head share the trained
+    weights.
+
+    Raises:
+        ValueError: ``model`` is not a model from :func:`tfmm.models.build.build_model`.
+    """
+    try:
+        head = model.get_layer("fusion_head")
+        fusion = head.get_layer("fusion")
+    except ValueError as e:
+        raise ValueError(
+            "fused_embedding_model needs a tfmm model with a nested 'fusion_head' model holding "
+            f"a 'fusion' layer; received model {model.name!r}: {e}"
+        ) from e
+    head_outputs = keras.Model(head.input, [fusion.output, head.output], name="fusion_head_embedding")
+    inputs = model.input
+    features = {}
+    if "image_features" in head.input:
+        features["image_features"] = model.get_layer("image_encoder")(inputs["image"])
+    if "text_features" in head.input:
+        features["text_features"] = model.get_layer("text_encoder")({k: inputs[k] for k in text.TEXT_INPUTS})
+    return keras.Model(inputs, head_outputs(features), name="fused_embedding")
+
+
+def _clean(value: str) -> str:
+    return " ".join(str(value).split())  # no tabs or newlines inside a TSV cell
+
+
+def _write_sprite(paths: Sequence[str], out: str, size: int) -> None:
+    """Thumbnails of ``paths`` in a square grid, row-major, as the projector expects."""
+    from PIL import Image
+
+    side = math.ceil(math.sqrt(len(paths)))
+    sprite = Image.new("RGB", (side * size, side * size), "white")
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                thumb = img.convert("RGB").resize((size, size))
+        except Exception as e:  # a broken file should not lose the projector
+            logger.warning("projector sprite: cannot read %s (%s); leaving its cell blank", path, e)
+            continue
+        sprite.paste(thumb, ((i % side) * size, (i // side) * size))
+    sprite.save(out)
+
+
+class EmbeddingProjector(keras.callbacks.Callback):
+    """At the end of training, the fused validation embeddings in TensorBoard's Projector.
+
+    Writes into ``log_dir/validation``: a checkpoint holding the ``[N, D]`` embeddings
+    (the ``fusion`` layer's output for the first ``max_points`` validation rows),
+    metadata (``label``, ``predicted``, ``caption`` per row), an image sprite and
+    ``projector_config.pbtxt`` linking them. (The Projector looks for a checkpoint in each
+    run folder and its parent, so only the ``validation`` run lists it.) Placed after
+    EarlyStopping in the callback list, it embeds with the restored best weights.
+
+    Args:
+        log_dir: the TensorBoard folder (``RUN/logs``).
+        val_ds: the validation dataset, unshuffled, in ``val_manifest`` order.
+        val_manifest: the validation manifest.
+        labels: the label vocabulary.
+        task: the run's task.
+        max_points: embed at most this many rows.
+        sprite_size: thumbnail side in pixels (0: no sprite).
+    """
+
+    def __init__(self, log_dir: str, val_ds: tf.data.Dataset, val_manifest: Manifest,
+                 labels: Sequence[str], *, task: str = "classification", max_points: int = 2000,
+                 sprite_size: int = 32):
+        super().__init__()
+        self.full_model = None  # set when fit trains a part of the model (feature cache)
+        self.log_dir = log_dir
+        self.val_ds = val_ds
+        self.manifest = val_manifest
+        self.labels = list(labels)
+        self.task = task
+        self.max_points = max_points
+        self.sprite_size = sprite_size
+
+    def on_train_end(self, logs=None):
+        from tensorboard.plugins import projector
+
+        n = min(self.max_points, len(self.manifest))
+        embedder = fused_embedding_model(self.full_model or self.model)
+        ds = self.val_ds.unbatch().take(n).batch(64)
+        embeddings, scores = embedder.predict(ds.map(lambda f, *_: f), verbose=0)
+        embeddings = np.asarray(embeddings, dtype=np.float32)[:n]
+        predicted, _ = _predicted(np.asarray(scores)[:n], self.labels, self.task)
+        frame = self.manifest.frame.iloc[:n]
+        out_dir = os.path.join(self.log_dir, VALIDATION_RUN)
+        os.makedirs(out_dir, exist_ok=True)
+
+        checkpoint = tf.train.Checkpoint(embedding=tf.Variable(embeddings, name="fused_embedding"))
+        checkpoint.save(os.path.join(out_dir, PROJECTOR_CHECKPOINT))
+        with open(os.path.join(out_dir, PROJECTOR_METADATA), "w", encoding="utf-8") as f:
+            f.write("label\tpredicted\tcaption\n")
+            true = _true_names(self.manifest, self.task)[:n]
+            for label, pred, caption in zip(true, predicted, frame["text"]):
+                f.write(f"{_clean(label)}\t{_clean(pred)}\t{_clean(caption)}\n")
+
+        config = projector.ProjectorConfig()
+        embedding = config.embeddings.add()
+        embedding.tensor_name = PROJECTOR_TENSOR
+        embedding.metadata_path = PROJECTOR_METADATA
+        if self.sprite_size and self.sprite_size * math.ceil(math.sqrt(n)) <= 8192:
+            _write_sprite(list(frame["image"]), os.path.join(out_dir, PROJECTOR_SPRITE), self.sprite_size)
+            embedding.sprite.image_path = PROJECTOR_SPRITE
+            embedding.sprite.single_image_dim.extend([self.sprite_size, self.sprite_size])
+        projector.visualize_embeddings(out_dir, config)
+        logger.info("projector: %d fused embeddings of width %d in %s", n, embeddings.shape[1], out_dir)
+
+
+def reporting_callbacks(run_dir: str, config: RunConfig, val_ds: Optional[tf.data.Dataset] = None,
+                        val_manifest: Optional[Manifest] = None,
+                        labels: Optional[Sequence[str]] = None) -> list:
+    """The TensorBoard reporting callbacks for a run, writing under ``run_dir/logs``.
+
+    Always the HParams callback; with validation data and a classification, binary or
+    multilabel task, also :class:`ValidationSummaries` and :class:`EmbeddingProjector`. Append them after ``default_callbacks`` (after
+    EarlyStopping, so the projector sees the restored best weights).
+
+    Example:
+        >>> callbacks = default_callbacks(run_dir, config, True) + reporting_callbacks(
+        ...     run_dir, config, val_ds, val_manifest, labels)
+    """
+    log_dir = os.path.join(run_dir, LOGS_DIR)
+    has_val = val_ds is not None and val_manifest is not None and labels is not None
+    callbacks = [hparams_callback(log_dir, config, has_val=has_val)]
+    # Pair tasks have no classes (matching) or no per-row scores (contrastive: an in-batch
+    # similarity matrix): they get scalars and hparams only.
+    if has_val and config.model.task in ("classification", "binary", "multilabel"):
+        task = config.model.task
+        callbacks += [
+            ValidationSummaries(log_dir, val_ds, val_manifest, labels, task=task),
+            EmbeddingProjector(log_dir, val_ds, val_manifest, labels, task=task),
+        ]
+    return callbacks

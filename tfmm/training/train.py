@@ -1,0 +1,279 @@
+"""Training: strategy scope, optimizer schedule, callbacks, ``model.fit``, run directory.
+
+A run directory holds ``config.yaml`` (enough to rebuild everything), ``labels.txt``,
+``tokenizer/`` (the text preprocessor's vocabulary), ``checkpoints/``, ``logs/``
+(TensorBoard, see :mod:`tfmm.training.callbacks`), ``history.json`` / ``history.csv``,
+``training_curves.png`` and the final ``model.keras``, ``data_sources.json`` (the absolute
+paths of the training and validation manifests, when they were files; ``tfmm export`` builds
+its warmup requests from the validation rows), plus ``train_state.json``
+(running/finished, strategy, replicas, global batch) and, while training,
+``backup/<worker>/`` for crash-safe resume (see :mod:`tfmm.training.resume`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from tfmm import plots
+from tfmm.config import RunConfig, save_config
+from tfmm.data import pairs
+from tfmm.data.manifest import Manifest, check_manifest, encode_labels, read_manifest, save_labels
+from tfmm.data.pipeline import make_dataset
+from tfmm.data.validation import count_truncated
+from tfmm.files import atomic_save_model, write_json_atomic
+from tfmm.models import heads, text
+from tfmm.models.build import build_model
+from tfmm.run_dir import (
+    CONFIG_FILE, LABELS_FILE, MODEL_FILE, SKIPPED_FILE, TOKENIZER_DIR, TRAINING_CURVES_FILE,
+    write_data_sources,
+)
+from tfmm.tasks.thresholds import THRESHOLD_TASKS, tune_and_save
+from tfmm.training import distribute, feature_cache, keras_patches, precision, resume
+from tfmm.training.callbacks import reporting_callbacks
+from tfmm.training.checkpoint import AtomicBestCheckpoint, check_free_space
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model, its history and where it was saved."""
+
+    model: keras.Model
+    history: dict
+    run_dir: str
+    config: RunConfig
+    labels: list
+    initial_epoch: int = 0
+
+
+def make_optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """AdamW with linear warmup then cosine decay over the whole run."""
+    tc = config.train
+    total = max(1, steps_per_epoch * tc.epochs)
+    warmup = int(total * tc.warmup_fraction)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else tc.learning_rate,
+        decay_steps=max(1, total - warmup),
+        warmup_target=tc.learning_rate if warmup else None,
+        warmup_steps=warmup,
+        alpha=0.01,
+    )
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=tc.weight_decay)
+
+
+def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -> None:
+    """Compiles ``model`` with the task's loss and metrics (call inside the strategy scope)."""
+    mc = config.model
+    model.compile(
+        optimizer=make_optimizer(config, steps_per_epoch),
+        loss=heads.loss_for(mc.task),
+        metrics=heads.metrics_for(mc.task, mc.num_classes),
+        jit_compile=precision.jit_compile_arg(config.train.jit_compile),
+    )
+
+
+def _as_manifest(source, config: RunConfig) -> Manifest:
+    if isinstance(source, Manifest):
+        return source
+    return read_manifest(source, config.data, require_labels=pairs.labels_required(config))
+
+
+def _check_writable(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".tfmm_write_test.{os.getpid()}")  # per process: workers may share path
+    try:
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"output dir {path!r} is not writable: {e}") from e
+
+
+def default_callbacks(run_dir: str, config: RunConfig, has_val: bool, resumed: Optional[dict] = None) -> list:
+    """TensorBoard, best checkpoint, early stopping and a CSV log, all under ``run_dir``.
+
+    ``resumed`` (``{"val_loss"/"loss": best value so far}`` of a resumed run) makes the CSV
+    log append and the best checkpoint only improve on that value.
+    """
+    monitor = "val_loss" if has_val else "loss"
+    best = AtomicBestCheckpoint(os.path.join(run_dir, "checkpoints", "best.weights.h5"), monitor=monitor)
+    best.best = (resumed or {}).get(monitor)  # a resumed run's checkpoint only improves on it
+    callbacks = [
+        keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs")),
+        best,
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=resumed is not None),
+    ]
+    if config.train.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, patience=config.train.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    return callbacks
+
+
+def train(
+    config: RunConfig,
+    train_data,
+    val_data=None,
+    output_dir: str = "runs/latest",
+    *,
+    callbacks: Optional[list] = None,
+    verbose="auto",
+    overwrite: bool = False,
+    strategy: Optional[tf.distribute.Strategy] = None,
+) -> TrainResult:
+    """Trains a fused model on a manifest and writes a run directory.
+
+    Distributed training (``config.train.strategy``, see :mod:`tfmm.training.distribute`): every
+    worker runs this same call; only the chief writes ``output_dir``. An interrupted run
+    (killed, preempted) resumes when called again with the same ``output_dir``, at the
+    start of the interrupted epoch (see :mod:`tfmm.training.resume`).
+
+    Args:
+        config: the run configuration.
+        train_data: training manifest (path, DataFrame or :class:`~tfmm.data.manifest.Manifest`).
+        val_data: optional validation manifest (same forms).
+        output_dir: the run directory (created).
+        callbacks: extra Keras callbacks, added to the defaults.
+        verbose: passed to ``model.fit`` (``"auto"`` shows a progress bar).
+        overwrite: discard a previous run in ``output_dir`` and train from scratch.
+        strategy: a ``tf.distribute`` strategy to use instead of ``config.train.strategy``.
+
+    Returns:
+        A :class:`TrainResult` (``initial_epoch`` > 0 when this call resumed a run).
+
+    Raises:
+        tfmm.data.ManifestError: bad rows (all listed) and ``skip_bad_rows`` is off.
+        tfmm.resume.RunFinishedError: ``output_dir`` holds a finished run and ``overwrite`` is off.
+        OSError: ``output_dir`` is not writable.
+
+    Example:
+        >>> result = tfmm.train(tfmm.RunConfig(), "data/train.csv", "data/val.csv", "runs/a")
+        >>> result.history["val_accuracy"][-1]
+    """
+    # The strategy first: MultiWorkerMirroredStrategy must exist before TensorFlow runs an op.
+    if strategy is None:
+        strategy = distribute.select_strategy(config.train.strategy, config.train.devices)
+    if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
+        keras_patches.apply_distribute_fixes()
+    run_dir = os.path.abspath(output_dir)
+    _check_writable(run_dir)
+    start = resume.prepare_run(run_dir, config, strategy, overwrite=overwrite)
+    with distribute.worker_output_dir(run_dir, strategy) as write_dir:
+        result = _train_in(write_dir, start, strategy, config, train_data, val_data, callbacks, verbose)
+        distribute.barrier(strategy)
+    return dataclasses.replace(result, run_dir=run_dir)
+
+
+def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks, verbose) -> TrainResult:
+    """The body of :func:`train`: ``run_dir`` is where this worker writes (the chief: the
+    run directory; another worker: a temporary folder)."""
+    keras.utils.set_random_seed(config.train.seed)
+    task, dc = config.model.task, config.data
+    skipped = os.path.join(run_dir, SKIPPED_FILE)
+    if os.path.exists(skipped):
+        os.remove(skipped)
+
+    train_m = check_manifest(
+        _as_manifest(train_data, config), task=task, labels=pairs.fixed_labels(task),
+        skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
+    )
+    labels = pairs.label_vocab(train_m, task)
+    train_m = pairs.prepare_manifest(train_m, config, seed=config.train.seed)  # pair tasks only
+    val_m = None
+    if val_data is not None:
+        val_m = check_manifest(
+            _as_manifest(val_data, config), task=task, labels=labels,
+            skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
+        )
+        val_m = pairs.prepare_manifest(val_m, config, seed=config.train.seed + 1)
+    config = config.replace(model={"num_classes": len(labels)})
+    heads.output_units(task, len(labels))  # fail early on a wrong label count
+    logger.info("training on %d rows, %d labels%s", len(train_m), len(labels),
+                f", validating on {len(val_m)} rows" if val_m is not None else "")
+
+    preprocessor = None
+    if config.model.uses_text:
+        preprocessor = text.load_text_preprocessor(config.model.text_encoder, dc.sequence_length)
+        if hasattr(preprocessor, "save"):
+            preprocessor.save(os.path.join(run_dir, TOKENIZER_DIR))
+        truncated = count_truncated(train_m.frame["text"].tolist(), preprocessor)
+        if truncated:
+            logger.warning("%d of %d training texts are longer than %d tokens and were truncated "
+                           "(--sequence-length)", truncated, len(train_m), dc.sequence_length)
+
+    global_batch = distribute.global_batch_size(config.train.batch_size, strategy)
+    logger.info("strategy %s: %d replica(s), global batch %d",
+                distribute.strategy_name(strategy), strategy.num_replicas_in_sync, global_batch)
+    common = dict(config=dc, preprocessor=preprocessor, labels=labels, task=task,
+                  modalities=config.model.modalities, batch_size=global_batch)
+    train_ds = make_dataset(train_m, shuffle=True, seed=config.train.seed,
+                                   shuffle_buffer=config.train.shuffle_buffer, **common)
+    val_ds = make_dataset(val_m, **common) if val_m is not None else None
+    steps_per_epoch = math.ceil(len(train_m) / global_batch)
+
+    save_config(config, os.path.join(run_dir, CONFIG_FILE))
+    save_labels(labels, os.path.join(run_dir, LABELS_FILE))
+    write_data_sources(run_dir, train_data, val_data)
+    with strategy.scope(), precision.dtype_policy(config.train.mixed_precision):
+        model = build_model(config)
+        optimizer_config = _scaled_learning_rate(config, strategy)
+        compile_model(model, optimizer_config, steps_per_epoch)
+    check_free_space(model, run_dir)
+    if start.chief:
+        resume.write_state(start.run_dir, distribution={
+            **distribute.describe(strategy, config.train.batch_size),
+            "learning_rate": optimizer_config.train.learning_rate})
+    backup = resume.TrainingBackup(start.backup_dir, save_freq=config.train.save_every or "epoch")
+    fit_callbacks = (
+        default_callbacks(run_dir, config, val_ds is not None, start.best if start.resumed else None)
+        + reporting_callbacks(run_dir, config, val_ds, val_m, labels) + list(callbacks or [])
+        + [backup]  # the backup last: each epoch is logged before it counts as done
+    )
+    cached = feature_cache.cached_modalities(config, strategy=strategy, manifests=(train_m, val_m))
+    if cached:  # frozen encoders run once; the rest trains on their stored features
+        history = feature_cache.fit_with_cached_features(
+            model, config, train_m, val_m, cached=cached, labels=labels,
+            compile_fn=lambda m: compile_model(m, optimizer_config, steps_per_epoch),
+            cache_dir=config.train.cache_dir or os.path.join(run_dir, feature_cache.DEFAULT_CACHE_DIR),
+            preprocessor=preprocessor, strategy=strategy, batch_size=global_batch,
+            callbacks=fit_callbacks, verbose=verbose,
+        )
+    else:
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=config.train.epochs,
+            callbacks=fit_callbacks, verbose=verbose,
+        )
+    atomic_save_model(model, os.path.join(run_dir, MODEL_FILE))
+    if task in THRESHOLD_TASKS:  # multilabel, matching: thresholds.json
+        y_val = encode_labels(val_m, labels, task) if val_m is not None else None
+        tune_and_save(model, val_ds, y_val, run_dir, task, labels)
+    hist = {k: list(start.prior_history.get(k, [])) + [float(v) for v in history.history.get(k, [])]
+            for k in {**start.prior_history, **history.history}}
+    write_json_atomic(os.path.join(run_dir, "history.json"), hist)
+    plots.save_png(plots.training_curves_figure(hist), os.path.join(run_dir, TRAINING_CURVES_FILE))
+    completed = start.initial_epoch + len(history.history.get("loss", []))
+    resume.finish_run(start, epochs_completed=completed, stopped_early=completed < config.train.epochs)
+    logger.info("saved run to %s", run_dir)
+    return TrainResult(model, hist, run_dir, config, labels, initial_epoch=start.initial_epoch)
+
+
+def _scaled_learning_rate(config: RunConfig, strategy: tf.distribute.Strategy) -> RunConfig:
+    """The config the optimizer is built from: the learning rate x replicas when
+    ``scale_learning_rate`` is on (config.yaml keeps the unscaled value)."""
+    tc = config.train
+    lr = distribute.scaled_learning_rate(tc.learning_rate, strategy, tc.scale_learning_rate)
+    if lr != tc.learning_rate:
+        logger.info("learning rate scaled linearly to %g (%g x %d replicas)", lr, tc.learning_rate,
+                    strategy.num_replicas_in_sync)
+    return config.replace(train={"learning_rate": lr})
