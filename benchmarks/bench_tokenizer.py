@@ -7,7 +7,7 @@ to 64 tokens; ``tfmm.models.text.KerasHubTextPreprocessor`` (core ops) vs KerasH
 ``BertTextClassifierPreprocessor`` (TF Text ops), each in a ``tf.function``.
 
 Whole signature: the default model (VGG16 at 224 + MiniLM, frozen, trained for one epoch on
-36 JPEGs) exported twice with ``tfmm.serving.export.build_export_archive``: once as tfmm exports it
+36 JPEGs) exported twice with ``tfmm.serving.archive.build_export_archive``: once as tfmm exports it
 (core-op tokenizer), once with the TF Text preprocessor swapped in; both SavedModels are
 loaded back and ``serving_default`` is called on the same raw JPEG bytes + texts, alternating.
 
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     import tensorflow as tf
 
     from tfmm.run_dir import load_run
-    from tfmm.serving.export import build_export_archive
+    from tfmm.serving.archive import build_export_archive
     from tfmm.models.text import KerasHubTextPreprocessor, minilm_path
     from tfmm.training.train import train
 

@@ -120,7 +120,7 @@ def write_jpeg_dataset(folder: str, n: int, *, size: int = 256, seed: int = 0, q
 
     Labels are ``"<colour> <shape>"`` as in the demo (colour only in the caption).
     """
-    from tfmm.data.demo_data import COLOURS, SHAPES, TEMPLATES, _draw_shape
+    from tfmm.data.demo_data import COLOURS, SHAPES, TEMPLATES, draw_shape
 
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
@@ -131,7 +131,7 @@ def write_jpeg_dataset(folder: str, n: int, *, size: int = 256, seed: int = 0, q
         for i in range(n):
             k = i % (len(COLOURS) * len(SHAPES))
             colour, shape = COLOURS[k // len(SHAPES)], SHAPES[k % len(SHAPES)]
-            image = _draw_shape(rng, shape, size)
+            image = draw_shape(rng, shape, size)
             pixels = np.asarray(image).astype(np.int16) + rng.integers(-20, 20, (size, size, 3))
             rel = f"images/{i:05d}.jpg"
             from PIL import Image

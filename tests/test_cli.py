@@ -8,7 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
-from tfmm.cli import build_parser, config_from_args, main
+from tfmm.cli import main
+from tfmm.cli_parser import build_parser, config_from_args
 
 
 def _train_args(demo_data, tiny_bert, run_dir, *extra):

@@ -14,8 +14,9 @@ from PIL import Image
 
 import tfmm
 from tfmm.cli import main
+from tfmm.run_dir import THRESHOLDS_FILE
 from tfmm.tasks import contrastive
-from tfmm.tasks.thresholds import THRESHOLDS_FILE, load_thresholds
+from tfmm.tasks.thresholds import load_thresholds
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 TEMPLATES = ("a {} one", "this thing is {}", "a picture of something {}", "painted {}")

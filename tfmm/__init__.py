@@ -11,7 +11,9 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from tfmm.config import DataConfig, ModelConfig, RunConfig, TrainConfig, load_config, save_config  # noqa: E402
+from tfmm.config import (  # noqa: E402
+    DataConfig, ModelConfig, RunConfig, TrainConfig, load_config, save_config,
+)
 from tfmm.data.manifest import Manifest, read_manifest  # noqa: E402
 from tfmm.data.pipeline import make_dataset  # noqa: E402
 from tfmm.data.validation import ManifestError  # noqa: E402

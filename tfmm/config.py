@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import yaml
 
+from tfmm.files import atomic_write
+
 TASKS = ("classification", "binary", "multilabel", "matching", "contrastive")
 FUSIONS = ("concat", "sum", "mean", "gated")
 MODALITIES = ("both", "image", "text")
@@ -278,7 +280,5 @@ def load_config(path: str) -> RunConfig:
 
 def save_config(config: RunConfig, path: str) -> None:
     """Writes ``config`` as YAML (atomically: temp file + rename)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)

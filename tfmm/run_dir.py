@@ -27,26 +27,28 @@ from tfmm.models import text
 
 logger = logging.getLogger(__name__)
 
-
+# Written by training (train, resume, callbacks, thresholds):
 CONFIG_FILE = "config.yaml"
-
-
 LABELS_FILE = "labels.txt"
-
-
 MODEL_FILE = "model.keras"
-
-
 TOKENIZER_DIR = "tokenizer"
-
-
 SKIPPED_FILE = "skipped_rows.csv"
-
-
 TRAINING_CURVES_FILE = "training_curves.png"
-
-
 DATA_SOURCES_FILE = "data_sources.json"
+HISTORY_FILE = "history.json"  # every epoch's logs, epochs before a resume included
+HISTORY_CSV = "history.csv"
+STATE_FILE = "train_state.json"
+BEST_CHECKPOINT = os.path.join("checkpoints", "best.weights.h5")
+LOGS_DIR = "logs"
+THRESHOLDS_FILE = "thresholds.json"
+DEFAULT_CACHE_DIR = "feature_cache"
+# Written by evaluate (the default report folder is the run directory):
+METRICS_FILE = "metrics.json"
+PER_CLASS_FILE = "per_class.csv"
+CONFUSION_MATRIX_FILE = "confusion_matrix.png"
+ROC_CURVE_FILE = "roc_curve.png"
+PR_CURVE_FILE = "pr_curve.png"
+ABLATION_FILE = "ablation.json"
 
 
 def manifest_source(data) -> Optional[dict]:
@@ -87,9 +89,6 @@ def read_data_sources(run_dir: str) -> dict:
         logger.warning("ignoring unreadable %s: %s", path, e)
         return {}
     return sources if isinstance(sources, dict) else {}
-
-
-METRICS_FILE = "metrics.json"  # written by evaluate
 
 
 @dataclasses.dataclass

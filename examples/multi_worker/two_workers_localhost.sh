@@ -20,7 +20,7 @@ export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
 if [[ -z "$TRAIN" ]]; then
   DATA=${DATA:-data/multi_worker_demo}
-  python -c "from tfmm.demo_data import write_demo_dataset; write_demo_dataset('$DATA', n_train=360, n_val=90, n_test=90)"
+  python -c "from tfmm.data.demo_data import write_demo_dataset; write_demo_dataset('$DATA', n_train=360, n_val=90, n_test=90)"
   TRAIN=$DATA/train.csv VAL=$DATA/val.csv
 fi
 

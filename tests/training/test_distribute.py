@@ -112,7 +112,7 @@ def test_manifest_datasets_shard_by_element(demo_data):
 
 
 def test_train_config_fields_and_cli_flags():
-    from tfmm.cli import build_parser, config_from_args
+    from tfmm.cli_parser import build_parser, config_from_args
     from tfmm.config import TrainConfig
 
     assert TrainConfig(devices=["GPU:0", "GPU:1"]).devices == "GPU:0,GPU:1"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfmm.cli import build_parser, config_from_args
+from tfmm.cli_parser import build_parser, config_from_args
 from tfmm.data.images import decode_image
 from tfmm.data.manifest import Manifest, read_manifest
 from tfmm.evaluation.metrics import predict_scores

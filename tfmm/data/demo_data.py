@@ -32,8 +32,13 @@ TEMPLATES = (
 )
 
 
-def _draw_shape(rng: np.random.Generator, shape: str, size: int) -> Image.Image:
-    """Draws one gray shape at a random place and scale on a noisy background."""
+def draw_shape(rng: np.random.Generator, shape: str, size: int) -> Image.Image:
+    """Draws one gray ``shape`` (one of :data:`SHAPES`) at a random place and scale on a noisy
+    ``size`` x ``size`` background; the demo images are made with it.
+
+    Example:
+        >>> draw_shape(np.random.default_rng(0), "circle", 64).save("circle.png")
+    """
     bg = rng.integers(0, 70, size=(size, size, 1), dtype=np.uint8).repeat(3, axis=2)
     img = Image.fromarray(bg, "RGB")
     draw = ImageDraw.Draw(img)
@@ -89,7 +94,7 @@ def write_demo_dataset(
                 k = i % (len(COLOURS) * len(SHAPES))
                 colour, shape = COLOURS[k // len(SHAPES)], SHAPES[k % len(SHAPES)]
                 rel = f"images/{split}_{i:05d}.png"
-                _draw_shape(rng, shape, image_size).save(os.path.join(out_dir, rel))
+                draw_shape(rng, shape, image_size).save(os.path.join(out_dir, rel))
                 template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
                 writer.writerow([rel, template.format(c=colour), f"{colour} {shape}"])
         paths[split] = manifest

@@ -87,3 +87,59 @@ def decode_image(image_bytes, image_size: int, max_pixels: Optional[int] = None,
         image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     image = tf.image.resize(image, (image_size, image_size), method="bilinear")
     return tf.cast(image, tf.float32)
+
+
+# First bytes of each format tf.io.decode_image reads.
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def _first(indices: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+    """The smallest of ``indices``, or ``n`` when there is none (safe in an assert message)."""
+    return tf.reduce_min(tf.concat([indices, [n]], 0))
+
+
+def check_image_bytes(image_bytes: tf.Tensor) -> tf.Operation:
+    """An assert that every element starts like a JPEG, PNG, GIF or BMP file, naming the first bad index."""
+    ok = tf.zeros_like(image_bytes, dtype=tf.bool)
+    for magic in IMAGE_MAGIC:
+        ok |= tf.strings.substr(image_bytes, 0, len(magic)) == magic
+    index = tf.range(tf.size(image_bytes))
+    bad = tf.boolean_mask(index, ~ok)
+    first = _first(bad, tf.size(image_bytes))
+    size = tf.reduce_sum(tf.where(index == first, tf.strings.length(image_bytes), 0))
+    message = tf.strings.format(
+        "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image ({} bytes); bad indices: {}. Send the "
+        "encoded file bytes (in REST, base64-encoded under the key b64).", (first, size, bad),
+        summarize=20,
+    )
+    return tf.debugging.Assert(tf.reduce_all(ok), [message])
+
+
+def decode_images(image_bytes: tf.Tensor, image_size: int, max_pixels: int = None) -> tf.Tensor:
+    """Encoded images ``[B]`` -> ``[B, S, S, 3]`` float32, with :func:`tfmm.data.images.decode_image`.
+
+    Decoding runs in a ``tf.data`` pipeline inside the graph (in parallel, order kept;
+    ``Dataset.get_single_element`` is the documented way to use tf.data in a serving
+    signature) so that an image that fails to decode is *named*: ``ignore_errors`` drops
+    it and the assert below reports its index, instead of a bare decoder error. With
+    ``max_pixels``, each header's width x height is checked before its pixels are decoded,
+    so a decompression bomb is refused (and named) without a large allocation.
+    """
+    with tf.control_dependencies([check_image_bytes(image_bytes)]):
+        n = tf.size(image_bytes)
+    index = tf.range(n)
+    ds = tf.data.Dataset.from_tensor_slices((index, image_bytes))
+    ds = ds.map(lambda i, b: (i, decode_image(b, image_size, max_pixels)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors().batch(tf.cast(tf.maximum(n, 1), tf.int64))
+    # The batch is missing when no image decoded: fall back to an empty one.
+    empty = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), tf.zeros([0, image_size, image_size, 3])))
+    decoded, images = ds.concatenate(empty).take(1).get_single_element()
+    failed = tf.boolean_mask(index, tf.scatter_nd(decoded[:, tf.newaxis], tf.ones_like(decoded), [n]) == 0)
+    message = tf.strings.format(
+        "image_bytes[{}] could not be decoded (corrupt or truncated image, or more than "
+        f"{max_pixels or 'the'} pixels (max_image_pixels) in its header); bad indices: {{}}",
+        (_first(failed, n), failed), summarize=20,
+    )
+    with tf.control_dependencies([tf.debugging.Assert(tf.size(failed) == 0, [message])]):
+        return tf.ensure_shape(tf.identity(images), [None, image_size, image_size, 3])

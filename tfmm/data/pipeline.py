@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfmm.config import DataConfig
 from tfmm.data.images import decode_image
 from tfmm.data.manifest import Manifest, encode_labels
+from tfmm.data.tfrecords import record_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -66,30 +67,8 @@ def make_dataset(
     with_targets = labels is not None and manifest.has_labels
     in_memory = should_cache_in_memory(config, len(frame), use_image)
 
-    if manifest.records is not None:
-        # 1'. records of a `tfmm prepare` folder (read in parallel when shuffling).
-        from tfmm.data import tfrecords
-
-        ds, load = tfrecords.record_dataset(
-            manifest, image_size=config.image_size, use_image=use_image,
-            labels=labels if with_targets else None, task=task,
-            shuffle=shuffle and not in_memory, seed=seed,
-        )
-    else:
-        columns = {"image": frame["image"].to_numpy(dtype=str), "text": frame["text"].to_numpy(dtype=str)}
-        if with_targets:
-            columns["targets"] = encode_labels(manifest, labels, task)
-        # 1. list: one element per row.
-        ds = tf.data.Dataset.from_tensor_slices(columns)
-
-        def load(example):
-            out = {"text": example["text"]}
-            if use_image:
-                out["image"] = decode_image(tf.io.read_file(example["image"]), config.image_size,
-                                            config.max_image_pixels, name=example["image"])
-            if with_targets:
-                out["targets"] = example["targets"]
-            return out
+    ds, load = _rows_and_loader(manifest, config, labels=labels if with_targets else None, task=task,
+                                use_image=use_image, shuffle_records=shuffle and not in_memory, seed=seed)
 
     def shuffled(d):
         return d.shuffle(min(shuffle_buffer, len(frame)), seed=seed, reshuffle_each_iteration=True)
@@ -120,6 +99,36 @@ def make_dataset(
     # 6. prefetch so the model never waits for input.
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(pipeline_options(config))
+
+
+def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, task: str, use_image: bool,
+                     shuffle_records: bool, seed: int) -> tuple:
+    """Step 1 of :func:`make_dataset`: ``(dataset of rows, load)``, ``load`` reading and decoding
+    one row. ``labels`` is ``None`` for a pipeline without targets."""
+    frame = manifest.frame
+    if manifest.records is not None:
+        # 1'. records of a `tfmm prepare` folder (read in parallel when shuffling).
+        ds, load = record_dataset(
+            manifest, image_size=config.image_size, use_image=use_image,
+            labels=labels, task=task,
+            shuffle=shuffle_records, seed=seed,
+        )
+    else:
+        columns = {"image": frame["image"].to_numpy(dtype=str), "text": frame["text"].to_numpy(dtype=str)}
+        if labels is not None:
+            columns["targets"] = encode_labels(manifest, labels, task)
+        # 1. list: one element per row.
+        ds = tf.data.Dataset.from_tensor_slices(columns)
+
+        def load(example):
+            out = {"text": example["text"]}
+            if use_image:
+                out["image"] = decode_image(tf.io.read_file(example["image"]), config.image_size,
+                                            config.max_image_pixels, name=example["image"])
+            if labels is not None:
+                out["targets"] = example["targets"]
+            return out
+    return ds, load
 
 
 def pipeline_options(config: DataConfig) -> tf.data.Options:

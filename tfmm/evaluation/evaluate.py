@@ -19,7 +19,7 @@ from tfmm.data.manifest import Manifest, check_manifest, read_manifest
 from tfmm.evaluation import curves, reports
 from tfmm.evaluation.metrics import class_scores, predict_scores, score_metrics
 from tfmm.models import text
-from tfmm.run_dir import LoadedRun, load_run
+from tfmm.run_dir import ABLATION_FILE, LoadedRun, load_run
 from tfmm.tasks.metrics import top_k
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def evaluate(run, data, *, report_dir: Optional[str] = None, ablate: bool = Fals
                 metrics["accuracy"], metrics["f1_macro"])
     if ablate:
         ablation = modality_ablation(run, manifest, full_metrics=metrics, blank_image=blank_image)
-        reports.write_json(ablation, os.path.join(out_dir, reports.ABLATION_FILE))
+        reports.write_json(ablation, os.path.join(out_dir, ABLATION_FILE))
         metrics = {**metrics, "ablation": ablation}
     return metrics
 

@@ -15,15 +15,10 @@ import os
 from typing import Mapping, Optional, Sequence
 
 from tfmm import plots
+from tfmm.run_dir import CONFUSION_MATRIX_FILE, METRICS_FILE, PER_CLASS_FILE, PR_CURVE_FILE, ROC_CURVE_FILE
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-PER_CLASS_FILE = "per_class.csv"
-CONFUSION_MATRIX_FILE = "confusion_matrix.png"
-ROC_CURVE_FILE = "roc_curve.png"
-PR_CURVE_FILE = "pr_curve.png"
-ABLATION_FILE = "ablation.json"
 
 # Metrics compared in the summary and ablation tables (those present are shown).
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",

@@ -36,23 +36,21 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from tfmm.data.images import decode_image
 from tfmm.data.manifest import Manifest, check_manifest, read_manifest
+from tfmm.files import publish_dir, write_text_atomic
 from tfmm.models import heads
 from tfmm.serving import protocol, saved_model, serving_compat
+from tfmm.serving.archive import SignatureOutputs, build_export_archive
 from tfmm.serving.export_check import (
     CheckReport, ExportCheckError, check_export, synthetic_images, write_json,
 )
-from tfmm.serving.saved_model import ASSETS_EXTRA, CHECK_FILE, METADATA_FILE, SIGNATURE
+from tfmm.serving.saved_model import ASSETS_EXTRA, CHECK_FILE, METADATA_FILE, PIXELS_SIGNATURE, SIGNATURE
 
 logger = logging.getLogger(__name__)
 
-PIXELS_SIGNATURE = "serving_pixels"
 MODELS_CONFIG = "models.config"
 BATCHING_CONFIG = "batching.config"
 MAX_SAMPLE_IMAGE_BYTES = 2_000_000  # larger files are left out of the stored check sample
-# First bytes of each format tf.io.decode_image reads.
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
 BATCHING_TEXT = """\
 # TF Serving batching parameters (BatchingParameters text proto), used with
@@ -80,180 +78,6 @@ class ExportResult:
 
 
 # --- the serving graph ----------------------------------------------------------------------
-
-def _first(indices: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
-    """The smallest of ``indices``, or ``n`` when there is none (safe in an assert message)."""
-    return tf.reduce_min(tf.concat([indices, [n]], 0))
-
-
-def check_image_bytes(image_bytes: tf.Tensor) -> tf.Operation:
-    """An assert that every element starts like a JPEG, PNG, GIF or BMP file, naming the first bad index."""
-    ok = tf.zeros_like(image_bytes, dtype=tf.bool)
-    for magic in IMAGE_MAGIC:
-        ok |= tf.strings.substr(image_bytes, 0, len(magic)) == magic
-    index = tf.range(tf.size(image_bytes))
-    bad = tf.boolean_mask(index, ~ok)
-    first = _first(bad, tf.size(image_bytes))
-    size = tf.reduce_sum(tf.where(index == first, tf.strings.length(image_bytes), 0))
-    message = tf.strings.format(
-        "image_bytes[{}] is not a JPEG, PNG, GIF or BMP image ({} bytes); bad indices: {}. Send the "
-        "encoded file bytes (in REST, base64-encoded under the key b64).", (first, size, bad),
-        summarize=20,
-    )
-    return tf.debugging.Assert(tf.reduce_all(ok), [message])
-
-
-def decode_images(image_bytes: tf.Tensor, image_size: int, max_pixels: int = None) -> tf.Tensor:
-    """Encoded images ``[B]`` -> ``[B, S, S, 3]`` float32, with :func:`tfmm.data.images.decode_image`.
-
-    Decoding runs in a ``tf.data`` pipeline inside the graph (in parallel, order kept;
-    ``Dataset.get_single_element`` is the documented way to use tf.data in a serving
-    signature) so that an image that fails to decode is *named*: ``ignore_errors`` drops
-    it and the assert below reports its index, instead of a bare decoder error. With
-    ``max_pixels``, each header's width x height is checked before its pixels are decoded,
-    so a decompression bomb is refused (and named) without a large allocation.
-    """
-    with tf.control_dependencies([check_image_bytes(image_bytes)]):
-        n = tf.size(image_bytes)
-    index = tf.range(n)
-    ds = tf.data.Dataset.from_tensor_slices((index, image_bytes))
-    ds = ds.map(lambda i, b: (i, decode_image(b, image_size, max_pixels)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors().batch(tf.cast(tf.maximum(n, 1), tf.int64))
-    # The batch is missing when no image decoded: fall back to an empty one.
-    empty = tf.data.Dataset.from_tensors((tf.zeros([0], tf.int32), tf.zeros([0, image_size, image_size, 3])))
-    decoded, images = ds.concatenate(empty).take(1).get_single_element()
-    failed = tf.boolean_mask(index, tf.scatter_nd(decoded[:, tf.newaxis], tf.ones_like(decoded), [n]) == 0)
-    message = tf.strings.format(
-        "image_bytes[{}] could not be decoded (corrupt or truncated image, or more than "
-        f"{max_pixels or 'the'} pixels (max_image_pixels) in its header); bad indices: {{}}",
-        (_first(failed, n), failed), summarize=20,
-    )
-    with tf.control_dependencies([tf.debugging.Assert(tf.size(failed) == 0, [message])]):
-        return tf.ensure_shape(tf.identity(images), [None, image_size, image_size, 3])
-
-
-def task_outputs(scores, task: str, labels: tf.Tensor, thresholds=None) -> dict:
-    """The signature's outputs from the model's: ``scores`` and ``labels`` for class tasks
-    (binary: both classes; multilabel adds ``predicted``), ``match_score`` and ``match`` for
-    matching (see :func:`tfmm.tasks.thresholds.serving_outputs`), the model's own outputs otherwise."""
-    if isinstance(scores, dict):
-        return dict(scores)
-    if task in ("multilabel", "matching"):
-        from tfmm.tasks.thresholds import load_thresholds, serving_outputs
-
-        names = [n.decode() if isinstance(n, bytes) else n for n in labels.numpy().tolist()]
-        return serving_outputs(task, scores, names, thresholds)
-    if task not in heads.HEAD_TASKS:
-        return {"outputs": scores}
-    if task == "binary":
-        scores = tf.concat([1.0 - scores, scores], axis=1)
-    return {"scores": scores, "labels": tf.tile(labels[tf.newaxis], [tf.shape(scores)[0], 1])}
-
-
-class SignatureOutputs:
-    """Model features -> the signature's outputs, for every task (in graph and eagerly).
-
-    Contrastive runs are served through their towers: ``similarity`` (cosine of the row's
-    image and text), ``image_embedding`` and ``text_embedding`` (L2-normalized), since the
-    model's own output is an in-batch similarity matrix.
-    """
-
-    def __init__(self, run):
-        self.run, self.task = run, run.config.model.task
-        self.labels = tf.constant(list(run.labels) or [""], dtype=tf.string)
-        self.thresholds = None
-        if self.task in ("multilabel", "matching"):
-            from tfmm.tasks.thresholds import load_thresholds, serving_outputs
-
-            self.thresholds = load_thresholds(run.run_dir, list(run.labels) if self.task == "multilabel" else ["1"])
-        if self.task == "contrastive":
-            from tfmm.tasks import contrastive
-
-            self.image_tower = contrastive.image_embedding_model(run.model)
-            self.text_tower = contrastive.text_embedding_model(run.model)
-
-    def embed_image(self, images):
-        return self.image_tower(images, training=False)
-
-    def embed_text(self, tokens):
-        return self.text_tower(tokens, training=False)
-
-    def __call__(self, features: dict) -> dict:
-        if self.task == "contrastive":
-            a = self.embed_image(features["image"])
-            b = self.embed_text({k: v for k, v in features.items() if k != "image"})
-            return {"similarity": tf.reduce_sum(a * b, axis=1), "image_embedding": a, "text_embedding": b}
-        return task_outputs(self.run.model(features, training=False), self.task, self.labels, self.thresholds)
-
-
-def _text_resources(preprocessor) -> list:
-    """The trackable parts (tokenizer, packer, lookup tables, loaded SavedModels) of a preprocessor."""
-    trackable = tf.__internal__.tracking.Trackable
-    if isinstance(preprocessor, trackable):
-        return [preprocessor]
-    return [value for value in vars(preprocessor).values() if isinstance(value, trackable)]
-
-
-def build_export_archive(run) -> keras.export.ExportArchive:
-    """A ``keras.export.ExportArchive`` with the ``serving_default`` and ``serving_pixels`` endpoints.
-
-    Args:
-        run: a :class:`~tfmm.run_dir.LoadedRun`.
-
-    Example:
-        >>> build_export_archive(load_run("runs/demo")).write_out("/tmp/model/1")
-    """
-    mc, size = run.config.model, run.config.data.image_size
-    outputs_of = SignatureOutputs(run)
-    archive = keras.export.ExportArchive()
-    archive.track(run.model)
-    if mc.uses_text:
-        run.preprocessor(tf.constant(["tfmm"]))  # builds the tokenizer layers before tracking
-        for resource in _text_resources(run.preprocessor):
-            archive.track(resource)
-
-    def predict(images, text):
-        n = tf.shape(images if mc.uses_image else text)[0]
-        if mc.modalities == "both":
-            tf.debugging.assert_equal(
-                n, tf.shape(text)[0],
-                message="one text per image: the image input and text must have the same length",
-            )
-        # An empty batch runs on one padding row (oneDNN convolutions fail on 0 rows).
-        pad = tf.maximum(1 - n, 0)
-        features = {}
-        if mc.uses_image:
-            features["image"] = tf.concat([images, tf.zeros([pad, size, size, 3])], 0)
-        if mc.uses_text:
-            features.update(run.preprocessor(tf.concat([text, tf.fill([pad], "")], 0)))
-        return tf.nest.map_structure(lambda t: t[:n], outputs_of(features))
-
-    def serve_bytes(image_bytes, text):
-        images = decode_images(image_bytes, size, run.config.data.max_image_pixels) if mc.uses_image else image_bytes
-        return predict(images, text)
-
-    text_spec = tf.TensorSpec([None], tf.string, name="text")
-    archive.add_endpoint(SIGNATURE, serve_bytes,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes"), text_spec])
-    archive.add_endpoint(PIXELS_SIGNATURE, predict, input_signature=[
-        tf.TensorSpec([None, size, size, 3], tf.float32, name="image"), text_spec])
-    if mc.task == "contrastive":  # vectors for an ANN index
-        def embed_image(image_bytes):
-            n = tf.size(image_bytes)
-            images = decode_images(image_bytes, size, run.config.data.max_image_pixels)
-            images = tf.concat([images, tf.zeros([tf.maximum(1 - n, 0), size, size, 3])], 0)
-            return {"embedding": outputs_of.embed_image(images)[:n]}
-
-        def embed_text(text):
-            n = tf.size(text)
-            tokens = run.preprocessor(tf.concat([text, tf.fill([tf.maximum(1 - n, 0)], "")], 0))
-            return {"embedding": outputs_of.embed_text(tokens)[:n]}
-
-        archive.add_endpoint("embed_image", embed_image,
-                             input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        archive.add_endpoint("embed_text", embed_text, input_signature=[text_spec])
-    return archive
 
 
 # --- versions, assets and the export itself ---------------------------------------------------
@@ -284,9 +108,7 @@ def write_serving_configs(export_root: str, model_name: str) -> list:
         if os.path.exists(path):
             logger.info("kept the existing %s", path)
             continue
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        write_text_atomic(path, text)
         written.append(path)
     return written
 
@@ -495,6 +317,25 @@ def export_for_serving(
     run = _resolve_run(run)
     root = os.path.abspath(export_dir or os.path.join("saved_models", os.path.basename(run.run_dir.rstrip("/"))))
     model_name = model_name or os.path.basename(root)
+    version, final = _new_version(root, version, warmup_records)
+    os.makedirs(root, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=root)  # not an integer: servers ignore it
+    try:
+        build_export_archive(run).write_out(tmp, verbose=False)  # stage
+        metadata, warmup_source = _write_assets(tmp, run, model_name, version, warmup_data, warmup_records, check_rows)
+        report, verdict = _check_staged(tmp, metadata, check)
+        publish_dir(tmp, final)  # atomic: a polling server sees all of the version or none of it
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if report is not None:
+        report.path = final
+    write_serving_configs(root, model_name)
+    logger.info("exported %s (model %r, version %d); TF Serving: %s", final, model_name, version, verdict["summary"])
+    return ExportResult(final, root, model_name, version, report, metadata, warmup_source)
+
+
+def _new_version(root: str, version: Optional[int], warmup_records: int) -> tuple:
+    """``(version, version folder)`` to write: the next integer by default; never an existing one."""
     if version is None:
         version = next_version(root)
     elif int(version) < 1:
@@ -507,46 +348,52 @@ def export_for_serving(
             f"{final} already exists and versions are never overwritten; omit --version for the "
             f"next one ({next_version(root)})"
         )
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=root)  # not an integer: servers ignore it
-    try:
-        build_export_archive(run).write_out(tmp, verbose=False)
-        extra = os.path.join(tmp, ASSETS_EXTRA)
-        os.makedirs(extra, exist_ok=True)
-        # Real rows (--warmup-data, else the run's validation manifest) are read and checked
-        # once, for the warmup and the check sample; without them both use synthetic images.
-        rows, warmup_source = _warmup_rows(run, warmup_data, max(warmup_records, 4 * check_rows))
-        if rows is None:
-            logger.warning("warmup requests and check sample from %s", warmup_source)
-        sample = make_check_sample(run, rows, check_rows)
-        write_json(os.path.join(extra, CHECK_FILE), sample)
-        if rows is not None:
-            frame = rows.frame.head(warmup_records)
-            requests = [protocol.grpc_request([b], [t], model_name=model_name)
-                        for b, t in zip(saved_model.read_files(frame["image"]), frame["text"])]
-        else:
-            requests = _synthetic_requests(sample, model_name, warmup_records)
-        n_warmup = protocol.write_warmup(os.path.join(tmp, saved_model.WARMUP_FILE), requests) if requests else 0
-        warmup_source = f"{n_warmup} request(s) from {warmup_source}" if n_warmup else "none (warmup_records=0)"
-        metadata = _metadata(run, model_name, int(version), n_warmup)
-        metadata["warmup_source"] = warmup_source
-        write_json(os.path.join(extra, METADATA_FILE), metadata)
-        report = check_export(tmp) if check else None
-        if report is not None:
-            metadata.update(ops={k: v for k, v in report.ops.items() if k != "tensorflow"},
-                            checks=[dataclasses.asdict(c) for c in report.checks])
-        verdict = serving_verdict(tmp, report)
-        metadata["serving"] = verdict  # core_ops_only, non_core_ops, oldest_tf_serving, notes, summary
-        write_json(os.path.join(extra, METADATA_FILE), metadata)
-        if report is not None and not report.ok:
-            raise ExportCheckError(report)
-        os.rename(tmp, final)  # atomic: a polling server sees all of the version or none of it
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return int(version), final
+
+
+def _write_assets(folder: str, run, model_name: str, version: int, warmup_data, warmup_records: int,
+                  check_rows: int) -> tuple:
+    """Writes ``assets.extra/`` of a staged version: the check sample, the warmup requests and
+    ``tfmm.json``. Returns ``(metadata, warmup_source)``."""
+    extra = os.path.join(folder, ASSETS_EXTRA)
+    os.makedirs(extra, exist_ok=True)
+    # Real rows (--warmup-data, else the run's validation manifest) are read and checked
+    # once, for the warmup and the check sample; without them both use synthetic images.
+    rows, warmup_source = _warmup_rows(run, warmup_data, max(warmup_records, 4 * check_rows))
+    if rows is None:
+        logger.warning("warmup requests and check sample from %s", warmup_source)
+    sample = make_check_sample(run, rows, check_rows)
+    write_json(os.path.join(extra, CHECK_FILE), sample)
+    if rows is not None:
+        frame = rows.frame.head(warmup_records)
+        requests = [protocol.grpc_request([b], [t], model_name=model_name)
+                    for b, t in zip(saved_model.read_files(frame["image"]), frame["text"])]
+    else:
+        requests = _synthetic_requests(sample, model_name, warmup_records)
+    n_warmup = protocol.write_warmup(os.path.join(folder, saved_model.WARMUP_FILE), requests) if requests else 0
+    warmup_source = f"{n_warmup} request(s) from {warmup_source}" if n_warmup else "none (warmup_records=0)"
+    metadata = _metadata(run, model_name, version, n_warmup)
+    metadata["warmup_source"] = warmup_source
+    write_json(os.path.join(extra, METADATA_FILE), metadata)
+    return metadata, warmup_source
+
+
+def _check_staged(folder: str, metadata: dict, check: bool) -> tuple:
+    """Checks a staged version (``check``) and records the checks and the serving verdict in
+    ``tfmm.json``. Returns ``(report or None, verdict)``.
+
+    Raises:
+        ExportCheckError: a check failed.
+    """
+    report = check_export(folder) if check else None
     if report is not None:
-        report.path = final
-    write_serving_configs(root, model_name)
-    logger.info("exported %s (model %r, version %d); TF Serving: %s", final, model_name, version, verdict["summary"])
-    return ExportResult(final, root, model_name, int(version), report, metadata, warmup_source)
+        metadata.update(ops={k: v for k, v in report.ops.items() if k != "tensorflow"},
+                        checks=[dataclasses.asdict(c) for c in report.checks])
+    verdict = serving_verdict(folder, report)
+    metadata["serving"] = verdict  # core_ops_only, non_core_ops, oldest_tf_serving, notes, summary
+    write_json(os.path.join(folder, ASSETS_EXTRA, METADATA_FILE), metadata)
+    if report is not None and not report.ok:
+        raise ExportCheckError(report)
+    return report, verdict
 
 

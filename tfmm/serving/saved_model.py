@@ -149,3 +149,6 @@ def run_signature(fn, inputs: dict, *, batch_size: Optional[int] = None) -> dict
         return {k: v.numpy() for k, v in fn(**tensors).items()}
     chunks = [fn(**{k: t[i:i + batch_size] for k, t in tensors.items()}) for i in range(0, n, batch_size)]
     return {k: np.concatenate([c[k].numpy() for c in chunks]) for k in chunks[0]}
+
+
+PIXELS_SIGNATURE = "serving_pixels"

@@ -26,11 +26,11 @@ import keras
 import numpy as np
 
 from tfmm.models.pair_heads import DEFAULT_THRESHOLD
+from tfmm.run_dir import THRESHOLDS_FILE
 
 logger = logging.getLogger(__name__)
 
 THRESHOLD_TASKS = ("multilabel", "matching")
-THRESHOLDS_FILE = "thresholds.json"
 
 
 # ---------------------------------------------------------------------------- thresholds

@@ -33,10 +33,10 @@ from tfmm import plots
 from tfmm.config import RunConfig
 from tfmm.data.manifest import Manifest, encode_labels, split_labels
 from tfmm.models import text
+from tfmm.run_dir import LOGS_DIR
 
 logger = logging.getLogger(__name__)
 
-LOGS_DIR = "logs"
 TRAIN_RUN = "train"
 VALIDATION_RUN = "validation"
 PROJECTOR_CHECKPOINT = "projector_embeddings.ckpt"

@@ -28,22 +28,24 @@ from typing import Optional
 
 import keras
 
-from tfmm.config import RunConfig
-from tfmm.files import write_json_atomic
+from tfmm.config import RunConfig, load_config
+from tfmm.files import atomic_write, write_json_atomic
+from tfmm.run_dir import (
+    ABLATION_FILE, BEST_CHECKPOINT, CONFIG_FILE, CONFUSION_MATRIX_FILE, DATA_SOURCES_FILE, HISTORY_CSV,
+    HISTORY_FILE, LABELS_FILE, LOGS_DIR, METRICS_FILE, MODEL_FILE, PER_CLASS_FILE, PR_CURVE_FILE,
+    ROC_CURVE_FILE, SKIPPED_FILE, STATE_FILE, THRESHOLDS_FILE, TOKENIZER_DIR, TRAINING_CURVES_FILE,
+)
 from tfmm.training import distribute
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "train_state.json"
-HISTORY_CSV = "history.csv"
-BEST_CHECKPOINT = os.path.join("checkpoints", "best.weights.h5")
 # What --overwrite removes: the files `train` writes (and `evaluate`'s default report, which
 # described the old model).
 RUN_OUTPUTS = (
-    "config.yaml", "labels.txt", "tokenizer", "checkpoints", "logs", "history.json", HISTORY_CSV,
-    "model.keras", "skipped_rows.csv", "training_curves.png", "thresholds.json", STATE_FILE, "data_sources.json",
+    CONFIG_FILE, LABELS_FILE, TOKENIZER_DIR, "checkpoints", LOGS_DIR, HISTORY_FILE, HISTORY_CSV,
+    MODEL_FILE, SKIPPED_FILE, TRAINING_CURVES_FILE, THRESHOLDS_FILE, STATE_FILE, DATA_SOURCES_FILE,
     distribute.BACKUP_DIR,
-    "metrics.json", "per_class.csv", "confusion_matrix.png", "roc_curve.png", "pr_curve.png", "ablation.json",
+    METRICS_FILE, PER_CLASS_FILE, CONFUSION_MATRIX_FILE, ROC_CURVE_FILE, PR_CURVE_FILE, ABLATION_FILE,
 )
 # Options that may change between an interrupted attempt and its resumption.
 RESUMABLE_CHANGES = ("strategy", "devices", "save_every")
@@ -199,12 +201,10 @@ def trim_history_csv(path: str, epochs: int) -> dict:
     if not os.path.exists(path):
         return {}
     fields, rows = _history_rows(path, epochs)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows[e] for e in sorted(rows))
-    os.replace(tmp, path)
     return read_history_csv(path)
 
 
@@ -254,24 +254,41 @@ def prepare_run(
     """
     chief = distribute.is_chief(strategy)
     backup = distribute.backup_dir(run_dir, strategy)
+    state, diffs, row = _local_view(run_dir, backup, config, chief, overwrite=overwrite)
+    # Every worker decides alike: the chief's state and best values, every worker's backup.
+    rows = distribute.allgather(strategy, row)
+    initial_epoch, agreed_best = _agreed_start(run_dir, rows, state, diffs)
+    start = RunStart(run_dir, backup, chief, initial_epoch=initial_epoch,
+                     attempt=int((state or {}).get("attempt", 0)) + 1, best=agreed_best)
+    if chief:
+        _mark_running(start, state, config)
+    if initial_epoch:
+        logger.info("resuming %s at epoch %d of %d from %s", run_dir, initial_epoch + 1,
+                    config.train.epochs, backup)
+    return start
+
+
+def _local_view(run_dir: str, backup: str, config: RunConfig, chief: bool, *, overwrite: bool) -> tuple:
+    """What this worker sees: ``(state, config differences, row)``, ``row`` being
+    ``[finished, config differs, backup epoch (-1: none), *best value per monitor]``."""
     state = read_state(run_dir) if chief else None
     if overwrite:
         clear_run(run_dir, backup, chief)
         state = None
     finished = bool(state and state.get("status") == "finished")
     diffs = []
-    saved_config = os.path.join(run_dir, "config.yaml")
+    saved_config = os.path.join(run_dir, CONFIG_FILE)
     if state and not finished and os.path.exists(saved_config):
-        from tfmm.config import load_config
-
         diffs = config_differences(load_config(saved_config).to_dict(), config.to_dict())
     repair_backup(backup)
     epoch = backup_epoch(backup)
     epoch = -1 if epoch is None else epoch
     best = _best_so_far(run_dir, epoch) if chief and epoch > 0 else [math.nan] * len(MONITORS)
-    # Every worker decides alike: the chief's state and best values, every worker's backup.
-    rows = distribute.allgather(strategy, [int(finished), int(bool(diffs)), epoch, *best])
+    return state, diffs, [int(finished), int(bool(diffs)), epoch, *best]
 
+
+def _agreed_start(run_dir: str, rows: list, state: Optional[dict], diffs: list) -> tuple:
+    """``(initial_epoch, best values)`` that every worker's row agrees on; raises otherwise."""
     if any(r[0] for r in rows):
         done = state or {}
         raise RunFinishedError(
@@ -298,25 +315,24 @@ def prepare_run(
         values = [r[3 + i] for r in rows if not math.isnan(r[3 + i])]
         if values and initial_epoch:
             agreed_best[key] = min(values)
-    start = RunStart(run_dir, backup, chief, initial_epoch=initial_epoch,
-                     attempt=int((state or {}).get("attempt", 0)) + 1, best=agreed_best)
-    if chief:
-        start.prior_history = trim_history_csv(os.path.join(run_dir, HISTORY_CSV), initial_epoch)
-        best = os.path.join(run_dir, BEST_CHECKPOINT)
-        if os.path.exists(best) and not _h5_readable(best):
-            logger.warning("removing unreadable %s (it is written again at the next best epoch)", best)
-            os.remove(best)
-        if state and state.get("status") == "running" and not initial_epoch:
-            logger.info("the previous attempt stopped before its first backup: starting from epoch 1")
-        write_state(
-            run_dir, status="running", attempt=start.attempt, epochs_requested=config.train.epochs,
-            resumed_from_epoch=initial_epoch, started_at=_now(),
-            **({} if state else {"created_at": _now()}),
-        )
-    if initial_epoch:
-        logger.info("resuming %s at epoch %d of %d from %s", run_dir, initial_epoch + 1,
-                    config.train.epochs, backup)
-    return start
+    return initial_epoch, agreed_best
+
+
+def _mark_running(start: RunStart, state: Optional[dict], config: RunConfig) -> None:
+    """The chief's bookkeeping of a start: trimmed history, a readable best checkpoint, the state file."""
+    run_dir, initial_epoch = start.run_dir, start.initial_epoch
+    start.prior_history = trim_history_csv(os.path.join(run_dir, HISTORY_CSV), initial_epoch)
+    best = os.path.join(run_dir, BEST_CHECKPOINT)
+    if os.path.exists(best) and not _h5_readable(best):
+        logger.warning("removing unreadable %s (it is written again at the next best epoch)", best)
+        os.remove(best)
+    if state and state.get("status") == "running" and not initial_epoch:
+        logger.info("the previous attempt stopped before its first backup: starting from epoch 1")
+    write_state(
+        run_dir, status="running", attempt=start.attempt, epochs_requested=config.train.epochs,
+        resumed_from_epoch=initial_epoch, started_at=_now(),
+        **({} if state else {"created_at": _now()}),
+    )
 
 
 def finish_run(start: RunStart, *, epochs_completed: int, stopped_early: bool = False) -> None:

@@ -31,11 +31,11 @@ from tfmm.files import atomic_save_model, write_json_atomic
 from tfmm.models import heads, text
 from tfmm.models.build import build_model
 from tfmm.run_dir import (
-    CONFIG_FILE, LABELS_FILE, MODEL_FILE, SKIPPED_FILE, TOKENIZER_DIR, TRAINING_CURVES_FILE,
-    write_data_sources,
+    CONFIG_FILE, DEFAULT_CACHE_DIR, HISTORY_FILE, LABELS_FILE, MODEL_FILE, SKIPPED_FILE, TOKENIZER_DIR,
+    TRAINING_CURVES_FILE, write_data_sources,
 )
 from tfmm.tasks.thresholds import THRESHOLD_TASKS, tune_and_save
-from tfmm.training import distribute, feature_cache, keras_patches, precision, resume
+from tfmm.training import cached_fit, distribute, feature_cache, keras_patches, precision, resume
 from tfmm.training.callbacks import reporting_callbacks
 from tfmm.training.checkpoint import AtomicBestCheckpoint, check_free_space
 
@@ -175,15 +175,41 @@ def train(
     return dataclasses.replace(result, run_dir=run_dir)
 
 
+@dataclasses.dataclass
+class _Inputs:
+    """What :func:`_prepare_inputs` hands to the later steps of a training run."""
+
+    config: RunConfig  # with ``model.num_classes`` set from the labels
+    labels: list
+    train_m: Manifest
+    val_m: Optional[Manifest]
+    preprocessor: object
+    train_ds: tf.data.Dataset
+    val_ds: Optional[tf.data.Dataset]
+    global_batch: int
+    steps_per_epoch: int
+
+
 def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks, verbose) -> TrainResult:
     """The body of :func:`train`: ``run_dir`` is where this worker writes (the chief: the
     run directory; another worker: a temporary folder)."""
     keras.utils.set_random_seed(config.train.seed)
+    inputs = _prepare_inputs(run_dir, config, train_data, val_data, strategy)
+    save_config(inputs.config, os.path.join(run_dir, CONFIG_FILE))
+    save_labels(inputs.labels, os.path.join(run_dir, LABELS_FILE))
+    write_data_sources(run_dir, train_data, val_data)
+    model, optimizer_config = _build_and_compile(run_dir, start, strategy, inputs)
+    history = _fit(model, run_dir, start, strategy, inputs, optimizer_config, callbacks, verbose)
+    hist = _write_run(model, run_dir, start, inputs, history)
+    return TrainResult(model, hist, run_dir, inputs.config, inputs.labels, initial_epoch=start.initial_epoch)
+
+
+def _prepare_manifests(run_dir, config: RunConfig, train_data, val_data) -> tuple:
+    """Checked training / validation manifests and the label vocabulary: ``(train_m, val_m, labels)``."""
     task, dc = config.model.task, config.data
     skipped = os.path.join(run_dir, SKIPPED_FILE)
     if os.path.exists(skipped):
         os.remove(skipped)
-
     train_m = check_manifest(
         _as_manifest(train_data, config), task=task, labels=pairs.fixed_labels(task),
         skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
@@ -197,75 +223,101 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
             skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
         )
         val_m = pairs.prepare_manifest(val_m, config, seed=config.train.seed + 1)
+    return train_m, val_m, labels
+
+
+def _text_preprocessor(run_dir, config: RunConfig, train_m: Manifest):
+    """The run's text preprocessor (saved to ``tokenizer/`` when it can be), or ``None``."""
+    if not config.model.uses_text:
+        return None
+    dc = config.data
+    preprocessor = text.load_text_preprocessor(config.model.text_encoder, dc.sequence_length)
+    if hasattr(preprocessor, "save"):
+        preprocessor.save(os.path.join(run_dir, TOKENIZER_DIR))
+    truncated = count_truncated(train_m.frame["text"].tolist(), preprocessor)
+    if truncated:
+        logger.warning("%d of %d training texts are longer than %d tokens and were truncated "
+                       "(--sequence-length)", truncated, len(train_m), dc.sequence_length)
+    return preprocessor
+
+
+def _prepare_inputs(run_dir, config: RunConfig, train_data, val_data, strategy) -> _Inputs:
+    """Manifests, labels, text preprocessor and the ``tf.data`` pipelines of a run."""
+    train_m, val_m, labels = _prepare_manifests(run_dir, config, train_data, val_data)
+    task = config.model.task
     config = config.replace(model={"num_classes": len(labels)})
     heads.output_units(task, len(labels))  # fail early on a wrong label count
     logger.info("training on %d rows, %d labels%s", len(train_m), len(labels),
                 f", validating on {len(val_m)} rows" if val_m is not None else "")
-
-    preprocessor = None
-    if config.model.uses_text:
-        preprocessor = text.load_text_preprocessor(config.model.text_encoder, dc.sequence_length)
-        if hasattr(preprocessor, "save"):
-            preprocessor.save(os.path.join(run_dir, TOKENIZER_DIR))
-        truncated = count_truncated(train_m.frame["text"].tolist(), preprocessor)
-        if truncated:
-            logger.warning("%d of %d training texts are longer than %d tokens and were truncated "
-                           "(--sequence-length)", truncated, len(train_m), dc.sequence_length)
+    preprocessor = _text_preprocessor(run_dir, config, train_m)
 
     global_batch = distribute.global_batch_size(config.train.batch_size, strategy)
     logger.info("strategy %s: %d replica(s), global batch %d",
                 distribute.strategy_name(strategy), strategy.num_replicas_in_sync, global_batch)
-    common = dict(config=dc, preprocessor=preprocessor, labels=labels, task=task,
+    common = dict(config=config.data, preprocessor=preprocessor, labels=labels, task=task,
                   modalities=config.model.modalities, batch_size=global_batch)
     train_ds = make_dataset(train_m, shuffle=True, seed=config.train.seed,
-                                   shuffle_buffer=config.train.shuffle_buffer, **common)
+                            shuffle_buffer=config.train.shuffle_buffer, **common)
     val_ds = make_dataset(val_m, **common) if val_m is not None else None
-    steps_per_epoch = math.ceil(len(train_m) / global_batch)
+    return _Inputs(config, labels, train_m, val_m, preprocessor, train_ds, val_ds, global_batch,
+                   steps_per_epoch=math.ceil(len(train_m) / global_batch))
 
-    save_config(config, os.path.join(run_dir, CONFIG_FILE))
-    save_labels(labels, os.path.join(run_dir, LABELS_FILE))
-    write_data_sources(run_dir, train_data, val_data)
+
+def _build_and_compile(run_dir, start, strategy, inputs: _Inputs) -> tuple:
+    """``(model, optimizer_config)``: the model built and compiled in the strategy's scope."""
+    config = inputs.config
     with strategy.scope(), precision.dtype_policy(config.train.mixed_precision):
         model = build_model(config)
         optimizer_config = _scaled_learning_rate(config, strategy)
-        compile_model(model, optimizer_config, steps_per_epoch)
+        compile_model(model, optimizer_config, inputs.steps_per_epoch)
     check_free_space(model, run_dir)
     if start.chief:
         resume.write_state(start.run_dir, distribution={
             **distribute.describe(strategy, config.train.batch_size),
             "learning_rate": optimizer_config.train.learning_rate})
+    return model, optimizer_config
+
+
+def _fit(model, run_dir, start, strategy, inputs: _Inputs, optimizer_config, callbacks, verbose):
+    """``model.fit`` with the run's callbacks, on cached encoder features when it can; the ``History``."""
+    config = inputs.config
     backup = resume.TrainingBackup(start.backup_dir, save_freq=config.train.save_every or "epoch")
     fit_callbacks = (
-        default_callbacks(run_dir, config, val_ds is not None, start.best if start.resumed else None)
-        + reporting_callbacks(run_dir, config, val_ds, val_m, labels) + list(callbacks or [])
+        default_callbacks(run_dir, config, inputs.val_ds is not None, start.best if start.resumed else None)
+        + reporting_callbacks(run_dir, config, inputs.val_ds, inputs.val_m, inputs.labels) + list(callbacks or [])
         + [backup]  # the backup last: each epoch is logged before it counts as done
     )
-    cached = feature_cache.cached_modalities(config, strategy=strategy, manifests=(train_m, val_m))
+    cached = feature_cache.cached_modalities(config, strategy=strategy, manifests=(inputs.train_m, inputs.val_m))
     if cached:  # frozen encoders run once; the rest trains on their stored features
-        history = feature_cache.fit_with_cached_features(
-            model, config, train_m, val_m, cached=cached, labels=labels,
-            compile_fn=lambda m: compile_model(m, optimizer_config, steps_per_epoch),
-            cache_dir=config.train.cache_dir or os.path.join(run_dir, feature_cache.DEFAULT_CACHE_DIR),
-            preprocessor=preprocessor, strategy=strategy, batch_size=global_batch,
+        return cached_fit.fit_with_cached_features(
+            model, config, inputs.train_m, inputs.val_m, cached=cached, labels=inputs.labels,
+            compile_fn=lambda m: compile_model(m, optimizer_config, inputs.steps_per_epoch),
+            cache_dir=config.train.cache_dir or os.path.join(run_dir, DEFAULT_CACHE_DIR),
+            preprocessor=inputs.preprocessor, strategy=strategy, batch_size=inputs.global_batch,
             callbacks=fit_callbacks, verbose=verbose,
         )
-    else:
-        history = model.fit(
-            train_ds, validation_data=val_ds, epochs=config.train.epochs,
-            callbacks=fit_callbacks, verbose=verbose,
-        )
+    return model.fit(
+        inputs.train_ds, validation_data=inputs.val_ds, epochs=config.train.epochs,
+        callbacks=fit_callbacks, verbose=verbose,
+    )
+
+
+def _write_run(model, run_dir, start, inputs: _Inputs, history) -> dict:
+    """Writes ``model.keras``, thresholds, ``history.json`` and the training curves; marks the
+    run finished. Returns the whole history (epochs before a resume included)."""
+    config, task, labels = inputs.config, inputs.config.model.task, inputs.labels
     atomic_save_model(model, os.path.join(run_dir, MODEL_FILE))
     if task in THRESHOLD_TASKS:  # multilabel, matching: thresholds.json
-        y_val = encode_labels(val_m, labels, task) if val_m is not None else None
-        tune_and_save(model, val_ds, y_val, run_dir, task, labels)
+        y_val = encode_labels(inputs.val_m, labels, task) if inputs.val_m is not None else None
+        tune_and_save(model, inputs.val_ds, y_val, run_dir, task, labels)
     hist = {k: list(start.prior_history.get(k, [])) + [float(v) for v in history.history.get(k, [])]
             for k in {**start.prior_history, **history.history}}
-    write_json_atomic(os.path.join(run_dir, "history.json"), hist)
+    write_json_atomic(os.path.join(run_dir, HISTORY_FILE), hist)
     plots.save_png(plots.training_curves_figure(hist), os.path.join(run_dir, TRAINING_CURVES_FILE))
     completed = start.initial_epoch + len(history.history.get("loss", []))
     resume.finish_run(start, epochs_completed=completed, stopped_early=completed < config.train.epochs)
     logger.info("saved run to %s", run_dir)
-    return TrainResult(model, hist, run_dir, config, labels, initial_epoch=start.initial_epoch)
+    return hist
 
 
 def _scaled_learning_rate(config: RunConfig, strategy: tf.distribute.Strategy) -> RunConfig:

@@ -1,0 +1,335 @@
+"""The ``tfmm`` command line's parser: one ``_add_<command>_parser`` per subcommand, and the
+flags that override a run config (:func:`config_from_args`)."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+
+# (flag, config section, field, argparse kwargs). Defaults come from the config
+# dataclasses, so argparse defaults are None: only flags given override a --config file.
+_CONFIG_FLAGS = [
+    ("--task", "model", "task", dict(choices=["classification", "binary", "multilabel", "matching", "contrastive"],
+                                     help="what the model learns (default: classification); see README, Tasks")),
+    ("--negatives", "data", "negatives", dict(
+        type=int, metavar="N", help="--task matching: add N negatives per positive pair (its image with "
+                                    "captions of other rows, seeded) (default: 0)")),
+    ("--text-encoder", "model", "text_encoder", dict(
+        metavar="SPEC", help="minilm (offline all-MiniLM-L6-v2, default), keras_nlp:PRESET_OR_DIR, "
+                             "or tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE")),
+    ("--text-pooling", "model", "text_pooling", dict(choices=["cls", "mean"],
+                                                     help="pool text tokens by [CLS] or mean (default: mean)")),
+    ("--image-encoder", "model", "image_encoder", dict(
+        metavar="NAME", help="keras.applications model: vgg16 (default), resnet50, efficientnetb0, "
+                             "mobilenetv2, ...")),
+    ("--image-weights", "model", "image_weights", dict(
+        metavar="imagenet|none|PATH", help="image encoder weights (default: imagenet; offline: a local "
+                                           ".h5 file or none)")),
+    ("--fusion", "model", "fusion", dict(choices=["concat", "sum", "mean", "gated"],
+                                         help="how branches are combined (default: concat)")),
+    ("--modalities", "model", "modalities", dict(choices=["both", "image", "text"],
+                                                 help="train on both inputs or one (baselines; default: both)")),
+    ("--projection-dim", "model", "projection_dim", dict(type=int, metavar="N",
+                                                         help="width each branch is projected to (default: 256)")),
+    ("--hidden-dim", "model", "hidden_dim", dict(type=int, metavar="N",
+                                                 help="head hidden layer width, 0 for none (default: 256)")),
+    ("--dropout", "model", "dropout", dict(type=float, metavar="X", help="dropout after fusion (default: 0.2)")),
+    ("--freeze-image", "model", "freeze_image", dict(action="store_true", default=None,
+                                                     help="keep the image encoder's weights fixed")),
+    ("--freeze-text", "model", "freeze_text", dict(action="store_true", default=None,
+                                                   help="keep the text encoder's weights fixed")),
+    ("--image-size", "data", "image_size", dict(type=int, metavar="N",
+                                                help="images are resized to NxN (default: 224)")),
+    ("--sequence-length", "data", "sequence_length", dict(type=int, metavar="N",
+                                                          help="text tokens per example (default: 64)")),
+    ("--image-col", "data", "image_col", dict(metavar="NAME", help="manifest image column (default: image)")),
+    ("--text-col", "data", "text_col", dict(metavar="NAME", help="manifest text column (default: text)")),
+    ("--label-col", "data", "label_col", dict(metavar="NAME", help="manifest label column (default: label)")),
+    ("--max-image-pixels", "data", "max_image_pixels", dict(
+        type=int, metavar="N", help="refuse images whose header claims more pixels (default: 40000000)")),
+    ("--allow-outside-root", "data", "allow_outside_root", dict(
+        action="store_true", default=None,
+        help="accept image paths outside the manifest's folder ('..', absolute, symlinks)")),
+    ("--skip-bad-rows", "data", "skip_bad_rows", dict(
+        action="store_true", default=None,
+        help="skip invalid rows (written to RUN/skipped_rows.csv) instead of stopping")),
+    ("--epochs", "train", "epochs", dict(type=int, metavar="N", help="passes over the data (default: 10)")),
+    ("--batch-size", "train", "batch_size", dict(type=int, metavar="N",
+                                                 help="examples per device per step (default: 32)")),
+    ("--learning-rate", "train", "learning_rate", dict(type=float, metavar="X",
+                                                       help="peak AdamW learning rate (default: 1e-4)")),
+    ("--weight-decay", "train", "weight_decay", dict(type=float, metavar="X", help="AdamW weight decay (default: 1e-4)")),
+    ("--warmup-fraction", "train", "warmup_fraction", dict(
+        type=float, metavar="X", help="share of steps warming the learning rate up (default: 0.1)")),
+    ("--early-stopping-patience", "train", "early_stopping_patience", dict(
+        type=int, metavar="N", help="stop after N epochs without val_loss improvement, 0: off (default: 3)")),
+    ("--strategy", "train", "strategy", dict(choices=["auto", "one_device", "mirrored", "multi_worker"],
+                                             help="tf.distribute strategy (default: auto)")),
+    ("--seed", "train", "seed", dict(type=int, metavar="N", help="random seed (default: 42)")),
+    ("--devices", "train", "devices", dict(
+        metavar="LIST", help="devices for --strategy mirrored, e.g. GPU:0,GPU:1 (default: all GPUs)")),
+    ("--scale-learning-rate", "train", "scale_learning_rate", dict(
+        action="store_true", default=None,
+        help="multiply --learning-rate by the number of replicas (linear scaling rule)")),
+    ("--save-every", "train", "save_every", dict(
+        type=int, metavar="N", help="also back up the training state every N steps, for resuming "
+                                    "long epochs (default: 0, at epoch ends only)")),
+]
+
+
+# Performance options (tfmm.training.feature_cache, tfmm.training.precision, the tf.data pipeline): see README, Speed.
+_CONFIG_FLAGS += [
+    ("--cache-features", "train", "cache_features", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="compute frozen encoders' features once (cached, keyed by encoder, weights, "
+             "preprocessing and data) and train the rest on them (default: on when an "
+             "encoder is frozen)")),
+    ("--cache-dir", "train", "cache_dir", dict(metavar="DIR",
+                                               help="feature cache folder, shared by runs (default: RUN/feature_cache)")),
+    ("--mixed-precision", "train", "mixed_precision", dict(
+        choices=["none", "mixed_float16", "mixed_bfloat16"],
+        help="16-bit compute with float32 weights and outputs (default: none)")),
+    ("--jit-compile", "train", "jit_compile", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="compile train steps with XLA (default: Keras auto, off on CPU only)")),
+    ("--cache-in-memory", "data", "cache_in_memory", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="keep decoded images in memory after the first epoch (default: when they fit in 1 GiB)")),
+    ("--deterministic", "data", "deterministic", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="--no-deterministic lets parallel decoding reorder elements: faster, not "
+             "reproducible (default: deterministic)")),
+    ("--tf-data-autotune", "data", "tf_data_autotune", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="run tf.data's background autotuner (default: off; in TF 2.21 it can stall "
+             "every epoch's end, see docs_perf.md)")),
+]
+
+_TRAIN_EXAMPLES = """\
+examples:
+  tfmm train --data data/train.csv --val-data data/val.csv --output-dir runs/products
+  tfmm train --data train.jsonl --output-dir runs/r1 --image-encoder resnet50 \\
+      --image-weights ~/weights/resnet50_notop.h5 --freeze-image --epochs 5
+  tfmm train --config cfg.yaml --data train.csv --output-dir runs/r2 --modalities image
+  tfmm train --data train.csv --output-dir runs/r3 --strategy mirrored --devices GPU:0,GPU:1
+  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' \\
+      tfmm train --data train.csv --output-dir runs/r4 --strategy multi_worker
+
+Rerunning a killed run with the same --output-dir resumes it (at the start of the
+interrupted epoch); a finished run is refused unless --overwrite is given.
+"""
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=36)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tfmm`` parser: one subcommand per ``_add_<command>_parser``."""
+    parser = argparse.ArgumentParser(
+        prog="tfmm",
+        description="Image + text models for Keras 3 / TensorFlow: train, evaluate, predict, export for "
+                    "TF Serving, validate data, and an offline demo.",
+        epilog="Run `tfmm COMMAND --help` for each command's options and examples.",
+        formatter_class=_formatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_predict_parser(sub)
+    _add_validate_parser(sub)
+    _add_hub_export_parser(sub)
+    _add_export_parser(sub)
+    _add_check_export_parser(sub)
+    _add_demo_parser(sub)
+    _add_prepare_parser(sub)
+    return parser
+
+
+def _add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a fused model on a manifest", formatter_class=_formatter,
+                       description="Train an image+text model with model.fit and write a run directory "
+                                   "(config.yaml, labels.txt, model.keras, checkpoints/, logs/).",
+                       epilog=_TRAIN_EXAMPLES)
+    p.add_argument("--data", required=True, metavar="MANIFEST",
+                   help="training manifest: .csv, .tsv or .jsonl with image, text, label columns")
+    p.add_argument("--val-data", metavar="MANIFEST", help="validation manifest (same format)")
+    p.add_argument("--output-dir", required=True, metavar="RUN", help="run directory to write")
+    p.add_argument("--config", metavar="FILE", help="YAML/JSON config; flags given here override it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a previous run in --output-dir and train from scratch (without it, an "
+                        "interrupted run resumes and a finished one is refused)")
+    for flag, _, _, kwargs in _CONFIG_FLAGS:
+        p.add_argument(flag, **kwargs)
+
+
+def _add_evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a labeled manifest, write metrics.json and plots",
+                       formatter_class=_formatter,
+                       description="Evaluate a trained run on a labeled manifest: accuracy, balanced "
+                                   "accuracy, macro/weighted precision/recall/F1, per-class numbers, "
+                                   "the confusion matrix, and ROC-AUC/PR-AUC for binary tasks. Writes "
+                                   "metrics.json, per_class.csv, confusion_matrix.png (and "
+                                   "roc_curve.png, pr_curve.png) to the report dir.",
+                       epilog="examples:\n  tfmm evaluate --model runs/products --data data/test.csv\n"
+                              "  tfmm evaluate --model runs/products --data data/test.csv "
+                              "--report-dir reports/products --ablate")
+    p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
+    p.add_argument("--data", required=True, metavar="MANIFEST", help="labeled manifest to score")
+    p.add_argument("--report-dir", metavar="DIR", help="where the report files go (default: the run dir)")
+    p.add_argument("--ablate", action="store_true",
+                   help="also score with the image blanked (black) and with the text blanked (empty "
+                        "caption) and report each metric's drop (ablation.json)")
+
+
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="top-k labels for a manifest or one image + text",
+                       formatter_class=_formatter,
+                       description="Predict with a trained run. Writes JSONL (one line per row: row, "
+                                   "labels, scores, true_label when known) to --output, or prints it.",
+                       epilog="examples:\n  tfmm predict --model runs/products --data new.csv --output preds.jsonl\n"
+                              "  tfmm predict --model runs/products --image shoe.jpg --text 'red running shoe'\n"
+                              "  tfmm predict --model saved_models/products --request request.json\n"
+                              "  tfmm predict --model runs/clip --data photos.csv --zero-shot-labels cat,dog,car \\\n"
+                              "      --prompt 'a photo of a {}'")
+    p.add_argument("--model", required=True, metavar="RUN|SAVEDMODEL",
+                   help="a run directory from `tfmm train`, or a SavedModel from `tfmm export` (a version "
+                        "folder, or an export root: its highest version)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="MANIFEST", help="manifest to predict (labels optional)")
+    src.add_argument("--image", metavar="PATH", help="one image file (with --text)")
+    src.add_argument("--request", metavar="JSON", help="a TF Serving REST predict body (SavedModel only); "
+                                                       "prints the response body TF Serving would return")
+    p.add_argument("--text", metavar="STR", help="the caption for --image")
+    p.add_argument("--output", metavar="FILE", help="JSONL file to write (default: print)")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels per row (default: 5)")
+    p.add_argument("--zero-shot-labels", metavar="L1,L2,...",
+                   help="contrastive runs: classify the images among these comma-separated labels "
+                        "(no classifier head; --text not needed)")
+    p.add_argument("--prompt", metavar="TEMPLATE",
+                   help="zero-shot prompt, {} is replaced by each label (default: 'a photo of a {}')")
+
+
+def _add_validate_parser(sub) -> None:
+    p = sub.add_parser("validate", help="check every row of a manifest; exit 1 if any is bad",
+                       formatter_class=_formatter,
+                       description="Check a manifest the way training does, without training: every "
+                                   "problem is listed with row, path and reason. Exits 0 when all rows "
+                                   "are usable, 1 otherwise, so it can gate a data pipeline.",
+                       epilog="examples:\n  tfmm validate --data data/train.csv\n"
+                              "  tfmm validate --data data/test.csv --model runs/products   # labels known?")
+    p.add_argument("--data", required=True, metavar="MANIFEST", help="manifest to check")
+    p.add_argument("--model", metavar="RUN", help="a trained run: also check labels are known to it "
+                                                  "and count texts longer than its sequence length")
+    p.add_argument("--no-labels", action="store_true", help="the manifest has no label column (prediction input)")
+    p.add_argument("--task", choices=["classification", "binary", "multilabel", "matching", "contrastive"],
+                   help="how labels are read (default: the run's task, else classification)")
+    for flag in ("--image-col", "--text-col", "--label-col", "--max-image-pixels", "--allow-outside-root"):
+        spec = next(f for f in _CONFIG_FLAGS if f[0] == flag)
+        p.add_argument(flag, **spec[3])
+    p.add_argument("--report", metavar="FILE", help="also write every problem to this CSV file")
+
+
+def _add_hub_export_parser(sub) -> None:
+    p = sub.add_parser("hub-export", help="write a KerasHub BERT (e.g. minilm) as a TF-Hub BERT pair",
+                       formatter_class=_formatter,
+                       description="Write DIR/preprocess and DIR/encoder in the TF-Hub BERT format "
+                                   "(strings -> input_word_ids/input_mask/input_type_ids; encoder -> "
+                                   "pooled_output, sequence_output, default, encoder_outputs). They load "
+                                   "with tensorflow + tensorflow_text alone, and tfmm uses them with "
+                                   "--text-encoder tfhub:DIR/preprocess,DIR/encoder.",
+                       epilog="example:\n  tfmm hub-export --text-encoder minilm --output-dir saved_models/hub_minilm")
+    p.add_argument("--text-encoder", "--spec", dest="spec", default="minilm", metavar="SPEC",
+                   help="minilm (default), keras_nlp:PRESET_OR_DIR or keras_hub:PRESET_OR_DIR")
+    p.add_argument("--output-dir", required=True, metavar="DIR", help="folder to write preprocess/ and encoder/ into")
+    p.add_argument("--seq-length", "--sequence-length", dest="seq_length", type=int, default=128, metavar="N",
+                   help="the preprocessor's default sequence length (default: 128; others via bert_pack_inputs)")
+
+
+def _add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="write a SavedModel for TF Serving (raw image bytes + text in)",
+                       formatter_class=_formatter,
+                       description=textwrap.dedent("""\
+                           Export a trained run as EXPORT_DIR/VERSION for TF Serving: signature
+                           serving_default takes image_bytes and text (DT_STRING [-1]) and returns
+                           scores and labels; decoding, resizing and tokenizing run inside the graph.
+                           The version is checked (fresh-process load, predictions vs the trained
+                           model, which TF Serving releases have its ops) before it appears, and is
+                           never overwritten. Warmup requests (assets.extra/tf_serving_warmup_requests)
+                           come from the run's validation rows unless --warmup-data names others."""),
+                       epilog="examples:\n  tfmm export --model runs/products\n"
+                              "  tfmm export --model runs/products --warmup-data data/holdout.csv\n"
+                              "  tfmm export --model runs/products --export-dir saved_models/products --version 3")
+    p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
+    p.add_argument("--export-dir", metavar="DIR", help="export root (default: saved_models/<run folder name>)")
+    p.add_argument("--version", type=int, metavar="N", help="version to write (default: the next integer)")
+    p.add_argument("--model-name", metavar="NAME", help="model name for TF Serving (default: export root name)")
+    p.add_argument("--warmup-data", metavar="MANIFEST",
+                   help="manifest whose rows become the warmup requests and the check sample (default: the "
+                        "validation manifest `tfmm train` recorded in the run; without one, synthetic images, "
+                        "and the output says so)")
+    p.add_argument("--warmup-records", type=int, default=32, metavar="N",
+                   help="warmup requests to write, at most 1000; 0 writes no warmup file (default: 32)")
+    p.add_argument("--no-check", action="store_true", help="skip the checks (not recommended)")
+
+
+def _add_check_export_parser(sub) -> None:
+    p = sub.add_parser("check-export", help="check an exported SavedModel (load, predictions, ops)",
+                       formatter_class=_formatter,
+                       description="Load the export in a fresh Python process importing only tensorflow "
+                                   "(tensorflow_text too only when the graph has non-core ops), compare its "
+                                   "predictions on raw files with the trained model's, say which TF Serving "
+                                   "releases load its ops (from tfmm's table, not from what is installed), "
+                                   "read its warmup file. Exit status 1 when a check fails.",
+                       epilog="example:\n  tfmm check-export saved_models/products/1")
+    p.add_argument("dir", metavar="DIR", help="a version folder, or an export root (its highest version)")
+
+
+def _add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="train on generated data offline; compare fused vs single-modality",
+                       formatter_class=_formatter,
+                       description=textwrap.dedent("""\
+                           Generate a seeded image+caption dataset whose label needs both inputs
+                           (shape in the image, colour only in the caption), train the fused model
+                           and the image-only and text-only baselines (MiniLM text encoder, VGG16
+                           from random weights), print their test metrics and keep the fused run."""),
+                       epilog="example:\n  tfmm demo --output-dir tfmm_demo")
+    p.add_argument("--output-dir", default="tfmm_demo", metavar="DIR",
+                   help="where data and runs go (default: tfmm_demo)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs per run (default: 5)")
+    p.add_argument("--n-train", type=int, default=None, metavar="N", help="training rows (default: 1800)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="data and training seed (default: 0)")
+    p.add_argument("--export-dir", default="saved_models/demo", metavar="DIR",
+                   help="where the fused model is exported for TF Serving (default: saved_models/demo)")
+
+
+def _add_prepare_parser(sub) -> None:
+    p = sub.add_parser("prepare", help="convert a manifest to sharded TFRecords",
+                       formatter_class=_formatter,
+                       description="Write a manifest's images (encoded bytes), captions and labels "
+                                   "as sharded TFRecords plus manifest.json, for data that does not fit "
+                                   "in memory or lives on remote storage (DIR may be gs://...). Pass DIR "
+                                   "wherever a manifest is expected (--data, --val-data).",
+                       epilog="example:\n  tfmm prepare --data data/train.csv --output-dir data/train_tfr --shards 8\n"
+                              "  tfmm train --data data/train_tfr --val-data data/val.csv --output-dir runs/r")
+    p.add_argument("--data", required=True, metavar="MANIFEST", help="manifest to convert (labels optional)")
+    p.add_argument("--output-dir", required=True, metavar="DIR", help="folder to write (local or gs://)")
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="number of TFRecord files (default: one per ~128 MiB of images)")
+    for flag in ("--image-col", "--text-col", "--label-col", "--skip-bad-rows"):
+        p.add_argument(flag, **next(kw for f, _, _, kw in _CONFIG_FLAGS if f == flag))
+
+
+def config_from_args(args):
+    """The run config: ``--config`` file (or defaults), then every flag that was given."""
+    from tfmm.config import RunConfig, load_config
+
+    config = load_config(args.config) if args.config else RunConfig()
+    sections = {}
+    for flag, section, field, _ in _CONFIG_FLAGS:
+        value = getattr(args, field)
+        if value is not None:
+            sections.setdefault(section, {})[field] = value
+    return config.replace(**sections)

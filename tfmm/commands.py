@@ -1,0 +1,253 @@
+"""The ``tfmm`` subcommands: parsed arguments -> library calls -> the printed result.
+
+Each ``cmd_<command>(args) -> int`` returns the exit status; :data:`COMMANDS` maps command
+names to them for :func:`tfmm.cli.main`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from tfmm.cli_parser import config_from_args
+
+
+def cmd_prepare(args) -> int:
+    from tfmm.config import DataConfig
+    from tfmm.data.tfrecords import prepare_dataset
+
+    names = {k: getattr(args, k) for k in ("image_col", "text_col", "label_col") if getattr(args, k)}
+    path = prepare_dataset(args.data, args.output_dir, shards=args.shards, config=DataConfig(**names),
+                           skip_bad_rows=bool(args.skip_bad_rows))
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from tfmm.training.train import train
+
+    config = config_from_args(args)
+    result = train(config, args.data, args.val_data, args.output_dir, overwrite=args.overwrite)
+    last = {k: round(v[-1], 4) for k, v in result.history.items()}
+    if result.initial_epoch:
+        print(f"resumed at epoch {result.initial_epoch + 1} of {result.config.train.epochs} "
+              f"({result.initial_epoch} epoch(s) were done before the interruption)")
+    print(f"trained {len(result.history.get('loss', []))} epoch(s); last epoch: {json.dumps(last)}")
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def format_metrics_table(rows: dict) -> str:
+    """A plain-text table: one line per named metrics dict."""
+    keys = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "n_examples")
+    width = max(len(name) for name in rows) + 2
+    lines = ["".ljust(width) + "".join(k.rjust(17) for k in keys)]
+    for name, m in rows.items():
+        cells = "".join((f"{m[k]:.4f}" if isinstance(m[k], float) else str(m[k])).rjust(17) for k in keys)
+        lines.append(name.ljust(width) + cells)
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from tfmm.evaluation import reports
+    from tfmm.evaluation.evaluate import evaluate
+
+    metrics = evaluate(args.model, args.data, report_dir=args.report_dir, ablate=args.ablate)
+    if metrics.get("task") in ("multilabel", "matching", "contrastive"):
+        from tfmm.evaluation.task_eval import format_summary
+
+        print(format_summary(metrics))
+        if metrics["task"] != "contrastive":  # retrieval has no classes
+            print("\nper class:")
+            for label, m in metrics["per_class"].items():
+                print(f"  {label:30s} precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+                      f"f1 {m['f1']:.4f}  support {m['support']}")
+        print(f"\nwrote {os.path.join(args.report_dir or args.model, 'metrics.json')}")
+        return 0
+    print(reports.format_report(metrics))
+    if args.ablate:
+        print()
+        print(reports.format_ablation(metrics["ablation"]))
+    print(f"\nwrote the report to {os.path.abspath(args.report_dir or args.model)}")
+    return 0
+
+
+def _write_or_print(text: str, output, what: str) -> None:
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"wrote {what} to {output}")
+    else:
+        sys.stdout.write(text)
+
+
+def _predict_saved_model(args) -> int:
+    """``tfmm predict`` on an exported SavedModel: a REST body, a manifest or one image."""
+    from tfmm.serving import saved_model
+    from tfmm.serving import protocol
+
+    if not saved_model.is_saved_model(args.model):
+        raise ValueError(f"--request needs a SavedModel (a folder with saved_model.pb, or an export root); "
+                         f"received {args.model!r}. Export the run first: tfmm export --model {args.model}")
+    if args.request is not None:
+        import tensorflow as tf
+
+        with open(args.request, encoding="utf-8") as f:
+            body = f.read()
+        try:
+            response, status = protocol.predict_rest(args.model, body), 0
+        except (ValueError, tf.errors.OpError) as e:  # TF Serving answers HTTP 400 with this body
+            response, status = {"error": getattr(e, "message", str(e))}, 1
+            print(f"tfmm predict: the request failed; TF Serving would answer HTTP 400 with: {response}",
+                  file=sys.stderr)
+        _write_or_print(json.dumps(response, indent=4) + "\n", args.output, "the response body")
+        return status
+    if args.image is not None:
+        if args.text is None:
+            raise ValueError("--image needs --text (the caption that goes with it)")
+        records = protocol.predict_saved_model(args.model, _single_example(args), k=args.top_k)
+    else:
+        records = protocol.predict_saved_model(args.model, args.data, k=args.top_k)
+    _write_or_print("".join(json.dumps(r) + "\n" for r in records), args.output, f"{len(records)} prediction(s)")
+    return 0
+
+
+def _single_example(args):
+    """``--image PATH --text STR`` as a one-row manifest rooted at the image's folder."""
+    import pandas as pd
+
+    from tfmm.data.manifest import read_manifest
+
+    image = os.path.abspath(args.image)
+    frame = pd.DataFrame({"image": [image], "text": [args.text if args.text is not None else ""]})
+    return read_manifest(frame, root=os.path.dirname(image), require_labels=False)
+
+
+def cmd_predict(args) -> int:
+    from tfmm.serving import saved_model
+    from tfmm.serving import protocol
+    from tfmm.evaluation.evaluate import predict
+
+    if args.request is not None or saved_model.is_saved_model(args.model):
+        return _predict_saved_model(args)
+    zero_shot = None
+    if args.zero_shot_labels is not None:
+        zero_shot = [x.strip() for x in args.zero_shot_labels.split(",") if x.strip()]
+    elif args.prompt is not None:
+        raise ValueError("--prompt needs --zero-shot-labels")
+    extra = dict(zero_shot_labels=zero_shot, prompt=args.prompt) if zero_shot is not None else {}
+    if args.image is not None:
+        if args.text is None and zero_shot is None:
+            raise ValueError("--image needs --text (the caption that goes with it)")
+        records = predict(args.model, _single_example(args), k=args.top_k, **extra)
+    else:
+        records = predict(args.model, args.data, k=args.top_k, **extra)
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(lines)
+        print(f"wrote {len(records)} prediction(s) to {args.output}")
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from tfmm.serving.export_check import ExportCheckError
+    from tfmm.serving.export import export_for_serving
+
+    try:
+        result = export_for_serving(
+            args.model, args.export_dir, version=args.version, model_name=args.model_name,
+            warmup_data=args.warmup_data, warmup_records=args.warmup_records, check=not args.no_check,
+        )
+    except ExportCheckError as e:
+        print(f"tfmm export: error: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {result.path} (model {result.model_name!r}, version {result.version})")
+    print(f"  serving_default: {result.metadata['signatures']['serving_default']}")
+    if result.report is not None:
+        print("checks:\n" + "\n".join("  " + str(c) for c in result.report.checks))
+    print(f"warmup: {result.warmup_source}")
+    print(f"TF Serving: {result.metadata['serving']['summary']}")
+    print(f"TF Serving configs: {os.path.join(result.export_root, 'models.config')}, "
+          f"{os.path.join(result.export_root, 'batching.config')} (Docker instructions: README, Serve with Docker)")
+    return 0
+
+
+def cmd_check_export(args) -> int:
+    from tfmm.serving.export_check import check_export
+
+    report = check_export(args.dir)
+    print(f"checked {report.path}")
+    print(report)
+    print("all checks passed" if report.ok else "SOME CHECKS FAILED")
+    return 0 if report.ok else 1
+
+
+def cmd_demo(args) -> int:
+    from tfmm.demo import run_demo
+
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("n_train", args.n_train)) if v is not None}
+    results = run_demo(args.output_dir, seed=args.seed, export_dir=args.export_dir, **overrides)
+    print("\ntest metrics (label = colour + shape; shape is only in the image, colour only in the text):")
+    print(format_metrics_table(results["metrics"]))
+    print(f"\nfused run: {results['run_dirs']['fused']}")
+    for line in results.get("notes", []):
+        print(line)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    import csv
+
+    from tfmm.data.manifest import read_manifest, validate_manifest
+    from tfmm.config import RunConfig
+
+    labels, preprocessor, config = None, None, RunConfig()
+    if args.model:
+        from tfmm.run_dir import load_run
+
+        run = load_run(args.model)
+        config, preprocessor = run.config, run.preprocessor
+        labels = None if args.no_labels else run.labels
+    overrides = {f: getattr(args, f) for f in ("image_col", "text_col", "label_col", "max_image_pixels",
+                                                "allow_outside_root") if getattr(args, f) is not None}
+    config = config.replace(data=overrides)
+    task = args.task or config.model.task
+    manifest = read_manifest(args.data, config.data, require_labels=not args.no_labels)
+    problems = validate_manifest(manifest, task=task, labels=labels, config=config.data)
+    for p in problems:
+        print(p)
+    if args.report:
+        with open(args.report, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["source", "row", "image", "reason"])
+            writer.writerows([p.source, p.row, p.image, p.reason] for p in problems)
+    total = len(manifest) + len({p.row for p in manifest.problems})
+    bad = len({p.row for p in problems})
+    if preprocessor is not None:
+        from tfmm.data.validation import count_truncated
+
+        truncated = count_truncated(manifest.frame["text"].tolist(), preprocessor)
+        if truncated:
+            print(f"note: {truncated} text(s) are longer than {config.data.sequence_length} tokens "
+                  "and will be truncated")
+    print(f"{args.data}: {total - bad} of {total} row(s) usable, {bad} bad ({len(problems)} problem(s))")
+    return 1 if bad else 0
+
+
+def cmd_hub_export(args) -> int:
+    from tfmm.models.hub_export import export_hub_bert_from_spec
+
+    preprocess, encoder = export_hub_bert_from_spec(args.spec, args.output_dir, seq_length=args.seq_length)
+    print(f"wrote {preprocess}\nwrote {encoder}")
+    print(f"use it with: --text-encoder tfhub:{preprocess},{encoder}")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "export": cmd_export,
+    "check-export": cmd_check_export, "validate": cmd_validate, "hub-export": cmd_hub_export, "prepare": cmd_prepare,
+}

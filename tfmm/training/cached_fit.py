@@ -1,0 +1,163 @@
+"""Training on cached features: the frozen encoders' outputs (:mod:`tfmm.training.feature_cache`)
+replace those encoders, and the rest of the model is fit on them.
+
+:func:`fit_with_cached_features` builds a trainer that shares the model's layers
+(:func:`build_cached_trainer`), fits it on a ``tf.data`` pipeline over the cached features
+(:func:`cached_dataset`, shuffled with the same seed and buffer as
+:func:`tfmm.data.pipeline.make_dataset`), so the full model is trained and saved as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from tfmm.config import RunConfig
+from tfmm.data.manifest import Manifest, encode_labels
+from tfmm.data.pipeline import make_dataset, pipeline_options
+from tfmm.models import text
+from tfmm.training import precision
+from tfmm.training.feature_cache import PARTS, cached_features, used_modalities
+
+logger = logging.getLogger(__name__)
+
+
+def build_cached_trainer(model: keras.Model, config: RunConfig, cached: Sequence[str]) -> keras.Model:
+    """A model sharing ``model``'s layers that takes cached features for ``cached`` modalities.
+
+    Its inputs are ``image_features`` / ``text_features`` (``[B, D]`` float32) for cached
+    modalities and the usual raw inputs (``image`` or the token inputs) for the others.
+    """
+    dc = config.data
+    inputs, features = {}, {}
+    for modality in used_modalities(config):
+        encoder_name, feature_name = PARTS[modality]
+        encoder = model.get_layer(encoder_name)
+        if modality in cached:
+            inputs[feature_name] = keras.Input(shape=(encoder.output.shape[-1],), dtype="float32",
+                                               name=feature_name)
+            features[feature_name] = inputs[feature_name]
+        elif modality == "image":
+            inputs["image"] = keras.Input(shape=(dc.image_size, dc.image_size, 3), dtype="float32", name="image")
+            features[feature_name] = encoder(inputs["image"])
+        else:
+            tokens = text.text_inputs(dc.sequence_length)
+            inputs.update(tokens)
+            features[feature_name] = encoder(tokens)
+    head = model.get_layer("fusion_head")
+    return keras.Model(inputs, head(features), name="tfmm_cached_trainer")
+
+
+def cached_dataset(
+    manifest: Manifest,
+    features: dict,
+    *,
+    config: RunConfig,
+    labels: Sequence[str],
+    preprocessor=None,
+    batch_size: int = 32,
+    shuffle: bool = False,
+) -> tf.data.Dataset:
+    """``({feature_name: [B, D], raw inputs...}, targets)`` batches over cached features.
+
+    Shuffling uses ``config.train.seed`` and ``shuffle_buffer`` exactly as
+    :func:`tfmm.data.pipeline.make_dataset`, so rows come in the same order as without the cache.
+    A modality that is not cached is read by ``make_dataset`` (deterministically) and
+    zipped with the cached features.
+    """
+    tc, task = config.train, config.model.task
+    raw = [m for m in used_modalities(config) if PARTS[m][1] not in features]
+
+    def shuffled(ds):
+        if not shuffle:
+            return ds
+        return ds.shuffle(min(tc.shuffle_buffer, len(manifest)), seed=tc.seed, reshuffle_each_iteration=True)
+
+    if not raw:
+        targets = encode_labels(manifest, labels, task)
+        ds = shuffled(tf.data.Dataset.from_tensor_slices((features, targets))).batch(batch_size)
+    else:
+        raw_ds = make_dataset(
+            manifest, config=dataclasses.replace(config.data, deterministic=True),
+            preprocessor=preprocessor, labels=labels, task=task, modalities=raw[0],
+            batch_size=batch_size, shuffle=shuffle, seed=tc.seed, shuffle_buffer=tc.shuffle_buffer,
+        )
+        cached = shuffled(tf.data.Dataset.from_tensor_slices(features)).batch(batch_size)
+        ds = tf.data.Dataset.zip(raw_ds, cached).map(
+            lambda raw_batch, cached_batch: ({**raw_batch[0], **cached_batch}, raw_batch[1]))
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(pipeline_options(dataclasses.replace(config.data, deterministic=True)))
+
+
+def _save_with(callback: keras.callbacks.Callback, model: keras.Model) -> None:
+    """Makes ``callback`` act on ``model`` whatever model ``fit`` hands it."""
+    set_model = callback.set_model
+    callback.set_model = lambda _fit_model: set_model(model)
+
+
+def fit_with_cached_features(
+    model: keras.Model,
+    config: RunConfig,
+    train_manifest: Manifest,
+    val_manifest: Optional[Manifest] = None,
+    *,
+    cached: Sequence[str],
+    labels: Sequence[str],
+    compile_fn: Callable[[keras.Model], None],
+    cache_dir: str,
+    preprocessor=None,
+    strategy: Optional[tf.distribute.Strategy] = None,
+    batch_size: int = 32,
+    callbacks: Sequence = (),
+    verbose="auto",
+):
+    """Fits ``model``'s trainable layers on cached features of its frozen encoders.
+
+    Args:
+        model: the full model from ``build_model`` (its layers are trained in place).
+        config: the run config.
+        train_manifest / val_manifest: checked manifests.
+        cached: the modalities to cache (see :func:`cached_modalities`).
+        labels: the label vocabulary.
+        compile_fn: compiles a model like the full one (``tfmm.training.train.compile_model``).
+        cache_dir: the cache root folder.
+        preprocessor: the text preprocessor.
+        strategy: the distribution strategy ``model`` was built under.
+        batch_size: the global batch size.
+        callbacks: ``fit`` callbacks; ``ModelCheckpoint``s save the full model.
+        verbose: ``fit``/``predict`` verbosity.
+
+    Returns:
+        The ``keras.callbacks.History`` of the fit.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    splits = {"train": train_manifest, "val": val_manifest}
+    features = {split: {} for split in splits}
+    for modality in cached:
+        encoder_name, feature_name = PARTS[modality]
+        for split, manifest in splits.items():
+            if manifest is not None:
+                features[split][feature_name], _, _ = cached_features(
+                    model.get_layer(encoder_name), modality, manifest, config=config,
+                    cache_dir=cache_dir, preprocessor=preprocessor, batch_size=batch_size,
+                    verbose=verbose,
+                )
+    with strategy.scope(), precision.dtype_policy(config.train.mixed_precision):
+        trainer = build_cached_trainer(model, config, cached)
+        compile_fn(trainer)
+    common = dict(config=config, labels=labels, preprocessor=preprocessor, batch_size=batch_size)
+    train_ds = cached_dataset(train_manifest, features["train"], shuffle=True, **common)
+    val_ds = cached_dataset(val_manifest, features["val"], **common) if val_manifest is not None else None
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.ModelCheckpoint):
+            _save_with(callback, model)  # checkpoints hold the full model, as without the cache
+        if hasattr(callback, "full_model"):  # tfmm callbacks that save or score the full model
+            callback.full_model = model
+    logger.info("training %s on cached %s features (%d trainable weights)", trainer.name,
+                "+".join(cached), len(trainer.trainable_weights))
+    return trainer.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
+                       callbacks=list(callbacks), verbose=verbose)
