@@ -99,7 +99,7 @@ def synthetic_images(folder: str, seed: int = 0) -> list:
 def _fresh_process(saved_model: str, sample: dict, timeout: int = 600) -> dict:
     """Runs tfmm/serving/standalone_check.py in a new Python process (importing tensorflow, and
     tensorflow_text only for non-core ops) from an empty folder; returns its result dict."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "savedmodel_check.py")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standalone_check.py")
     with open(script, encoding="utf-8") as f:
         source = f.read()
     with tempfile.TemporaryDirectory() as folder:
