@@ -22,7 +22,7 @@ import shutil
 import tempfile
 
 import common  # noqa: F401  (sets the environment and sys.path first)
-from common import alternate, best, default_config, print_header, print_ratio, print_table, write_jpeg_dataset
+from common import alternate, best, print_header, print_ratio, print_table, train_frozen_default_run
 
 
 class TFTextPreprocessor:
@@ -64,7 +64,6 @@ def main(argv=None) -> None:
     from tfmm.evaluate import load_run
     from tfmm.export import build_export_archive
     from tfmm.text import KerasHubTextPreprocessor, minilm_path
-    from tfmm.train import train
 
     print_header("bench_tokenizer: core-op WordPiece vs TF Text (KerasHub), alone and in the serving signature")
     texts = real_texts(4 * args.batch)
@@ -80,15 +79,11 @@ def main(argv=None) -> None:
     alone = alternate(args.rounds, **calls)
 
     work = tempfile.mkdtemp(prefix="tfmm_bench_tokenizer_")
-    manifest = write_jpeg_dataset(os.path.join(work, "data"), 36, size=256)
-    config = default_config(freeze_image=True, freeze_text=True).replace(
-        train={"epochs": 1, "batch_size": 8, "early_stopping_patience": 0})
-    run_dir = os.path.join(work, "run")
-    train(config, manifest, None, run_dir, verbose=0)
+    _, run_dir = train_frozen_default_run(work)
     run = load_run(run_dir)
     serve = {}
     for name, preprocessor in (("core ops (tfmm)", run.preprocessor),
-                               ("TF Text (KerasHub)", TFTextPreprocessor(minilm_path(), config.data.sequence_length))):
+                               ("TF Text (KerasHub)", TFTextPreprocessor(minilm_path(), run.config.data.sequence_length))):
         run.preprocessor = preprocessor
         path = os.path.join(work, name.split()[0].lower().replace("(", ""))
         build_export_archive(run).write_out(path, verbose=False)
