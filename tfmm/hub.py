@@ -36,6 +36,12 @@ CANONICAL_TO_HUB = {
     "segment_ids": "input_type_ids",
     "padding_mask": "input_mask",
 }
+# ``export_info.json`` of a ``tfmm hub-export`` folder (one folder above ``preprocess/``).
+EXPORT_FORMAT = "TF-Hub BERT (Common SavedModel APIs for Text)"
+EXPORT_INFO = "export_info.json"
+# What exports written before these keys were recorded used (KerasHub BertTokenizer defaults).
+_EXPORT_DEFAULTS = {"split_on_cjk": True, "suffix_indicator": "##", "oov_token": "[UNK]"}
+_LOGGED_TF_TEXT = set()  # preprocessor handles already reported as keeping TF Text ops
 _OFFLINE_HINT = (
     "Downloading a TF-Hub handle needs internet access, which this machine may not have. "
     "Pass a local SavedModel folder instead (e.g. one written by `tfmm hub-export`), or set "
