@@ -576,7 +576,7 @@ def _copy_export(tiny_bert, tmp_path, **info_changes):
 
 def test_core_op_preprocessor_reads_older_exports_by_defaults(tiny_bert, tmp_path):
     """An export_info.json without split_on_cjk / suffix / oov / special ids (older tfmm)."""
-    from tfmm.hub import core_op_preprocessor
+    from tfmm.hub_export import core_op_preprocessor
 
     old = _copy_export(tiny_bert, tmp_path, split_on_cjk=None, suffix_indicator=None, oov_token=None,
                        special_tokens=None)
@@ -596,23 +596,28 @@ def test_core_op_preprocessor_reads_older_exports_by_defaults(tiny_bert, tmp_pat
     {"special_tokens": {"start_of_sequence_id": 4, "end_of_segment_id": 3, "padding_id": 0}},
     {"vocabulary_size": 7},  # vocab.txt is not the export's vocabulary
 ])
-def test_unreadable_exports_keep_the_hub_preprocessor(tiny_bert, tmp_path, changes, caplog, monkeypatch):
+def test_unreadable_exports_get_no_core_op_preprocessor(tiny_bert, tmp_path, changes):
+    from tfmm import hub_export
+
+    assert hub_export.core_op_preprocessor(_copy_export(tiny_bert, tmp_path, **changes)) is None
+
+
+def test_unreadable_export_keeps_the_hub_preprocessor_and_logs_once(tiny_bert, tmp_path, caplog, monkeypatch):
     from tfmm import hub
     from tfmm.text import load_text_preprocessor
 
     monkeypatch.setattr(hub, "_LOGGED_TF_TEXT", set())
-    pre_path = _copy_export(tiny_bert, tmp_path, **changes)
-    assert hub.core_op_preprocessor(pre_path) is None
+    spec = f"tfhub:{_copy_export(tiny_bert, tmp_path, format='something else')},{tiny_bert[3]}"
     with caplog.at_level("INFO", logger="tfmm.hub"):
-        first = load_text_preprocessor(f"tfhub:{pre_path},{tiny_bert[3]}", 8)
-        load_text_preprocessor(f"tfhub:{pre_path},{tiny_bert[3]}", 8)
+        first = load_text_preprocessor(spec, 8)
+        load_text_preprocessor(spec, 8)
     assert isinstance(first, HubTextPreprocessor)
     logged = [r for r in caplog.records if "keeps its TF Text ops" in r.getMessage()]
     assert len(logged) == 1 and logged[0].levelname == "INFO"  # once per handle
 
 
 def test_urls_are_not_read_as_exports():
-    from tfmm.hub import core_op_preprocessor
+    from tfmm.hub_export import core_op_preprocessor
 
     assert core_op_preprocessor("https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3") is None
 

@@ -104,12 +104,12 @@ def test_hand_made_hub_pair_trains_evaluates_and_reloads(hand_made_pair, demo_da
 
 def test_hand_made_preprocessor_keeps_hub_text_preprocessor(hand_made_pair, caplog, monkeypatch):
     """A TF Text BertTokenizer preprocessor is not a tfmm export: it runs as it is, and says so."""
-    from tfmm import hub
+    from tfmm import hub, hub_export
     from tfmm.text import load_text_preprocessor
 
     pre, enc, _ = hand_made_pair
     monkeypatch.setattr(hub, "_LOGGED_TF_TEXT", set())
-    assert hub.core_op_preprocessor(pre) is None
+    assert hub_export.core_op_preprocessor(pre) is None
     with caplog.at_level("INFO", logger="tfmm.hub"):
         preprocessor = load_text_preprocessor(f"tfhub:{pre},{enc}", SEQ)
     assert isinstance(preprocessor, hub.HubTextPreprocessor)
