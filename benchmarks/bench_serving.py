@@ -22,7 +22,7 @@ import tempfile
 import time
 
 import common  # noqa: F401  (sets the environment and sys.path first)
-from common import default_config, print_header, print_ratio, print_table, write_jpeg_dataset
+from common import print_header, print_ratio, print_table, train_frozen_default_run
 
 
 def _import_export():
@@ -30,7 +30,7 @@ def _import_export():
         from tfmm.serving.export import export_for_serving
     except ImportError as e:
         sys.exit(
-            f"bench_serving: cannot import tfmm.export.export_for_serving ({e}).\n"
+            f"bench_serving: cannot import tfmm.serving.export.export_for_serving ({e}).\n"
             "This benchmark measures the SavedModel written by tfmm/serving/export.py "
             "(export_for_serving(run_dir, export_dir) -> its version folder, signature "
             "serving_default(image_bytes, text) -> {scores, labels}); run it on a checkout "
@@ -57,15 +57,10 @@ def main(argv=None) -> None:
 
     from tfmm.data.manifest import read_manifest
     from tfmm.run_dir import load_run
-    from tfmm.training.train import train
 
     print_header("bench_serving: exported SavedModel vs in-memory model.predict")
     work = tempfile.mkdtemp(prefix="tfmm_bench_serving_")
-    manifest_path = write_jpeg_dataset(os.path.join(work, "data"), 36, size=256)
-    config = default_config(freeze_image=True, freeze_text=True).replace(
-        train={"epochs": 1, "batch_size": 8, "early_stopping_patience": 0})
-    run_dir = os.path.join(work, "run")
-    train(config, manifest_path, None, run_dir, verbose=0)
+    manifest_path, run_dir = train_frozen_default_run(work)
     exported = export_for_serving(run_dir, os.path.join(work, "export"))
     path = getattr(exported, "path", exported)  # an ExportResult (tfmm.export) or a path
     serve = tf.saved_model.load(path).signatures["serving_default"]

@@ -149,3 +149,16 @@ def default_config(**model):
     from tfmm.config import RunConfig
 
     return RunConfig().replace(model={"image_weights": "none", **model})
+
+
+def train_frozen_default_run(work: str, n: int = 36) -> tuple:
+    """Trains the default model with both encoders frozen for one epoch on ``n`` JPEGs
+    (seconds, thanks to the feature cache); returns ``(manifest_path, run_dir)``."""
+    from tfmm.training.train import train
+
+    manifest = write_jpeg_dataset(os.path.join(work, "data"), n, size=256)
+    config = default_config(freeze_image=True, freeze_text=True).replace(
+        train={"epochs": 1, "batch_size": 8, "early_stopping_patience": 0})
+    run_dir = os.path.join(work, "run")
+    train(config, manifest, None, run_dir, verbose=0)
+    return manifest, run_dir

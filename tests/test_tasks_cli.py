@@ -184,9 +184,9 @@ _MIRRORED = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, numpy as np
     sys.path.insert(0, sys.argv[1])
-    from tfmm import heads
+    from tfmm.models import heads
     from tfmm.config import RunConfig
-    from tfmm.model import build_fusion_head
+    from tfmm.models.build import build_fusion_head
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     rng = np.random.default_rng(0)
     x = {"image_features": rng.normal(size=(64, 8)).astype("float32"),

@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmm.models.hub import HUB_INPUT_KEYS, HubTextEncoder, HubTextPreprocessor, hub_inputs_from_canonical
+from tfmm.models.hub import (
+    CANONICAL_TO_HUB,
+    HUB_INPUT_KEYS,
+    HubTextEncoder,
+    HubTextPreprocessor,
+    hub_inputs_from_canonical,
+)
 from tfmm.models.hub_export import export_hub_bert, export_hub_bert_from_spec
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -446,6 +452,175 @@ def test_export_argument_errors(tiny_bert, tmp_path):
         export_hub_bert_from_spec("bert_tiny", tmp_path)
     with pytest.raises(ValueError, match="seq_length must be None or an int"):
         HubTextPreprocessor("unused", seq_length=0)
+
+
+# ---------------------------------------------------------------------------- core-op path
+
+# TF Text ops of the old tokenize graph; none may be left in the exported tokenize functions.
+TF_TEXT_TOKENIZE_OPS = {"CaseFoldUTF8", "RegexSplitWithOffsets", "FastWordpieceTokenizeWithOffsets",
+                        "WordpieceTokenizeWithOffsets", "NormalizeUTF8"}
+# Accents (composed and combining), CJK, punctuation, casing, control characters, empty.
+VARIED_TEXTS = TEXTS + [
+    "CAFÉ café cafe\u0301 Ünbelievable", "日本語のテキスト、本日！", "¿¡hello?! «world» (a-b) [z]",
+    "\x00a\u00adb\u200dc", "   ", "ǅungla ÅNGSTRÖM ﬁ ß İstanbul",
+]
+
+
+def _object_functions(proto, path):
+    """Concrete function names of the SavedModel object at ``path`` (child names from the root)."""
+    graph = proto.meta_graphs[0].object_graph_def
+    node = graph.nodes[0]
+    for name in path:
+        node = graph.nodes[next(c.node_id for c in node.children if c.local_name == name)]
+    return set(node.function.concrete_functions) or {node.bare_concrete_function.concrete_function_name}
+
+
+def _reachable_ops(proto, roots):
+    """Ops of the functions ``roots`` and of every function they call (calls are not ops)."""
+    from tfmm.serving import standalone_check as savedmodel_check
+
+    library = {fn.signature.name: fn for fn in proto.meta_graphs[0].graph_def.library.function}
+    reached, todo = set(), list(roots)
+    while todo:
+        name = todo.pop()
+        if name in reached:
+            continue
+        reached.add(name)
+        for node in library[name].node_def:
+            called = [node.op] + [a.func.name for a in node.attr.values()]
+            called += [f.name for a in node.attr.values() for f in a.list.func]
+            todo += [c for c in called if c in library]
+    pruned = type(proto)()
+    pruned.CopyFrom(proto)
+    meta = pruned.meta_graphs[0]
+    del meta.graph_def.node[:]
+    kept = [fn for fn in meta.graph_def.library.function if fn.signature.name in reached]
+    del meta.graph_def.library.function[:]
+    meta.graph_def.library.function.extend(kept)
+    return set(savedmodel_check.graph_ops(pruned))  # graph_ops reads the pruned library
+
+
+def test_exported_tokenize_and_call_hold_no_tf_text_op(tiny_bert):
+    from tfmm.serving import standalone_check as savedmodel_check
+    from tfmm.serving import serving_compat
+
+    _, _, preprocess, _ = tiny_bert
+    proto = savedmodel_check.read_saved_model(preprocess)
+    tokenize = _reachable_ops(proto, _object_functions(proto, ["tokenize", "__call__"]))
+    call = _reachable_ops(proto, _object_functions(proto, ["__call__"]))
+    all_ops = set(savedmodel_check.graph_ops(proto))
+    # The traversal sees the tokenizer's ops (tables, regexes, the WordPiece loop)...
+    assert {"LookupTableFindV2", "StaticRegexReplace", "StringSplitV2", "UnicodeDecode", "While"} <= tokenize
+    assert tokenize <= call
+    # ...and none of TF Text's: tokenize has no tokenizer op, __call__ no TF Text op at all.
+    assert not tokenize & TF_TEXT_TOKENIZE_OPS
+    assert not call & set(serving_compat.load_table()["tf_text_ops"])
+    # Only bert_pack_inputs (2+ segments, round robin) keeps TF Text's trimmer.
+    assert not all_ops & TF_TEXT_TOKENIZE_OPS
+    assert "TFText>RoundRobinTrim" in all_ops - call
+    assert "TFText>RoundRobinTrim" in _reachable_ops(proto, _object_functions(proto, ["bert_pack_inputs", "__call__"]))
+
+
+def test_load_text_preprocessor_on_hub_export_is_core_op_with_hub_ids(tiny_bert, caplog):
+    import tensorflow_hub as hub
+
+    from tfmm.models.text import KerasHubTextPreprocessor, load_text_preprocessor
+
+    _, tokenizer, preprocess, encoder = tiny_bert
+    loaded = hub.load(preprocess)
+    texts = tf.constant(VARIED_TEXTS)
+    for length in (SEQ_LENGTH, 6):
+        with caplog.at_level("INFO", logger="tfmm.hub"):
+            pre = load_text_preprocessor(f"tfhub:{preprocess},{encoder}", length)
+        assert isinstance(pre, KerasHubTextPreprocessor) and not isinstance(pre, HubTextPreprocessor)
+        assert "core ops" in caplog.text and "keeps its TF Text ops" not in caplog.text
+        got = {k: v.numpy() for k, v in pre(texts).items()}
+        if length == SEQ_LENGTH:
+            expected = loaded(texts)
+        else:
+            expected = loaded.bert_pack_inputs([loaded.tokenize(texts)], seq_length=length)
+        for key, hub_key in CANONICAL_TO_HUB.items():
+            np.testing.assert_array_equal(got[key], expected[hub_key].numpy(), err_msg=(length, key))
+        np.testing.assert_array_equal(got["token_ids"], _keras_hub_inputs(tokenizer, VARIED_TEXTS, length)["token_ids"])
+        if length == SEQ_LENGTH:  # the texts really reach unknown, CJK, punctuation, accented tokens
+            seen = set(got["token_ids"].ravel().tolist())
+            assert {1, VOCAB.index("日"), VOCAB.index("!"), VOCAB.index("café")} <= seen
+    assert got["token_ids"][2].tolist() == [2, 3, 0, 0, 0, 0]  # "" -> [CLS] [SEP] [PAD]...
+
+
+def test_core_op_preprocessor_feeds_hub_text_encoder(tiny_bert):
+    """Canonical core-op outputs, renamed by hub_inputs_from_canonical, give the hub pair's outputs."""
+    import tensorflow_hub as hub
+
+    from tfmm.models.text import build_text_encoder, load_text_preprocessor
+
+    _, _, preprocess, encoder = tiny_bert
+    spec = f"tfhub:{preprocess},{encoder}"
+    model = build_text_encoder(spec, sequence_length=SEQ_LENGTH, pooling="cls", trainable=False)
+    got = model(load_text_preprocessor(spec, SEQ_LENGTH)(tf.constant(VARIED_TEXTS)))
+    expected = hub.load(encoder)(hub.load(preprocess)(tf.constant(VARIED_TEXTS)), training=False)
+    np.testing.assert_allclose(got.numpy(), expected["pooled_output"].numpy(), atol=1e-6)
+
+
+def _copy_export(tiny_bert, tmp_path, **info_changes):
+    """A copy of the tiny export's preprocessor with export_info.json edited (None deletes a key)."""
+    import shutil
+
+    _, _, preprocess, _ = tiny_bert
+    shutil.copytree(preprocess, tmp_path / "preprocess")
+    info = json.load(open(os.path.join(os.path.dirname(preprocess), "export_info.json")))
+    for key, value in info_changes.items():
+        info.pop(key) if value is None else info.__setitem__(key, value)
+    (tmp_path / "export_info.json").write_text(json.dumps(info))
+    return str(tmp_path / "preprocess")
+
+
+def test_core_op_preprocessor_reads_older_exports_by_defaults(tiny_bert, tmp_path):
+    """An export_info.json without split_on_cjk / suffix / oov / special ids (older tfmm)."""
+    from tfmm.models.hub_export import core_op_preprocessor
+
+    old = _copy_export(tiny_bert, tmp_path, split_on_cjk=None, suffix_indicator=None, oov_token=None,
+                       special_tokens=None)
+    pre = core_op_preprocessor(old)
+    assert pre is not None and pre.sequence_length == SEQ_LENGTH  # the export's own default
+    assert (pre.tokenizer.lowercase, pre.tokenizer.strip_accents, pre.tokenizer.split_on_cjk) == (True, False, True)
+    expected = HubTextPreprocessor(old)(tf.constant(VARIED_TEXTS))["token_ids"]
+    np.testing.assert_array_equal(pre(tf.constant(VARIED_TEXTS))["token_ids"], expected)
+    with pytest.raises(ValueError, match="seq_length"):
+        core_op_preprocessor(old, 2)
+
+
+@pytest.mark.parametrize("changes", [
+    {"format": "something else"},  # a foreign export_info.json next to the folder
+    {"lowercase": None},  # casing not recorded: tfmm cannot know the options
+    {"suffix_indicator": "@@"},  # options the core-op preprocessor does not take
+    {"special_tokens": {"start_of_sequence_id": 4, "end_of_segment_id": 3, "padding_id": 0}},
+    {"vocabulary_size": 7},  # vocab.txt is not the export's vocabulary
+])
+def test_unreadable_exports_get_no_core_op_preprocessor(tiny_bert, tmp_path, changes):
+    from tfmm.models import hub_export
+
+    assert hub_export.core_op_preprocessor(_copy_export(tiny_bert, tmp_path, **changes)) is None
+
+
+def test_unreadable_export_keeps_the_hub_preprocessor_and_logs_once(tiny_bert, tmp_path, caplog, monkeypatch):
+    from tfmm.models import hub
+    from tfmm.models.text import load_text_preprocessor
+
+    monkeypatch.setattr(hub, "_LOGGED_TF_TEXT", set())
+    spec = f"tfhub:{_copy_export(tiny_bert, tmp_path, format='something else')},{tiny_bert[3]}"
+    with caplog.at_level("INFO", logger="tfmm.hub"):
+        first = load_text_preprocessor(spec, 8)
+        load_text_preprocessor(spec, 8)
+    assert isinstance(first, HubTextPreprocessor)
+    logged = [r for r in caplog.records if "keeps its TF Text ops" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].levelname == "INFO"  # once per handle
+
+
+def test_urls_are_not_read_as_exports():
+    from tfmm.models.hub_export import core_op_preprocessor
+
+    assert core_op_preprocessor("https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3") is None
 
 
 # ---------------------------------------------------------------------------- MiniLM

@@ -101,3 +101,24 @@ def test_hand_made_hub_pair_trains_evaluates_and_reloads(hand_made_pair, demo_da
     # Same tokenization in the pipeline as the preprocessor SavedModel itself.
     ids = run.preprocessor(tf.constant(["a red circle"]))["token_ids"].numpy()
     assert ids[0, :5].tolist() == [2, VOCAB.index("a"), VOCAB.index("red"), VOCAB.index("circle"), 3]
+
+
+def test_hand_made_preprocessor_keeps_hub_text_preprocessor(hand_made_pair, caplog, monkeypatch):
+    """A TF Text BertTokenizer preprocessor is not a tfmm export: it runs as it is, and says so."""
+    from tfmm.models import hub
+    from tfmm.models import hub_export
+    from tfmm.models.text import load_text_preprocessor
+
+    pre, enc, _ = hand_made_pair
+    monkeypatch.setattr(hub, "_LOGGED_TF_TEXT", set())
+    assert hub_export.core_op_preprocessor(pre) is None
+    with caplog.at_level("INFO", logger="tfmm.hub"):
+        preprocessor = load_text_preprocessor(f"tfhub:{pre},{enc}", SEQ)
+    assert isinstance(preprocessor, hub.HubTextPreprocessor)
+    assert any("keeps its TF Text ops" in r.getMessage() and r.levelname == "INFO" for r in caplog.records)
+    texts = tf.constant(["A red circle, big.", ""])
+    expected = tf.saved_model.load(pre)(texts)
+    got = preprocessor(texts)
+    for key, hub_key in hub.CANONICAL_TO_HUB.items():
+        np.testing.assert_array_equal(got[key].numpy(), expected[hub_key].numpy())
+    assert got["token_ids"].numpy()[1].tolist() == [2, 3] + [0] * (SEQ - 2)

@@ -16,7 +16,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     import keras, numpy as np
-    from tfmm.checkpoint import AtomicBestCheckpoint
+    from tfmm.training.checkpoint import AtomicBestCheckpoint
 
     path = sys.argv[1]
     real_save = keras.Model.save_weights

@@ -284,13 +284,15 @@ class WordPieceTokenizer(tf.Module):
         return tf.RaggedTensor.from_value_rowids(tf.gather(values, order), tf.cast(tf.gather(rows, order), tf.int64),
                                                  nrows=tf.cast(n_words, tf.int64))
 
-    def tokenize(self, text) -> tf.RaggedTensor:
-        """``[B]`` strings -> ragged ``[B, None]`` int32 token ids (no special tokens).
+    def tokenize_words(self, text) -> tf.RaggedTensor:
+        """``[B]`` strings -> ragged ``[B, (words), (wordpieces)]`` int32 ids, piece ids per word.
 
-        Each distinct word of the batch is case folded and split into pieces once.
+        The TF-Hub BERT ``tokenize`` shape; :meth:`tokenize` is this with the word dimension
+        merged. Each distinct word of the batch is case folded and split into pieces once.
 
         Example:
-            >>> tok.tokenize(tf.constant(["The quick."]))
+            >>> tok.tokenize_words(tf.constant(["The quick."])).to_list()
+            [[[1], [2, 3], [4]]]
         """
         text = tf.convert_to_tensor(text, tf.string)
         words = self.split_words(tf.reshape(text, [-1]))
@@ -298,7 +300,15 @@ class WordPieceTokenizer(tf.Module):
         if self.lowercase:
             unique = self.fold_case(unique)
         pieces = tf.gather(self._wordpiece(unique), index)
-        return words.with_flat_values(pieces).merge_dims(1, 2)
+        return words.with_flat_values(pieces)
+
+    def tokenize(self, text) -> tf.RaggedTensor:
+        """``[B]`` strings -> ragged ``[B, None]`` int32 token ids (no special tokens).
+
+        Example:
+            >>> tok.tokenize(tf.constant(["The quick."]))
+        """
+        return self.tokenize_words(text).merge_dims(1, 2)
 
     def __call__(self, text) -> tf.RaggedTensor:
         """Same as :meth:`tokenize` (KerasHub tokenizers are called this way)."""

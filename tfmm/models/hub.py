@@ -8,7 +8,9 @@ Two jobs, one interface (the TF-Hub "Common SavedModel APIs for Text", BERT flav
   ``tensorflow_hub.KerasLayer`` is not used: it is a Keras 2 layer and fails in Keras 3
   functional models (see PITFALLS.md, "TF-Hub inside Keras 3").
 * **Write** such a pair from a KerasHub ``BertBackbone`` + ``BertTokenizer``: see
-  :mod:`tfmm.hub_export`.
+  :mod:`tfmm.hub_export`. :func:`text_preprocessor` (what ``--text-encoder tfhub:`` uses)
+  tokenizes a preprocessor written that way with TensorFlow core ops
+  (:func:`tfmm.models.hub_export.core_op_preprocessor`, same ids) and runs any other one as it is.
 
 A *handle* is a TF-Hub/Kaggle URL (downloaded and cached under ``TFHUB_CACHE_DIR``) or a local
 SavedModel folder. Loading needs ``tensorflow_text`` for the preprocessor's ops; this module
@@ -36,6 +38,7 @@ CANONICAL_TO_HUB = {
     "segment_ids": "input_type_ids",
     "padding_mask": "input_mask",
 }
+_LOGGED_TF_TEXT = set()  # preprocessor handles already reported as keeping TF Text ops
 _OFFLINE_HINT = (
     "Downloading a TF-Hub handle needs internet access, which this machine may not have. "
     "Pass a local SavedModel folder instead (e.g. one written by `tfmm hub-export`), or set "
@@ -223,6 +226,43 @@ class HubTextPreprocessor(tf.Module):
             value = tf.ensure_shape(value, [None, self.sequence_length])
             result[key] = value[0] if scalar else value
         return result
+
+
+def text_preprocessor(preprocessor_handle: str, seq_length: Optional[int] = None):
+    """The tfmm preprocessor of a TF-Hub BERT preprocessor handle: core ops when possible.
+
+    A ``tfmm hub-export`` folder gets :func:`tfmm.models.hub_export.core_op_preprocessor` (core ops only,
+    same ids); any other preprocessor (a TF-Hub URL, one made with TF Text's
+    ``BertTokenizer``...) is run as it is by :class:`HubTextPreprocessor`, so its TF Text ops
+    stay in the serving export; this is logged once per handle, at INFO.
+
+    Args:
+        preprocessor_handle: str. TF-Hub URL or local folder of a BERT preprocessor.
+        seq_length: int or None. Output length; None is the preprocessor's default.
+
+    Returns:
+        A callable ``tf.Module``: strings -> ``token_ids``, ``segment_ids``, ``padding_mask``.
+
+    Example:
+        >>> pre = text_preprocessor("hub_bert/preprocess", 64)  # doctest: +SKIP
+    """
+    from tfmm.models.hub_export import core_op_preprocessor
+
+    preprocessor = core_op_preprocessor(preprocessor_handle, seq_length)
+    if preprocessor is not None:
+        logger.info("TF-Hub preprocessor %s: tokenizing with TensorFlow core ops (tfmm hub-export "
+                    "vocabulary and options)", preprocessor_handle)
+        return preprocessor
+    preprocessor = HubTextPreprocessor(preprocessor_handle, seq_length=seq_length)
+    if preprocessor.preprocessor_handle not in _LOGGED_TF_TEXT:
+        _LOGGED_TF_TEXT.add(preprocessor.preprocessor_handle)
+        logger.info(
+            "TF-Hub preprocessor %s is not a `tfmm hub-export` folder whose vocabulary and options "
+            "tfmm can read: this text encoder keeps its TF Text ops (in tf.data and in the serving "
+            "export); the export says which TF Serving releases load it",
+            preprocessor.preprocessor_handle,
+        )
+    return preprocessor
 
 
 @keras.saving.register_keras_serializable(package="tfmm")

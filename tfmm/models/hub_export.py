@@ -4,6 +4,12 @@ The written folders follow the TF-Hub "Common SavedModel APIs for Text" (BERT fl
 with plain ``tensorflow`` + ``tensorflow_text`` and reproduce KerasHub's token ids and
 outputs, so the offline MiniLM (or any KerasHub BERT preset/folder) can be used wherever a
 TF-Hub handle is expected (``tfmm hub-export``, then ``--text-encoder tfhub:PRE,ENC``).
+
+The preprocessor tokenizes with :class:`tfmm.data.tokenizer.WordPieceTokenizer` (TensorFlow core
+ops only) and its default ``__call__`` packs the single segment with core ops too; only
+``bert_pack_inputs`` (any number of segments, round robin, as the TF-Hub API has it) uses TF
+Text ops. ``export_info.json`` records the tokenizer options, so tfmm can rebuild the same
+core-op tokenizer from the folder (:func:`tfmm.models.hub.core_op_preprocessor`).
 """
 
 from __future__ import annotations
@@ -13,56 +19,27 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import keras
 import tensorflow as tf
 
-from tfmm.models.hub import CANONICAL_TO_HUB, _hub_input_spec
+from tfmm.data.tokenizer import WordPieceTokenizer, pack_single_segment
+from tfmm.models.hub import CANONICAL_TO_HUB, _hub_input_spec, _normalize_handle
 
 logger = logging.getLogger(__name__)
 
 # bert_pack_inputs of exported preprocessors is traced for these input structures.
 PACK_MAX_SEGMENTS = 2
-
-# Word splitting identical to KerasHub's WordPieceTokenizer (which follows the original BERT
-# tokenization.py): whitespace and invisible control characters separate words, ASCII
-# non-alphanumerics and Unicode punctuation are kept as one-character words, and so are CJK
-# ideographs.
-_WHITESPACE_REGEX = r"\s|\p{Cc}|\p{Cf}"
-_PUNCTUATION_REGEX = r"[!-/]|[:-@]|[\[-`]|[{-~]|[\p{P}]"
-_CJK_REGEX = "|".join([
-    r"[\x{4E00}-\x{9FFF}]",
-    r"[\x{3400}-\x{4DBF}]",
-    r"[\x{20000}-\x{2A6DF}]",
-    r"[\x{2A700}-\x{2B73F}]",
-    r"[\x{2B740}-\x{2B81F}]",
-    r"[\x{2B820}-\x{2CEAF}]",
-    r"[\x{F900}-\x{FAFF}]",
-    r"[\x{2F800}-\x{2FA1F}]",
-])
+# ``export_info.json`` of a ``tfmm hub-export`` folder (one folder above ``preprocess/``).
+EXPORT_FORMAT = "TF-Hub BERT (Common SavedModel APIs for Text)"
+EXPORT_INFO = "export_info.json"
+# What exports written before these keys were recorded used (KerasHub BertTokenizer defaults).
+_EXPORT_DEFAULTS = {"split_on_cjk": True, "suffix_indicator": "##", "oov_token": "[UNK]"}
 
 # --------------------------------------------------------------------------------------------
 # Export: KerasHub BERT -> TF-Hub BERT preprocessor + encoder SavedModels
 # --------------------------------------------------------------------------------------------
-
-
-def _split_words(strings, *, lowercase: bool, strip_accents: bool, split_on_cjk: bool):
-    """Strings [B] -> words RaggedTensor [B, (words)], as KerasHub's WordPieceTokenizer does."""
-    import tensorflow_text as tf_text
-
-    if split_on_cjk:
-        strings = tf.strings.regex_replace(strings, _CJK_REGEX, r" \0 ")
-    if strip_accents:
-        strings = tf_text.normalize_utf8(strings, "NFD")
-        strings = tf.strings.regex_replace(strings, r"\p{Mn}", "")
-    keep = _PUNCTUATION_REGEX + ("|" + _CJK_REGEX if split_on_cjk else "")
-    words = tf_text.regex_split(
-        strings, delim_regex_pattern=_WHITESPACE_REGEX + "|" + keep, keep_delim_regex_pattern=keep
-    )
-    if lowercase:  # after splitting, with Unicode case folding, like KerasHub
-        words = tf.ragged.map_flat_values(tf_text.case_fold_utf8, words)
-    return words
 
 
 def _pack_segments(segments, seq_length, *, cls_id: int, sep_id: int, pad_id: int):
@@ -90,37 +67,22 @@ def _pack_segments(segments, seq_length, *, cls_id: int, sep_id: int, pad_id: in
 
 
 class _BertTokenize(tf.Module):
-    """The exported ``preprocessor.tokenize``: strings [B] -> int32 [B, (words), (wordpieces)]."""
+    """The exported ``preprocessor.tokenize``: strings [B] -> int32 [B, (words), (wordpieces)].
 
-    def __init__(
-        self,
-        vocab_file: str,
-        special_tokens: Dict[str, int],
-        *,
-        lowercase: bool,
-        strip_accents: bool,
-        split_on_cjk: bool,
-        suffix_indicator: str,
-        oov_token: str,
-    ):
-        import tensorflow_text as tf_text
+    Tokenizes with :class:`tfmm.data.tokenizer.WordPieceTokenizer` (TensorFlow core ops only, the
+    same ids as KerasHub's tokenizer); its lookup tables are saved with the SavedModel. The
+    vocabulary file is kept as an asset (``preprocess/assets/vocab.txt``), as TF-Hub BERT
+    preprocessors do.
+    """
 
+    def __init__(self, vocab_file: str, special_tokens: Dict[str, int], tokenizer: WordPieceTokenizer):
         super().__init__(name="tokenize")
         self.vocab_file = tf.saved_model.Asset(vocab_file)
-        self._options = dict(
-            lowercase=lowercase, strip_accents=strip_accents, split_on_cjk=split_on_cjk
-        )
-        self._wordpiece = tf_text.WordpieceTokenizer(
-            vocab_file,
-            suffix_indicator=suffix_indicator,
-            unknown_token=oov_token,
-            token_out_type=tf.int64,
-        )
+        self.tokenizer = tokenizer
         self._special_tokens = dict(special_tokens)
 
     def tokenize(self, strings):
-        words = _split_words(strings, **self._options)
-        return tf.cast(self._wordpiece.tokenize(words), tf.int32)
+        return self.tokenizer.tokenize_words(strings)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def __call__(self, strings):
@@ -170,7 +132,35 @@ class _BertPreprocess(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def __call__(self, strings):
-        return self.bert_pack_inputs.pack([self.tokenize.tokenize(strings)], self._seq_length)
+        # One segment: round robin and waterfall truncation agree, so pack with core ops and
+        # keep TF Text's RoundRobinTrim out of the default signature.
+        special = self.tokenize._special_tokens
+        packed = pack_single_segment(
+            self.tokenize.tokenizer.tokenize(strings), self._seq_length,
+            start_id=special["start_of_sequence_id"], end_id=special["end_of_segment_id"],
+            pad_id=special["padding_id"],
+        )
+        return {hub_key: packed[key] for key, hub_key in CANONICAL_TO_HUB.items()}
+
+
+def tokenizer_options(tokenizer) -> Dict[str, bool]:
+    """``lowercase``, ``strip_accents``, ``split_on_cjk`` of a KerasHub ``BertTokenizer``."""
+    return {
+        "lowercase": bool(tokenizer.lowercase),
+        "strip_accents": bool(tokenizer.strip_accents),
+        "split_on_cjk": bool(getattr(tokenizer, "split_on_cjk", True)),
+    }
+
+
+def special_tokens(tokenizer) -> Dict[str, int]:
+    """The TF-Hub ``get_special_tokens_dict()`` of a KerasHub ``BertTokenizer``."""
+    return {
+        "vocab_size": len(tokenizer.get_vocabulary()),
+        "start_of_sequence_id": tokenizer.cls_token_id,
+        "end_of_segment_id": tokenizer.sep_token_id,
+        "padding_id": tokenizer.pad_token_id,
+        "mask_id": tokenizer.mask_token_id,
+    }
 
 
 def _build_preprocess_module(tokenizer, vocab_file: str, seq_length: int) -> _BertPreprocess:
@@ -181,22 +171,14 @@ def _build_preprocess_module(tokenizer, vocab_file: str, seq_length: int) -> _Be
             "export_hub_bert supports BertTokenizer(split=True, special_tokens_in_strings=False) "
             f"only; received split={split!r}, special_tokens_in_strings={special_in_strings!r}"
         )
-    special = {
-        "vocab_size": len(tokenizer.get_vocabulary()),
-        "start_of_sequence_id": tokenizer.cls_token_id,
-        "end_of_segment_id": tokenizer.sep_token_id,
-        "padding_id": tokenizer.pad_token_id,
-        "mask_id": tokenizer.mask_token_id,
-    }
-    tokenize = _BertTokenize(
-        vocab_file,
-        special,
-        lowercase=bool(tokenizer.lowercase),
-        strip_accents=bool(tokenizer.strip_accents),
-        split_on_cjk=bool(getattr(tokenizer, "split_on_cjk", True)),
+    special = special_tokens(tokenizer)
+    wordpiece = WordPieceTokenizer(
+        tokenizer.get_vocabulary(),
         suffix_indicator=tokenizer.suffix_indicator,
         oov_token=tokenizer.oov_token,
+        **tokenizer_options(tokenizer),
     )
+    tokenize = _BertTokenize(vocab_file, special, wordpiece)
     pack = _BertPackInputs(
         seq_length, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     )
@@ -259,12 +241,14 @@ def export_hub_bert(
     RaggedTensor ``[B, (words), (wordpieces)]``; ``.bert_pack_inputs(segments, seq_length=N)``
     for 1 or 2 segments and any ``N``; ``.tokenize.get_special_tokens_dict()``. The vocabulary
     is an asset; it loads with only ``tensorflow`` + ``tensorflow_text`` imported, and its ids
-    equal KerasHub's tokenizer + packer output.
+    equal KerasHub's tokenizer + packer output. ``__call__`` and ``.tokenize`` use TensorFlow
+    core ops only; ``.bert_pack_inputs`` uses TF Text's ``RoundRobinTrimmer``.
 
     ``output_dir/encoder``: ``__call__(inputs, training=False)`` -> ``pooled_output``,
     ``sequence_output``, ``default``, ``encoder_outputs``; ``.variables``,
     ``.trainable_variables``, ``.regularization_losses`` (reusable SavedModel). It loads
-    without keras / keras_hub / tfmm. ``output_dir/export_info.json`` records the versions.
+    without keras / keras_hub / tfmm. ``output_dir/export_info.json`` records the versions,
+    the tokenizer options and the special token ids.
 
     Args:
         backbone: ``keras_hub.models.BertBackbone``.
@@ -323,10 +307,12 @@ def export_hub_bert(
     import tensorflow_text
 
     info = {
-        "format": "TF-Hub BERT (Common SavedModel APIs for Text)",
+        "format": EXPORT_FORMAT,
         "seq_length": seq_length,
-        "lowercase": bool(tokenizer.lowercase),
-        "strip_accents": bool(tokenizer.strip_accents),
+        **tokenizer_options(tokenizer),  # lowercase, strip_accents, split_on_cjk
+        "suffix_indicator": tokenizer.suffix_indicator,
+        "oov_token": tokenizer.oov_token,
+        "special_tokens": special_tokens(tokenizer),
         "vocabulary_size": len(vocab),
         "hidden_dim": int(backbone.hidden_dim),
         "num_layers": int(backbone.num_layers),
@@ -336,7 +322,7 @@ def export_hub_bert(
             "keras": keras.__version__,
         },
     }
-    with open(os.path.join(output_dir, "export_info.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(output_dir, EXPORT_INFO), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
     return preprocess_path, encoder_path
 
@@ -389,3 +375,91 @@ def export_hub_bert_from_spec(
             "internet; pass a local preset folder instead (keras_hub:/path/to/folder)."
         ) from error
     return export_hub_bert(backbone, tokenizer, output_dir, seq_length=seq_length)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading an export back: its tokenizer, with TensorFlow core ops
+# --------------------------------------------------------------------------------------------
+
+
+def _tfmm_export_info(preprocessor_handle: str):
+    """``(info, vocab_file)`` of a preprocessor written by ``tfmm hub-export``, or
+    ``(None, reason)`` when the handle is not one (a URL, another layout or format)."""
+    handle = _normalize_handle(preprocessor_handle)
+    if "://" in handle or not os.path.isdir(handle):
+        return None, "it is not a local folder"
+    vocab_file = os.path.join(handle, "assets", "vocab.txt")
+    info_file = os.path.join(os.path.dirname(handle), EXPORT_INFO)
+    if not os.path.isfile(vocab_file) or not os.path.isfile(info_file):
+        return None, f"it has no assets/vocab.txt with an {EXPORT_INFO} one folder up"
+    try:
+        with open(info_file, encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError) as error:
+        return None, f"{info_file} could not be read ({error})"
+    if not isinstance(info, dict) or info.get("format") != EXPORT_FORMAT or not all(
+        isinstance(info.get(key), bool) for key in ("lowercase", "strip_accents")
+    ):
+        return None, f"{info_file} is not a tfmm hub-export record (format, lowercase, strip_accents)"
+    return {**_EXPORT_DEFAULTS, **info}, vocab_file
+
+
+def core_op_preprocessor(preprocessor_handle: str, seq_length: Optional[int] = None):
+    """The core-op preprocessor of a ``tfmm hub-export`` preprocessor folder, or None.
+
+    A preprocessor written by ``tfmm hub-export`` records its vocabulary
+    (``preprocess/assets/vocab.txt``) and tokenizer options (``export_info.json``, one folder
+    up), so tfmm rebuilds it with :class:`tfmm.data.tokenizer.WordPieceTokenizer` (TensorFlow core
+    ops only), with the very ids of the SavedModel's own ``__call__`` and
+    ``tokenize`` + ``bert_pack_inputs`` (one segment). Exports written before
+    ``split_on_cjk``, ``suffix_indicator``, ``oov_token`` and ``special_tokens`` were recorded
+    take KerasHub's defaults (``True``, ``##``, ``[UNK]``, the ids of ``[CLS]``/``[SEP]``/``[PAD]``).
+
+    Args:
+        preprocessor_handle: str. A TF-Hub preprocessor handle (URL or local folder).
+        seq_length: int or None. Output length; None is the export's own ``seq_length``.
+
+    Returns:
+        A :class:`tfmm.models.text.KerasHubTextPreprocessor` (strings -> ``token_ids``,
+        ``segment_ids``, ``padding_mask``), or None when the handle is not a tfmm export
+        tfmm can read (the reason is logged at DEBUG).
+
+    Raises:
+        ValueError: ``seq_length`` is not None or an int >= 3.
+
+    Example:
+        >>> pre = core_op_preprocessor("hub_bert/preprocess", 64)  # doctest: +SKIP
+    """
+    from tfmm.models import text
+
+    if seq_length is not None and (isinstance(seq_length, bool) or not isinstance(seq_length, int) or seq_length < 3):
+        raise ValueError(
+            f"seq_length must be None or an int >= 3 (room for [CLS], one token, [SEP]); received {seq_length!r}"
+        )
+    info, vocab_file = _tfmm_export_info(preprocessor_handle)
+    if info is None:
+        logger.debug("%s: no core-op tokenizer, %s", preprocessor_handle, vocab_file)
+        return None
+    options = {key: info[key] for key in text.DEFAULT_TOKENIZER_OPTIONS}
+    if (info["suffix_indicator"], info["oov_token"]) != ("##", "[UNK]") or not isinstance(options["split_on_cjk"], bool):
+        logger.debug("%s: no core-op tokenizer, options %s", preprocessor_handle, info)
+        return None
+    with tempfile.TemporaryDirectory() as folder:  # the layout of a run's saved tokenizer
+        shutil.copyfile(vocab_file, os.path.join(folder, text.SAVED_VOCAB))
+        with open(os.path.join(folder, text.SAVED_TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
+            json.dump(options, f)
+        try:
+            preprocessor = text.KerasHubTextPreprocessor(folder, int(seq_length or info["seq_length"]))
+        except (ValueError, KeyError, TypeError) as error:  # no [CLS]/[SEP]/[PAD], duplicates...
+            logger.debug("%s: no core-op tokenizer (%s)", preprocessor_handle, error)
+            return None
+    # The preprocessor packs with the ids of [CLS], [SEP], [PAD]: the export must have used them.
+    vocabulary = preprocessor.tokenizer.vocabulary
+    special = info.get("special_tokens") or {}
+    tokens = {"start_of_sequence_id": "[CLS]", "end_of_segment_id": "[SEP]", "padding_id": "[PAD]"}
+    if info.get("vocabulary_size", len(vocabulary)) != len(vocabulary) or any(
+        special.get(key, vocabulary.index(token)) != vocabulary.index(token) for key, token in tokens.items()
+    ):
+        logger.debug("%s: no core-op tokenizer, the vocabulary does not match %s", preprocessor_handle, EXPORT_INFO)
+        return None
+    return preprocessor

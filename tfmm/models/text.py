@@ -176,7 +176,8 @@ def load_text_preprocessor(spec: str, sequence_length: int, *, saved_tokenizer: 
     if parsed.kind == "tfhub":
         from tfmm.models import hub
 
-        return hub.HubTextPreprocessor(parsed.preprocessor, seq_length=sequence_length)
+        # A `tfmm hub-export` folder tokenizes with core ops; other preprocessors run as they are.
+        return hub.text_preprocessor(parsed.preprocessor, sequence_length)
     return KerasHubTextPreprocessor(saved_tokenizer or parsed.source, sequence_length)
 
 

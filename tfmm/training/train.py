@@ -154,7 +154,7 @@ def train(
 
     Raises:
         tfmm.data.ManifestError: bad rows (all listed) and ``skip_bad_rows`` is off.
-        tfmm.resume.RunFinishedError: ``output_dir`` holds a finished run and ``overwrite`` is off.
+        tfmm.training.resume.RunFinishedError: ``output_dir`` holds a finished run and ``overwrite`` is off.
         OSError: ``output_dir`` is not writable.
 
     Example:
