@@ -530,7 +530,7 @@ def test_load_text_preprocessor_on_hub_export_is_core_op_with_hub_ids(tiny_bert,
     loaded = hub.load(preprocess)
     texts = tf.constant(VARIED_TEXTS)
     for length in (SEQ_LENGTH, 6):
-        with caplog.at_level("INFO", logger="tfmm.hub"):
+        with caplog.at_level("INFO", logger="tfmm.models.hub"):
             pre = load_text_preprocessor(f"tfhub:{preprocess},{encoder}", length)
         assert isinstance(pre, KerasHubTextPreprocessor) and not isinstance(pre, HubTextPreprocessor)
         assert "core ops" in caplog.text and "keeps its TF Text ops" not in caplog.text
@@ -577,7 +577,7 @@ def _copy_export(tiny_bert, tmp_path, **info_changes):
 
 def test_core_op_preprocessor_reads_older_exports_by_defaults(tiny_bert, tmp_path):
     """An export_info.json without split_on_cjk / suffix / oov / special ids (older tfmm)."""
-    from tfmm.models.hub_export import core_op_preprocessor
+    from tfmm.models.hub_tokenizer import core_op_preprocessor
 
     old = _copy_export(tiny_bert, tmp_path, split_on_cjk=None, suffix_indicator=None, oov_token=None,
                        special_tokens=None)
@@ -598,9 +598,9 @@ def test_core_op_preprocessor_reads_older_exports_by_defaults(tiny_bert, tmp_pat
     {"vocabulary_size": 7},  # vocab.txt is not the export's vocabulary
 ])
 def test_unreadable_exports_get_no_core_op_preprocessor(tiny_bert, tmp_path, changes):
-    from tfmm.models import hub_export
+    from tfmm.models import hub_tokenizer
 
-    assert hub_export.core_op_preprocessor(_copy_export(tiny_bert, tmp_path, **changes)) is None
+    assert hub_tokenizer.core_op_preprocessor(_copy_export(tiny_bert, tmp_path, **changes)) is None
 
 
 def test_unreadable_export_keeps_the_hub_preprocessor_and_logs_once(tiny_bert, tmp_path, caplog, monkeypatch):
@@ -609,7 +609,7 @@ def test_unreadable_export_keeps_the_hub_preprocessor_and_logs_once(tiny_bert, t
 
     monkeypatch.setattr(hub, "_LOGGED_TF_TEXT", set())
     spec = f"tfhub:{_copy_export(tiny_bert, tmp_path, format='something else')},{tiny_bert[3]}"
-    with caplog.at_level("INFO", logger="tfmm.hub"):
+    with caplog.at_level("INFO", logger="tfmm.models.hub"):
         first = load_text_preprocessor(spec, 8)
         load_text_preprocessor(spec, 8)
     assert isinstance(first, HubTextPreprocessor)
@@ -618,7 +618,7 @@ def test_unreadable_export_keeps_the_hub_preprocessor_and_logs_once(tiny_bert, t
 
 
 def test_urls_are_not_read_as_exports():
-    from tfmm.models.hub_export import core_op_preprocessor
+    from tfmm.models.hub_tokenizer import core_op_preprocessor
 
     assert core_op_preprocessor("https://tfhub.dev/tensorflow/bert_en_uncased_preprocess/3") is None
 

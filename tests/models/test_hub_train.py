@@ -106,13 +106,13 @@ def test_hand_made_hub_pair_trains_evaluates_and_reloads(hand_made_pair, demo_da
 def test_hand_made_preprocessor_keeps_hub_text_preprocessor(hand_made_pair, caplog, monkeypatch):
     """A TF Text BertTokenizer preprocessor is not a tfmm export: it runs as it is, and says so."""
     from tfmm.models import hub
-    from tfmm.models import hub_export
+    from tfmm.models import hub_tokenizer
     from tfmm.models.text import load_text_preprocessor
 
     pre, enc, _ = hand_made_pair
     monkeypatch.setattr(hub, "_LOGGED_TF_TEXT", set())
-    assert hub_export.core_op_preprocessor(pre) is None
-    with caplog.at_level("INFO", logger="tfmm.hub"):
+    assert hub_tokenizer.core_op_preprocessor(pre) is None
+    with caplog.at_level("INFO", logger="tfmm.models.hub"):
         preprocessor = load_text_preprocessor(f"tfhub:{pre},{enc}", SEQ)
     assert isinstance(preprocessor, hub.HubTextPreprocessor)
     assert any("keeps its TF Text ops" in r.getMessage() and r.levelname == "INFO" for r in caplog.records)

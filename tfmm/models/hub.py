@@ -10,7 +10,7 @@ Two jobs, one interface (the TF-Hub "Common SavedModel APIs for Text", BERT flav
 * **Write** such a pair from a KerasHub ``BertBackbone`` + ``BertTokenizer``: see
   :mod:`tfmm.hub_export`. :func:`text_preprocessor` (what ``--text-encoder tfhub:`` uses)
   tokenizes a preprocessor written that way with TensorFlow core ops
-  (:func:`tfmm.models.hub_export.core_op_preprocessor`, same ids) and runs any other one as it is.
+  (:func:`tfmm.models.hub_tokenizer.core_op_preprocessor`, same ids) and runs any other one as it is.
 
 A *handle* is a TF-Hub/Kaggle URL (downloaded and cached under ``TFHUB_CACHE_DIR``) or a local
 SavedModel folder. Loading needs ``tensorflow_text`` for the preprocessor's ops; this module
@@ -29,6 +29,8 @@ from typing import Any, Dict, Optional
 
 import keras
 import tensorflow as tf
+
+from tfmm.models.hub_tokenizer import _normalize_handle
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +51,6 @@ _OFFLINE_HINT = (
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-
-
-def _normalize_handle(handle: str) -> str:
-    """Returns an absolute path for an existing local folder, the handle unchanged otherwise."""
-    handle = os.fspath(handle)
-    if "://" not in handle and os.path.isdir(handle):
-        return os.path.abspath(handle)
-    return handle
 
 
 def load_hub_handle(handle: str, what: str = "SavedModel"):
@@ -231,7 +225,7 @@ class HubTextPreprocessor(tf.Module):
 def text_preprocessor(preprocessor_handle: str, seq_length: Optional[int] = None):
     """The tfmm preprocessor of a TF-Hub BERT preprocessor handle: core ops when possible.
 
-    A ``tfmm hub-export`` folder gets :func:`tfmm.models.hub_export.core_op_preprocessor` (core ops only,
+    A ``tfmm hub-export`` folder gets :func:`tfmm.models.hub_tokenizer.core_op_preprocessor` (core ops only,
     same ids); any other preprocessor (a TF-Hub URL, one made with TF Text's
     ``BertTokenizer``...) is run as it is by :class:`HubTextPreprocessor`, so its TF Text ops
     stay in the serving export; this is logged once per handle, at INFO.
@@ -246,7 +240,7 @@ def text_preprocessor(preprocessor_handle: str, seq_length: Optional[int] = None
     Example:
         >>> pre = text_preprocessor("hub_bert/preprocess", 64)  # doctest: +SKIP
     """
-    from tfmm.models.hub_export import core_op_preprocessor
+    from tfmm.models.hub_tokenizer import core_op_preprocessor
 
     preprocessor = core_op_preprocessor(preprocessor_handle, seq_length)
     if preprocessor is not None:

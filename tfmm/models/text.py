@@ -16,23 +16,16 @@ WordPiece tokenization is made of TensorFlow core ops only (:mod:`tfmm.data.toke
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 
 import keras
-import tensorflow as tf
 
-from tfmm.data.tokenizer import WordPieceTokenizer, pack_single_segment
+from tfmm.models.wordpiece_preprocessor import (  # noqa: F401  (TEXT_INPUTS: the model's text inputs)
+    TEXT_INPUTS, KerasHubTextPreprocessor, _from_preset,
+)
 
 logger = logging.getLogger(__name__)
-
-TEXT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
-SAVED_VOCAB = "vocab.txt"
-SAVED_TOKENIZER_CONFIG = "tokenizer_options.json"
-# KerasHub BertTokenizer's defaults: what a run saved before these options were recorded used.
-DEFAULT_TOKENIZER_OPTIONS = {"lowercase": False, "strip_accents": False, "split_on_cjk": True}
-
 
 @dataclasses.dataclass(frozen=True)
 class TextSpec:
@@ -91,76 +84,6 @@ def parse_text_spec(spec: str) -> TextSpec:
         "text_encoder must be 'minilm', 'keras_nlp:PRESET_OR_DIR', 'keras_hub:PRESET_OR_DIR' "
         f"or 'tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE'; received {spec!r}"
     )
-
-
-def _from_preset(cls, source: str):
-    try:
-        return cls.from_preset(source)
-    except Exception as e:
-        if os.path.isdir(source):
-            raise ValueError(f"could not load {cls.__name__} from folder {source!r}: {e}") from e
-        raise ValueError(
-            f"could not load KerasHub preset {source!r}: {e}\n"
-            "Presets are downloaded from Kaggle/Hugging Face, which this machine may not reach. "
-            "Pass a local folder instead (`keras_nlp:/path/to/preset` holding config.json and "
-            "the weights, e.g. one saved with `backbone.save_to_preset(dir)`), or use the "
-            "offline default `minilm`."
-        ) from e
-
-
-class KerasHubTextPreprocessor(tf.Module):
-    """Strings -> ``{token_ids, segment_ids, padding_mask}`` int32, for tf.data and export.
-
-    The vocabulary and options come from the KerasHub ``BertTokenizer`` of ``source``;
-    tokenizing and packing are TensorFlow core ops only (:mod:`tfmm.data.tokenizer`), so the same
-    graph runs in the ``tf.data`` pipeline and in any TF Serving 2.x.
-
-    Args:
-        source: a KerasHub preset name or folder holding a BERT tokenizer, or a tokenizer
-            folder saved in a run directory (``vocab.txt`` + ``tokenizer_options.json``).
-        sequence_length: pad/truncate to this many tokens ([CLS] and [SEP] included).
-
-    Example:
-        >>> pre = KerasHubTextPreprocessor(minilm_path(), 16)
-        >>> pre(tf.constant(["a red circle"]))["token_ids"].shape
-        TensorShape([1, 16])
-    """
-
-    def __init__(self, source: str, sequence_length: int):
-        super().__init__(name="text_preprocessor")
-        options_file = os.path.join(source, SAVED_TOKENIZER_CONFIG)
-        if os.path.isfile(options_file):  # saved in a run dir
-            with open(options_file, encoding="utf-8") as f:
-                options = {**DEFAULT_TOKENIZER_OPTIONS, **json.load(f)}
-            with open(os.path.join(source, SAVED_VOCAB), encoding="utf-8") as f:
-                vocabulary = [line.rstrip("\n") for line in f]
-            while vocabulary and vocabulary[-1] == "":
-                vocabulary.pop()
-        else:
-            import keras_hub
-
-            reference = _from_preset(keras_hub.models.BertTokenizer, source)
-            vocabulary = list(reference.get_vocabulary())
-            options = {name: bool(getattr(reference, name)) for name in DEFAULT_TOKENIZER_OPTIONS}
-        self.tokenizer = WordPieceTokenizer(vocabulary, **options)
-        self.sequence_length = sequence_length
-        self._special = {name: vocabulary.index(token) for name, token in
-                         (("start_id", "[CLS]"), ("end_id", "[SEP]"), ("pad_id", "[PAD]"))}
-
-    def __call__(self, strings):
-        strings = tf.convert_to_tensor(strings, tf.string)
-        scalar = strings.shape.rank == 0
-        packed = pack_single_segment(self.tokenizer.tokenize(tf.reshape(strings, [-1])),
-                                     self.sequence_length, **self._special)
-        return {k: packed[k][0] if scalar else packed[k] for k in TEXT_INPUTS}
-
-    def save(self, folder: str) -> None:
-        """Saves the vocabulary and tokenizer options, so the run folder alone can rebuild it."""
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, SAVED_VOCAB), "w", encoding="utf-8") as f:
-            f.write("\n".join(self.tokenizer.get_vocabulary()) + "\n")
-        with open(os.path.join(folder, SAVED_TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
-            json.dump({name: getattr(self.tokenizer, name) for name in DEFAULT_TOKENIZER_OPTIONS}, f)
 
 
 def load_text_preprocessor(spec: str, sequence_length: int, *, saved_tokenizer: str = None):
