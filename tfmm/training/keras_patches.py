@@ -1,7 +1,7 @@
 """Version-gated fixes for Keras 3 ``model.fit`` under ``tf.distribute`` strategies.
 
 Keras 3.15's TensorFlow trainer breaks in two places when a model is fit under
-``MultiWorkerMirroredStrategy`` with more than one worker (see /work/shared/PITFALLS.md):
+``MultiWorkerMirroredStrategy`` with more than one worker (keras-team/keras #20329, #20585; tensorflow/tensorflow #72388):
 
 1. ``TensorFlowTrainer._maybe_symbolic_build`` reduces the first distributed batch with
    ``strategy.reduce("MEAN", batch, axis=None)`` only to read its shapes and dtypes. A
