@@ -200,11 +200,8 @@ class WordPieceTokenizer(tf.Module):
             values = tf.where(joins, composite, values)
             return values[~consumed], row_ids[~consumed], tf.reduce_any(joins)
 
-        def body(values, row_ids, changed):
-            return one_pass(values, row_ids)
-
         values, row_ids, _ = tf.while_loop(
-            lambda v, r, changed: changed, body,
+            lambda values, row_ids, changed: changed, lambda values, row_ids, _: one_pass(values, row_ids),
             (code_points.flat_values, code_points.value_rowids(), tf.constant(True)),
             shape_invariants=(tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([])),
             maximum_iterations=8,

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Optional
 
 logger = logging.getLogger(__name__)
@@ -96,15 +94,12 @@ def core_op_preprocessor(preprocessor_handle: str, seq_length: Optional[int] = N
     if (info["suffix_indicator"], info["oov_token"]) != ("##", "[UNK]") or not isinstance(options["split_on_cjk"], bool):
         logger.debug("%s: no core-op tokenizer, options %s", preprocessor_handle, info)
         return None
-    with tempfile.TemporaryDirectory() as folder:  # the layout of a run's saved tokenizer
-        shutil.copyfile(vocab_file, os.path.join(folder, text.SAVED_VOCAB))
-        with open(os.path.join(folder, text.SAVED_TOKENIZER_CONFIG), "w", encoding="utf-8") as f:
-            json.dump(options, f)
-        try:
-            preprocessor = text.KerasHubTextPreprocessor(folder, int(seq_length or info["seq_length"]))
-        except (ValueError, KeyError, TypeError) as error:  # no [CLS]/[SEP]/[PAD], duplicates...
-            logger.debug("%s: no core-op tokenizer (%s)", preprocessor_handle, error)
-            return None
+    try:
+        preprocessor = text.KerasHubTextPreprocessor.from_vocabulary(
+            text.read_vocabulary(vocab_file), int(seq_length or info["seq_length"]), **options)
+    except (ValueError, KeyError, TypeError) as error:  # no [CLS]/[SEP]/[PAD], duplicates...
+        logger.debug("%s: no core-op tokenizer (%s)", preprocessor_handle, error)
+        return None
     # The preprocessor packs with the ids of [CLS], [SEP], [PAD]: the export must have used them.
     vocabulary = preprocessor.tokenizer.vocabulary
     special = info.get("special_tokens") or {}

@@ -38,6 +38,29 @@ def _from_preset(cls, source: str):
         ) from e
 
 
+def read_vocabulary(path: str) -> list:
+    """The tokens of a vocabulary file, one per line (trailing empty lines dropped)."""
+    with open(path, encoding="utf-8") as f:
+        vocabulary = [line.rstrip("\n") for line in f]
+    while vocabulary and vocabulary[-1] == "":
+        vocabulary.pop()
+    return vocabulary
+
+
+def _read_tokenizer(source: str) -> tuple:
+    """``(vocabulary, options)`` of a run's saved tokenizer folder or a KerasHub BERT tokenizer."""
+    options_file = os.path.join(source, SAVED_TOKENIZER_CONFIG)
+    if os.path.isfile(options_file):  # saved in a run dir
+        with open(options_file, encoding="utf-8") as f:
+            options = {**DEFAULT_TOKENIZER_OPTIONS, **json.load(f)}
+        return read_vocabulary(os.path.join(source, SAVED_VOCAB)), options
+    import keras_hub
+
+    reference = _from_preset(keras_hub.models.BertTokenizer, source)
+    options = {name: bool(getattr(reference, name)) for name in DEFAULT_TOKENIZER_OPTIONS}
+    return list(reference.get_vocabulary()), options
+
+
 class KerasHubTextPreprocessor(tf.Module):
     """Strings -> ``{token_ids, segment_ids, padding_mask}`` int32, for tf.data and export.
 
@@ -57,21 +80,23 @@ class KerasHubTextPreprocessor(tf.Module):
     """
 
     def __init__(self, source: str, sequence_length: int):
-        super().__init__(name="text_preprocessor")
-        options_file = os.path.join(source, SAVED_TOKENIZER_CONFIG)
-        if os.path.isfile(options_file):  # saved in a run dir
-            with open(options_file, encoding="utf-8") as f:
-                options = {**DEFAULT_TOKENIZER_OPTIONS, **json.load(f)}
-            with open(os.path.join(source, SAVED_VOCAB), encoding="utf-8") as f:
-                vocabulary = [line.rstrip("\n") for line in f]
-            while vocabulary and vocabulary[-1] == "":
-                vocabulary.pop()
-        else:
-            import keras_hub
+        vocabulary, options = _read_tokenizer(source)
+        self._build(vocabulary, options, sequence_length)
 
-            reference = _from_preset(keras_hub.models.BertTokenizer, source)
-            vocabulary = list(reference.get_vocabulary())
-            options = {name: bool(getattr(reference, name)) for name in DEFAULT_TOKENIZER_OPTIONS}
+    @classmethod
+    def from_vocabulary(cls, vocabulary, sequence_length: int, **options) -> "KerasHubTextPreprocessor":
+        """A preprocessor of ``vocabulary`` (tokens by id) and tokenizer ``options``
+        (``lowercase``, ``strip_accents``, ``split_on_cjk``; missing ones take KerasHub's defaults).
+
+        Raises:
+            ValueError: ``[CLS]``, ``[SEP]``, ``[PAD]`` or ``[UNK]`` is not in the vocabulary.
+        """
+        preprocessor = cls.__new__(cls)
+        preprocessor._build(list(vocabulary), {**DEFAULT_TOKENIZER_OPTIONS, **options}, sequence_length)
+        return preprocessor
+
+    def _build(self, vocabulary: list, options: dict, sequence_length: int) -> None:
+        tf.Module.__init__(self, name="text_preprocessor")
         self.tokenizer = WordPieceTokenizer(vocabulary, **options)
         self.sequence_length = sequence_length
         self._special = {name: vocabulary.index(token) for name, token in
