@@ -39,7 +39,7 @@ def main(argv=None) -> None:
 
     from tfmm.data.manifest import build_label_vocab, read_manifest
     from tfmm.data.pipeline import make_dataset
-    from tfmm.models.build import build_model
+    from tfmm.tasks import build_model
     from tfmm.data.tfrecords import prepare_dataset
     from tfmm.models.text import load_text_preprocessor
     from tfmm.training.train import compile_model

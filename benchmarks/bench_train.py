@@ -35,7 +35,7 @@ def fit_vs_bare(steps: int, rounds: int, batch_size: int) -> tuple:
     import tensorflow as tf
 
     from tfmm.models import heads
-    from tfmm.models.build import build_model
+    from tfmm.tasks import build_model
     from tfmm.training.train import compile_model, make_optimizer
 
     config = default_config().replace(model={"num_classes": 9})

@@ -15,7 +15,6 @@ def test_defaults_are_the_documented_ones():
     "make, message",
     [
         (lambda: ModelConfig(fusion="cat"), "fusion must be one of ['concat', 'gated', 'mean', 'sum']; received 'cat'"),
-        (lambda: ModelConfig(task="regression"), "received 'regression'"),
         (lambda: ModelConfig(dropout=1.5), "dropout must be in [0, 1); received 1.5"),
         (lambda: DataConfig(image_size=0), "image_size must be > 0; received 0"),
         (lambda: DataConfig(sequence_length=2), "sequence_length must be >= 3"),

@@ -15,7 +15,8 @@ from PIL import Image
 import tfmm
 from tfmm.cli import main
 from tfmm.run_dir import THRESHOLDS_FILE
-from tfmm.tasks import contrastive
+from tfmm.tasks import dual_encoder, get_task
+from tfmm.tasks.zero_shot import zero_shot_scores
 from tfmm.tasks.thresholds import load_thresholds
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -108,10 +109,9 @@ def test_multilabel_api_thresholds_metrics_and_predicted(demo_data, tiny_config,
 
     records = tfmm.predict(result.run_dir, manifests["test"], k=6)
     from tfmm.run_dir import load_run
-    from tfmm.evaluation.metrics import predict_scores
 
     run = load_run(result.run_dir)
-    scores = predict_scores(run, tfmm.read_manifest(manifests["test"]))
+    scores = run.predict_scores(tfmm.read_manifest(manifests["test"]))
     for rec, row in zip(records, scores):
         assert rec["predicted"] == [label for label, s, t in zip(labels, row, thresholds) if s >= t]
         assert rec["true_label"].count("|") == 1 and len(rec["labels"]) == 6
@@ -145,25 +145,28 @@ def test_contrastive_cli_retrieval_and_zero_shot_use_the_prompt(colour_pairs, ti
     from tfmm.data.images import decode_image
 
     pixels = decode_image(open(image, "rb").read(), 32)[None]
-    image_emb = contrastive.image_embedding_model(loaded.model).predict(pixels, verbose=0)
+    image_emb = dual_encoder.image_embedding_model(loaded.model).predict(pixels, verbose=0)
     prompts = ["a picture of something red", "a picture of something green", "a picture of something blue"]
     import tensorflow as tf
 
-    prompt_emb = contrastive.text_embedding_model(loaded.model).predict(loaded.preprocessor(tf.constant(prompts)), verbose=0)
-    expected = contrastive.zero_shot_scores(image_emb, prompt_emb, contrastive.logit_scale(loaded.model))[0]
+    prompt_emb = dual_encoder.text_embedding_model(loaded.model).predict(loaded.preprocessor(tf.constant(prompts)), verbose=0)
+    expected = zero_shot_scores(image_emb, prompt_emb, dual_encoder.logit_scale(loaded.model))[0]
     got = dict(zip(record["labels"], record["scores"]))
     np.testing.assert_allclose([got[c] for c in ("red", "green", "blue")], expected, atol=1e-5)
     assert main(zero_shot + ["--prompt", "painted {}"]) == 0
     other = json.loads(capsys.readouterr().out)
     assert dict(zip(other["labels"], other["scores"])) != pytest.approx(got)
 
-    # The raw-input functions the export wraps as embed_image / embed_text signatures.
-    embed_image, embed_text = contrastive.raw_embedding_fns(loaded.model, loaded.preprocessor, 32)
-    spec = tf.TensorSpec([None], tf.string)
-    from_bytes = tf.function(embed_image, input_signature=[spec])(tf.constant([open(image, "rb").read()]))
+    # The raw-input functions the export adds as embed_image / embed_text signatures.
+    task = get_task("contrastive")
+    endpoints = task.serving_endpoints(loaded, task.serving_outputs(loaded))
+    (embed_image, image_spec), (embed_text, text_spec) = endpoints["embed_image"], endpoints["embed_text"]
+    from_bytes = tf.function(embed_image, input_signature=image_spec)(tf.constant([open(image, "rb").read()]))
     np.testing.assert_allclose(from_bytes["embedding"], image_emb, atol=1e-5)
-    from_text = tf.function(embed_text, input_signature=[spec])(tf.constant(prompts))
+    from_text = tf.function(embed_text, input_signature=text_spec)(tf.constant(prompts))
     np.testing.assert_allclose(from_text["embedding"], prompt_emb, atol=1e-5)
+    empty = tf.function(embed_text, input_signature=text_spec)(tf.constant([], tf.string))
+    assert empty["embedding"].shape == (0, 16)  # an empty batch gives no rows
 
     preds = str(tmp_path / "emb.jsonl")
     assert main(["predict", "--model", run, "--data", colour_pairs["test"], "--output", preds]) == 0
@@ -184,9 +187,8 @@ _MIRRORED = textwrap.dedent("""
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras, numpy as np
     sys.path.insert(0, sys.argv[1])
-    from tfmm.models import heads
     from tfmm.config import RunConfig
-    from tfmm.models.build import build_fusion_head
+    from tfmm.tasks import get_task
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     rng = np.random.default_rng(0)
     x = {"image_features": rng.normal(size=(64, 8)).astype("float32"),
@@ -195,9 +197,9 @@ _MIRRORED = textwrap.dedent("""
                "contrastive": np.stack([np.arange(64), np.arange(64)], 1).astype("float32")}
     for task, y in targets.items():
         with strategy.scope():
-            head = build_fusion_head(RunConfig().replace(model={"task": task, "num_classes": 2,
-                                     "projection_dim": 8, "hidden_dim": 8}), {k: 8 for k in x})
-            head.compile(optimizer="adam", loss=heads.loss_for(task), metrics=heads.metrics_for(task, 2))
+            cfg = RunConfig().replace(model={"task": task, "num_classes": 2, "projection_dim": 8, "hidden_dim": 8})
+            head = get_task(task).build_head(cfg, {k: 8 for k in x})
+            head.compile(optimizer="adam", loss=get_task(task).loss(cfg), metrics=get_task(task).metrics(cfg))
         loss = head.fit(x, y, batch_size=16, epochs=2, verbose=0).history["loss"]
         print(task, strategy.num_replicas_in_sync, loss[-1])
         assert np.isfinite(loss).all(), (task, loss)

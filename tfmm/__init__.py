@@ -18,7 +18,7 @@ from tfmm.data.manifest import Manifest, read_manifest  # noqa: E402
 from tfmm.data.pipeline import make_dataset  # noqa: E402
 from tfmm.data.validation import ManifestError  # noqa: E402
 from tfmm.evaluation.evaluate import evaluate, predict  # noqa: E402
-from tfmm.models.build import build_model  # noqa: E402
+from tfmm.tasks import build_model  # noqa: E402
 from tfmm.run_dir import load_run  # noqa: E402
 from tfmm.serving.export import export_for_serving  # noqa: E402
 from tfmm.training.train import train  # noqa: E402

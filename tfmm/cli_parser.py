@@ -4,69 +4,85 @@ flags that override a run config (:func:`config_from_args`)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import textwrap
+
+from tfmm import config
+from tfmm.tasks import TASKS
+
+
+def _with_default(section: str, field: str, kwargs: dict) -> dict:
+    """``kwargs`` whose help ends with the config dataclass's default, unless it describes the
+    default itself (flags whose default depends on the run)."""
+    if "default" in kwargs.get("help", "") or kwargs.get("action") == "store_true":
+        return kwargs
+    fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
+    value = fields[field].default
+    return {**kwargs, "help": f"{kwargs.get('help', '')} (default: {value})"}
+
+
+_SECTIONS = {"model": config.ModelConfig, "data": config.DataConfig, "train": config.TrainConfig}
 
 
 # (flag, config section, field, argparse kwargs). Defaults come from the config
 # dataclasses, so argparse defaults are None: only flags given override a --config file.
 _CONFIG_FLAGS = [
-    ("--task", "model", "task", dict(choices=["classification", "binary", "multilabel", "matching", "contrastive"],
-                                     help="what the model learns (default: classification); see README, Tasks")),
+    ("--task", "model", "task", dict(choices=list(TASKS),
+                                     help="what the model learns; see README, Tasks")),
     ("--negatives", "data", "negatives", dict(
         type=int, metavar="N", help="--task matching: add N negatives per positive pair (its image with "
-                                    "captions of other rows, seeded) (default: 0)")),
+                                    "captions of other rows, seeded)")),
     ("--text-encoder", "model", "text_encoder", dict(
-        metavar="SPEC", help="minilm (offline all-MiniLM-L6-v2, default), keras_nlp:PRESET_OR_DIR, "
+        metavar="SPEC", help="minilm (offline all-MiniLM-L6-v2), keras_nlp:PRESET_OR_DIR, "
                              "or tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE")),
-    ("--text-pooling", "model", "text_pooling", dict(choices=["cls", "mean"],
-                                                     help="pool text tokens by [CLS] or mean (default: mean)")),
+    ("--text-pooling", "model", "text_pooling", dict(choices=config.POOLINGS,
+                                                     help="pool text tokens by [CLS] or mean")),
     ("--image-encoder", "model", "image_encoder", dict(
-        metavar="NAME", help="keras.applications model: vgg16 (default), resnet50, efficientnetb0, "
+        metavar="NAME", help="keras.applications model: vgg16, resnet50, efficientnetb0, "
                              "mobilenetv2, ...")),
     ("--image-weights", "model", "image_weights", dict(
-        metavar="imagenet|none|PATH", help="image encoder weights (default: imagenet; offline: a local "
-                                           ".h5 file or none)")),
-    ("--fusion", "model", "fusion", dict(choices=["concat", "sum", "mean", "gated"],
-                                         help="how branches are combined (default: concat)")),
-    ("--modalities", "model", "modalities", dict(choices=["both", "image", "text"],
-                                                 help="train on both inputs or one (baselines; default: both)")),
+        metavar="imagenet|none|PATH", help="image encoder weights (offline: a local .h5 file or none)")),
+    ("--fusion", "model", "fusion", dict(choices=config.FUSIONS,
+                                         help="how branches are combined")),
+    ("--modalities", "model", "modalities", dict(choices=config.MODALITIES,
+                                                 help="train on both inputs or one (baselines)")),
     ("--projection-dim", "model", "projection_dim", dict(type=int, metavar="N",
-                                                         help="width each branch is projected to (default: 256)")),
+                                                         help="width each branch is projected to")),
     ("--hidden-dim", "model", "hidden_dim", dict(type=int, metavar="N",
-                                                 help="head hidden layer width, 0 for none (default: 256)")),
-    ("--dropout", "model", "dropout", dict(type=float, metavar="X", help="dropout after fusion (default: 0.2)")),
+                                                 help="head hidden layer width, 0 for none")),
+    ("--dropout", "model", "dropout", dict(type=float, metavar="X", help="dropout after fusion")),
     ("--freeze-image", "model", "freeze_image", dict(action="store_true", default=None,
                                                      help="keep the image encoder's weights fixed")),
     ("--freeze-text", "model", "freeze_text", dict(action="store_true", default=None,
                                                    help="keep the text encoder's weights fixed")),
     ("--image-size", "data", "image_size", dict(type=int, metavar="N",
-                                                help="images are resized to NxN (default: 224)")),
+                                                help="images are resized to NxN")),
     ("--sequence-length", "data", "sequence_length", dict(type=int, metavar="N",
-                                                          help="text tokens per example (default: 64)")),
-    ("--image-col", "data", "image_col", dict(metavar="NAME", help="manifest image column (default: image)")),
-    ("--text-col", "data", "text_col", dict(metavar="NAME", help="manifest text column (default: text)")),
-    ("--label-col", "data", "label_col", dict(metavar="NAME", help="manifest label column (default: label)")),
+                                                          help="text tokens per example")),
+    ("--image-col", "data", "image_col", dict(metavar="NAME", help="manifest image column")),
+    ("--text-col", "data", "text_col", dict(metavar="NAME", help="manifest text column")),
+    ("--label-col", "data", "label_col", dict(metavar="NAME", help="manifest label column")),
     ("--max-image-pixels", "data", "max_image_pixels", dict(
-        type=int, metavar="N", help="refuse images whose header claims more pixels (default: 40000000)")),
+        type=int, metavar="N", help="refuse images whose header claims more pixels")),
     ("--allow-outside-root", "data", "allow_outside_root", dict(
         action="store_true", default=None,
         help="accept image paths outside the manifest's folder ('..', absolute, symlinks)")),
     ("--skip-bad-rows", "data", "skip_bad_rows", dict(
         action="store_true", default=None,
         help="skip invalid rows (written to RUN/skipped_rows.csv) instead of stopping")),
-    ("--epochs", "train", "epochs", dict(type=int, metavar="N", help="passes over the data (default: 10)")),
+    ("--epochs", "train", "epochs", dict(type=int, metavar="N", help="passes over the data")),
     ("--batch-size", "train", "batch_size", dict(type=int, metavar="N",
-                                                 help="examples per device per step (default: 32)")),
+                                                 help="examples per device per step")),
     ("--learning-rate", "train", "learning_rate", dict(type=float, metavar="X",
-                                                       help="peak AdamW learning rate (default: 1e-4)")),
-    ("--weight-decay", "train", "weight_decay", dict(type=float, metavar="X", help="AdamW weight decay (default: 1e-4)")),
+                                                       help="peak AdamW learning rate")),
+    ("--weight-decay", "train", "weight_decay", dict(type=float, metavar="X", help="AdamW weight decay")),
     ("--warmup-fraction", "train", "warmup_fraction", dict(
-        type=float, metavar="X", help="share of steps warming the learning rate up (default: 0.1)")),
+        type=float, metavar="X", help="share of steps warming the learning rate up")),
     ("--early-stopping-patience", "train", "early_stopping_patience", dict(
-        type=int, metavar="N", help="stop after N epochs without val_loss improvement, 0: off (default: 3)")),
-    ("--strategy", "train", "strategy", dict(choices=["auto", "one_device", "mirrored", "multi_worker"],
-                                             help="tf.distribute strategy (default: auto)")),
-    ("--seed", "train", "seed", dict(type=int, metavar="N", help="random seed (default: 42)")),
+        type=int, metavar="N", help="stop after N epochs without val_loss improvement, 0: off")),
+    ("--strategy", "train", "strategy", dict(choices=config.STRATEGIES,
+                                             help="tf.distribute strategy")),
+    ("--seed", "train", "seed", dict(type=int, metavar="N", help="random seed")),
     ("--devices", "train", "devices", dict(
         metavar="LIST", help="devices for --strategy mirrored, e.g. GPU:0,GPU:1 (default: all GPUs)")),
     ("--scale-learning-rate", "train", "scale_learning_rate", dict(
@@ -88,8 +104,8 @@ _CONFIG_FLAGS += [
     ("--cache-dir", "train", "cache_dir", dict(metavar="DIR",
                                                help="feature cache folder, shared by runs (default: RUN/feature_cache)")),
     ("--mixed-precision", "train", "mixed_precision", dict(
-        choices=["none", "mixed_float16", "mixed_bfloat16"],
-        help="16-bit compute with float32 weights and outputs (default: none)")),
+        choices=config.PRECISIONS,
+        help="16-bit compute with float32 weights and outputs")),
     ("--jit-compile", "train", "jit_compile", dict(
         action=argparse.BooleanOptionalAction, default=None,
         help="compile train steps with XLA (default: Keras auto, off on CPU only)")),
@@ -161,8 +177,8 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="discard a previous run in --output-dir and train from scratch (without it, an "
                         "interrupted run resumes and a finished one is refused)")
-    for flag, _, _, kwargs in _CONFIG_FLAGS:
-        p.add_argument(flag, **kwargs)
+    for flag, section, field, kwargs in _CONFIG_FLAGS:
+        p.add_argument(flag, **_with_default(section, field, kwargs))
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -224,7 +240,7 @@ def _add_validate_parser(sub) -> None:
     p.add_argument("--model", metavar="RUN", help="a trained run: also check labels are known to it "
                                                   "and count texts longer than its sequence length")
     p.add_argument("--no-labels", action="store_true", help="the manifest has no label column (prediction input)")
-    p.add_argument("--task", choices=["classification", "binary", "multilabel", "matching", "contrastive"],
+    p.add_argument("--task", choices=list(TASKS),
                    help="how labels are read (default: the run's task, else classification)")
     for flag in ("--image-col", "--text-col", "--label-col", "--max-image-pixels", "--allow-outside-root"):
         spec = next(f for f in _CONFIG_FLAGS if f[0] == flag)

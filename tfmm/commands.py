@@ -52,20 +52,13 @@ def format_metrics_table(rows: dict) -> str:
 def cmd_evaluate(args) -> int:
     from tfmm.evaluation import reports
     from tfmm.evaluation.evaluate import evaluate
+    from tfmm.tasks import get_task
 
     metrics = evaluate(args.model, args.data, report_dir=args.report_dir, ablate=args.ablate)
-    if metrics.get("task") in ("multilabel", "matching", "contrastive"):
-        from tfmm.evaluation.task_eval import format_summary
-
-        print(format_summary(metrics))
-        if metrics["task"] != "contrastive":  # retrieval has no classes
-            print("\nper class:")
-            for label, m in metrics["per_class"].items():
-                print(f"  {label:30s} precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
-                      f"f1 {m['f1']:.4f}  support {m['support']}")
-        print(f"\nwrote {os.path.join(args.report_dir or args.model, 'metrics.json')}")
-        return 0
-    print(reports.format_report(metrics))
+    print(get_task(metrics["task"]).summary(metrics))
+    if "per_class" in metrics:
+        print()
+        print(reports.format_per_class(metrics))
     if args.ablate:
         print()
         print(reports.format_ablation(metrics["ablation"]))
@@ -84,8 +77,7 @@ def _write_or_print(text: str, output, what: str) -> None:
 
 def _predict_saved_model(args) -> int:
     """``tfmm predict`` on an exported SavedModel: a REST body, a manifest or one image."""
-    from tfmm.serving import saved_model
-    from tfmm.serving import protocol
+    from tfmm.serving import protocol, saved_model
 
     if not saved_model.is_saved_model(args.model):
         raise ValueError(f"--request needs a SavedModel (a folder with saved_model.pb, or an export root); "
@@ -126,7 +118,6 @@ def _single_example(args):
 
 def cmd_predict(args) -> int:
     from tfmm.serving import saved_model
-    from tfmm.serving import protocol
     from tfmm.evaluation.evaluate import predict
 
     if args.request is not None or saved_model.is_saved_model(args.model):
@@ -202,8 +193,9 @@ def cmd_demo(args) -> int:
 def cmd_validate(args) -> int:
     import csv
 
-    from tfmm.data.manifest import read_manifest, validate_manifest
     from tfmm.config import RunConfig
+    from tfmm.data.manifest import read_manifest, validate_manifest
+    from tfmm.tasks import get_task
 
     labels, preprocessor, config = None, None, RunConfig()
     if args.model:
@@ -215,9 +207,9 @@ def cmd_validate(args) -> int:
     overrides = {f: getattr(args, f) for f in ("image_col", "text_col", "label_col", "max_image_pixels",
                                                 "allow_outside_root") if getattr(args, f) is not None}
     config = config.replace(data=overrides)
-    task = args.task or config.model.task
+    task = get_task(args.task or config.model.task)
     manifest = read_manifest(args.data, config.data, require_labels=not args.no_labels)
-    problems = validate_manifest(manifest, task=task, labels=labels, config=config.data)
+    problems = validate_manifest(manifest, encoding=task.encoding, labels=labels, config=config.data)
     for p in problems:
         print(p)
     if args.report:

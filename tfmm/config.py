@@ -16,7 +16,6 @@ import yaml
 
 from tfmm.files import atomic_write
 
-TASKS = ("classification", "binary", "multilabel", "matching", "contrastive")
 FUSIONS = ("concat", "sum", "mean", "gated")
 MODALITIES = ("both", "image", "text")
 POOLINGS = ("cls", "mean")
@@ -91,7 +90,7 @@ class ModelConfig:
     """The fused model's architecture.
 
     Args:
-        task: one of ``TASKS``.
+        task: a name in ``tfmm.tasks.TASKS`` (checked when the task is looked up).
         text_encoder: ``minilm``, ``keras_nlp:PRESET_OR_DIR`` (also ``keras_hub:``) or
             ``tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE``.
         text_pooling: ``cls`` (the pooled [CLS] output) or ``mean`` (masked mean of tokens).
@@ -121,7 +120,6 @@ class ModelConfig:
     num_classes: int = 0
 
     def __post_init__(self):
-        _check_choice("task", self.task, TASKS)
         _check_choice("fusion", self.fusion, FUSIONS)
         _check_choice("modalities", self.modalities, MODALITIES)
         _check_choice("text_pooling", self.text_pooling, POOLINGS)

@@ -17,6 +17,7 @@ import os
 from typing import Optional
 
 import keras
+import numpy as np
 import pandas as pd
 
 from tfmm.config import RunConfig, load_config
@@ -101,14 +102,18 @@ class LoadedRun:
     model: keras.Model
     preprocessor: object
 
-    def dataset(self, manifest: Manifest, *, with_labels: bool = True, batch_size: Optional[int] = None):
-        """The run's input pipeline over ``manifest`` (no shuffling)."""
+    def dataset(self, manifest: Manifest, *, batch_size: Optional[int] = None):
+        """The run's input pipeline over ``manifest``: features only, no shuffling."""
         return make_dataset(
             manifest, config=self.config.data, preprocessor=self.preprocessor,
-            labels=self.labels if with_labels else None, task=self.config.model.task,
             modalities=self.config.model.modalities,
             batch_size=batch_size or self.config.train.batch_size,
         )
+
+    def predict_scores(self, manifest: Manifest) -> np.ndarray:
+        """The model's outputs for every row of ``manifest``, in order (``[N, C]``; ``[N, 1]``
+        for one score per row)."""
+        return np.asarray(self.model.predict(self.dataset(manifest), verbose=0))
 
 
 def load_run(run_dir: str) -> LoadedRun:

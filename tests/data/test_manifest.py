@@ -7,10 +7,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from tfmm.data.labels import INDEX, MULTI_HOT, ONE_HOT
 from tfmm.config import DataConfig
 from tfmm.data.images import decode_image
 from tfmm.data.manifest import (
-    build_label_vocab, check_manifest, encode_labels, load_labels, read_manifest, save_labels,
+    build_label_vocab, check_manifest, load_labels, read_manifest, save_labels,
     validate_manifest,
 )
 from tfmm.data.pipeline import make_dataset
@@ -105,14 +106,20 @@ def test_skip_bad_rows_keeps_good_ones_and_writes_them(tmp_path):
 def test_labels_vocab_and_encoding(tmp_path):
     df = pd.DataFrame({"image": ["a", "b", "c"], "text": ["t"] * 3, "label": ["dog", "cat|dog", "bird"]})
     m = read_manifest(df, root=str(tmp_path))
-    assert build_label_vocab(m, "classification") == ["bird", "cat|dog", "dog"]
-    vocab = build_label_vocab(m, "multilabel")
+    assert build_label_vocab(m, "one_hot") == ["bird", "cat|dog", "dog"] == build_label_vocab(m)
+    vocab = build_label_vocab(m, MULTI_HOT)
     assert vocab == ["bird", "cat", "dog"]
     np.testing.assert_array_equal(
-        encode_labels(m, vocab, "multilabel"), [[0, 0, 1], [0, 1, 1], [1, 0, 0]]
+        MULTI_HOT.encode(m.frame, vocab), [[0, 0, 1], [0, 1, 1], [1, 0, 0]]
     )
+    np.testing.assert_array_equal(ONE_HOT.class_ids(ONE_HOT.encode(m.frame, ["bird", "cat|dog", "dog"])), [2, 1, 0])
     b = read_manifest(pd.DataFrame({"image": ["a", "b"], "text": ["t", "t"], "label": ["no", "yes"]}))
-    np.testing.assert_array_equal(encode_labels(b, ["no", "yes"], "binary"), [[0.0], [1.0]])
+    np.testing.assert_array_equal(INDEX.encode(b.frame, ["no", "yes"]), [[0.0], [1.0]])
+    np.testing.assert_array_equal(INDEX.class_ids(INDEX.encode(b.frame, ["no", "yes"])), [0, 1])
+    with pytest.raises(ValueError, match="label encoding must be one of .*received 'multilabel'"):
+        build_label_vocab(m, "multilabel")  # a task name is not an encoding
+    with pytest.raises(ValueError, match="single-label encoding"):
+        MULTI_HOT.class_ids(np.zeros((1, 3)))
     save_labels(vocab, str(tmp_path / "labels.txt"))
     assert load_labels(str(tmp_path / "labels.txt")) == vocab
 

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from tfmm.config import DataConfig, TrainConfig
-from tfmm.data.manifest import build_label_vocab, encode_labels, read_manifest
+from tfmm.data.labels import ONE_HOT
+from tfmm.data.manifest import build_label_vocab, read_manifest
 from tfmm.data.pipeline import make_dataset, pipeline_options, should_cache_in_memory
 from tfmm.training import precision
 
@@ -63,11 +64,11 @@ def test_non_deterministic_pipeline_yields_every_row(setup, preprocessor):
     assert pipeline_options(DataConfig(tf_data_autotune=True)).autotune.enabled is True
     targets = np.concatenate([t.numpy() for _, t in ds])
     np.testing.assert_array_equal(np.sort(targets.argmax(1)),
-                                  np.sort(encode_labels(manifest, labels, "classification").argmax(1)))
+                                  np.sort(ONE_HOT.encode(manifest.frame, labels).argmax(1)))
 
 
 def test_dtype_policy_is_scoped_and_head_output_stays_float32(tiny_config):
-    from tfmm.models.build import build_model
+    from tfmm.tasks import build_model
 
     cfg = tiny_config.replace(model={"num_classes": 9, "modalities": "image"})
     with precision.dtype_policy("mixed_bfloat16"):
@@ -85,7 +86,6 @@ def test_dtype_policy_is_scoped_and_head_output_stays_float32(tiny_config):
 def test_train_with_mixed_precision_and_xla(tiny_config, demo_data, tmp_path):
     """bfloat16 compute (CPU-friendly) with a cached frozen encoder and an XLA-compiled step."""
     from tfmm.run_dir import load_run
-    from tfmm.evaluation.metrics import predict_scores
     from tfmm.training.train import train
 
     cfg = tiny_config.replace(model={"modalities": "image", "freeze_image": True},
@@ -95,6 +95,6 @@ def test_train_with_mixed_precision_and_xla(tiny_config, demo_data, tmp_path):
     assert result.model.get_layer("fusion_head").get_layer("head_hidden").dtype_policy.name == "mixed_bfloat16"
     assert np.isfinite(result.history["loss"]).all()
     run = load_run(result.run_dir)
-    scores = predict_scores(run, read_manifest(demo_data["test"]))
+    scores = run.predict_scores(read_manifest(demo_data["test"]))
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)

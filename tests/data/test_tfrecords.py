@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from tfmm.tasks import get_task
 from tfmm.cli import main
 from tfmm.config import DataConfig
 from tfmm.data import tfrecords
 from tfmm.data.manifest import (
-    Manifest, build_label_vocab, check_manifest, encode_labels, is_prepared, read_manifest,
+    Manifest, build_label_vocab, check_manifest, is_prepared, read_manifest,
 )
 from tfmm.data.pipeline import make_dataset
 
@@ -66,11 +67,12 @@ def test_prepared_folder_reads_like_its_manifest(demo_data, prepared, preprocess
 def test_dropped_rows_are_left_out_and_labels_encode_in_graph(prepared, preprocessor):
     m = read_manifest(prepared)
     kept = Manifest(m.frame.iloc[[1, 40, 70]].reset_index(drop=True), m.source, m.root, records=m.records)
-    for task in ("classification", "multilabel"):
-        labels = build_label_vocab(m, task)
-        ds = make_dataset(kept, config=CFG, preprocessor=preprocessor, labels=labels, task=task, batch_size=8)
+    for name in ("classification", "multilabel", "contrastive"):  # one-hot, multi-hot, pair ids
+        task = get_task(name)
+        labels = task.label_vocab(m)
+        ds = make_dataset(kept, config=CFG, preprocessor=preprocessor, labels=labels, targets=task, batch_size=8)
         (_, targets), = list(ds)
-        np.testing.assert_array_equal(targets.numpy(), encode_labels(kept, labels, task))
+        np.testing.assert_array_equal(targets.numpy(), task.encode_targets(kept, labels))
         assert ds.cardinality().numpy() == 1  # known, for progress bars
 
 
@@ -81,7 +83,7 @@ def test_binary_and_unlabeled_prepared_data(demo_data, tmp_path, preprocessor):
     out = str(tmp_path / "bin")
     tfrecords.prepare_dataset(df, out, verbose=0)
     m = read_manifest(out)
-    ds = make_dataset(m, config=CFG, preprocessor=preprocessor, labels=["no", "yes"], task="binary", batch_size=6)
+    ds = make_dataset(m, config=CFG, preprocessor=preprocessor, labels=["no", "yes"], targets="index", batch_size=6)
     (_, targets), = list(ds)
     np.testing.assert_array_equal(targets.numpy(), [[1.0], [0.0]] * 3)
     unlabeled = str(tmp_path / "unlabeled")

@@ -20,9 +20,8 @@ from tfmm import plots
 from tfmm.cli import main
 from tfmm.config import RunConfig, save_config
 from tfmm.data.manifest import read_manifest, save_labels
-from tfmm.evaluation import curves, reports
+from tfmm.evaluation import reports
 from tfmm.evaluation.evaluate import evaluate, predict
-from tfmm.evaluation.metrics import compute_metrics, score_metrics
 from tfmm.models.text import TEXT_INPUTS, load_text_preprocessor
 from tfmm.run_dir import CONFIG_FILE, LABELS_FILE, LoadedRun, MODEL_FILE, TOKENIZER_DIR, load_run
 
@@ -48,79 +47,6 @@ def assert_png(path, min_bytes=5000, min_side=200):
 # ---------------------------------------------------------------- metrics vs scikit-learn
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_compute_metrics_equals_sklearn(seed):
-    rng = np.random.default_rng(seed)
-    labels = [f"c{i}" for i in range(6)]
-    y_true = rng.integers(0, 5, 200)  # c5 never occurs: zero support
-    y_pred = np.where(rng.random(200) < 0.6, y_true, rng.integers(0, 6, 200))
-    m = compute_metrics(y_true, y_pred, labels)
-    ids = list(range(6))
-    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
-    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
-    for avg in ("macro", "weighted"):
-        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=avg, zero_division=0)
-        assert (m[f"precision_{avg}"], m[f"recall_{avg}"], m[f"f1_{avg}"]) == pytest.approx((p, r, f))
-    assert m["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, labels=ids, average="macro", zero_division=0))
-    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
-    for i, name in enumerate(labels):
-        assert m["per_class"][name] == pytest.approx(
-            {"precision": p[i], "recall": r[i], "f1": f[i], "support": s[i]})
-    assert m["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=ids).tolist()
-    assert m["n_examples"] == 200
-
-
-def test_auc_functions_equal_sklearn_with_ties():
-    rng = np.random.default_rng(3)
-    for _ in range(50):
-        n = int(rng.integers(5, 80))
-        y = rng.integers(0, 2, n)
-        s = np.round(rng.random(n), 1)  # many ties
-        if y.all() or not y.any():
-            continue
-        assert curves.roc_auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
-        assert curves.average_precision(y, s) == pytest.approx(skm.average_precision_score(y, s), abs=1e-12)
-        fpr, tpr, thresholds = curves.roc_curve(y, s)
-        sk_fpr, sk_tpr, sk_thresholds = skm.roc_curve(y, s, drop_intermediate=False)
-        np.testing.assert_allclose(fpr, sk_fpr)
-        np.testing.assert_allclose(tpr, sk_tpr)
-        np.testing.assert_allclose(thresholds, sk_thresholds)  # both start at inf
-        precision, recall, _ = curves.precision_recall_curve(y, s)
-        sk_p, sk_r, _ = skm.precision_recall_curve(y, s, drop_intermediate=False)
-        # sklearn lists thresholds increasing and ends with (recall 0, precision 1).
-        np.testing.assert_allclose(precision[::-1], sk_p)
-        np.testing.assert_allclose(recall[::-1], sk_r)
-
-
-def test_per_label_auc_multilabel_equals_sklearn_and_skips_undefined():
-    rng = np.random.default_rng(4)
-    y = rng.integers(0, 2, (60, 4))
-    y[:, 3] = 0  # no positive: undefined for this label
-    s = rng.random((60, 4))
-    out = curves.per_label_auc(y, s, ["a", "b", "c", "d"])
-    roc = skm.roc_auc_score(y[:, :3], s[:, :3], average=None)
-    ap = skm.average_precision_score(y[:, :3], s[:, :3], average=None)
-    assert [out["roc_auc"][k] for k in "abc"] == pytest.approx(roc)
-    assert [out["pr_auc"][k] for k in "abc"] == pytest.approx(ap)
-    assert out["roc_auc"]["d"] is None and out["pr_auc"]["d"] is None
-    assert out["roc_auc_macro"] == pytest.approx(roc.mean())
-    with pytest.raises(ValueError, match=r"\[N, 4\]"):
-        curves.per_label_auc(y, s[:, :2], ["a", "b", "c", "d"])
-    with pytest.raises(ValueError, match="0/1"):
-        curves.roc_curve([0, 2], [0.1, 0.2])
-
-
-def test_score_metrics_binary_adds_auc():
-    rng = np.random.default_rng(5)
-    y = rng.integers(0, 2, 100)
-    p = np.clip(y * 0.3 + rng.random(100) * 0.7, 0, 1)
-    m = score_metrics(y, np.stack([1 - p, p], axis=1), ["no", "yes"], "binary")
-    assert m["positive_label"] == "yes"
-    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))
-    assert m["pr_auc"] == pytest.approx(skm.average_precision_score(y, p))
-    assert m["f1_macro"] == pytest.approx(skm.f1_score(y, (p > 0.5).astype(int), average="macro"))
-
-
 # ---------------------------------------------------------------- plots and report files
 
 
@@ -128,7 +54,7 @@ def test_plots_are_valid_pngs(tmp_path):
     cm = [[5, 1, 0], [2, 7, 1], [0, 0, 9]]
     assert_png(plots.save_png(plots.confusion_matrix_figure(cm, ["a", "b", "c"]), str(tmp_path / "cm.png")))
     y, s = np.array([0, 1, 1, 0, 1]), np.array([0.1, 0.8, 0.4, 0.5, 0.9])
-    fpr, tpr, _ = curves.roc_curve(y, s)
+    fpr, tpr, _ = skm.roc_curve(y, s)
     assert_png(plots.save_png(plots.curves_figure({"yes": (fpr, tpr, 0.8)}, kind="roc"), str(tmp_path / "roc.png")))
     hist = {"loss": [1.0, 0.5, 0.3], "val_loss": [1.1, 0.7, 0.6], "accuracy": [0.3, 0.6, 0.8],
             "val_accuracy": [0.2, 0.5, 0.7]}
@@ -213,7 +139,7 @@ def test_evaluate_writes_report_equal_to_sklearn(rule_run, tmp_path):
     m = evaluate(rule_run, data, report_dir=report)
     run = load_run(rule_run)
     manifest = read_manifest(data, run.config.data)
-    scores = np.asarray(run.model.predict(run.dataset(manifest, with_labels=False), verbose=0))
+    scores = np.asarray(run.model.predict(run.dataset(manifest), verbose=0))
     y_true = [FOUR.index(v) for v in manifest.frame["label"]]
     y_pred = scores.argmax(axis=1)
     assert m["f1_macro"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
@@ -264,7 +190,7 @@ def test_binary_report_has_roc_and_pr(tmp_path, tiny_bert):
     report = str(tmp_path / "report")
     m = evaluate(run_dir, data, report_dir=report)
     run = load_run(run_dir)
-    p = np.asarray(run.model.predict(run.dataset(read_manifest(data, run.config.data), with_labels=False),
+    p = np.asarray(run.model.predict(run.dataset(read_manifest(data, run.config.data)),
                                      verbose=0))[:, 0]
     y = (frame["label"] == "bright").astype(int).to_numpy()
     assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p))

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfmm.models.build import build_model
+from tfmm.tasks import build_model
 
 
 def _inputs(n=2, size=32, length=8, seed=0):

@@ -16,7 +16,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tfmm.config import RunConfig
 from tfmm.data.manifest import read_manifest
-from tfmm.models.build import build_model
+from tfmm.tasks import build_model
 from tfmm.training import callbacks
 from tfmm.training.train import train
 

@@ -101,7 +101,7 @@ def test_manifest_datasets_shard_by_element(demo_data):
     worker keeps its own share of the elements."""
     import tensorflow as tf
 
-    from tfmm.data.manifest import encode_labels, read_manifest
+    from tfmm.data.manifest import read_manifest
     from tfmm.data.pipeline import make_dataset
     from tfmm.config import DataConfig
 
@@ -289,13 +289,12 @@ def test_each_worker_reads_its_own_shard_of_the_manifest(tmp_path):
 
 
 def _log_loss(run, manifest_path):
-    from tfmm.data.manifest import encode_labels, read_manifest
-    from tfmm.data.pipeline import make_dataset
-    from tfmm.evaluation.metrics import predict_scores
+    from tfmm.data.manifest import read_manifest
+    from tfmm.tasks import get_task
 
     manifest = read_manifest(manifest_path, run.config.data)
-    scores = predict_scores(run, manifest)
-    targets = encode_labels(manifest, run.labels, run.config.model.task)
+    scores = run.predict_scores(manifest)
+    targets = get_task(run.config.model.task).encode_targets(manifest, run.labels)
     return float(-np.mean(np.sum(targets * np.log(np.clip(scores, 1e-7, 1.0)), axis=1))), scores
 
 

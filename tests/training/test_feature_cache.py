@@ -11,8 +11,7 @@ from PIL import Image
 from tfmm.cli_parser import build_parser, config_from_args
 from tfmm.data.images import decode_image
 from tfmm.data.manifest import Manifest, read_manifest
-from tfmm.evaluation.metrics import predict_scores
-from tfmm.models.build import build_model
+from tfmm.tasks import build_model
 from tfmm.models.text import build_text_encoder, load_text_preprocessor
 from tfmm.models.vision import build_image_encoder
 from tfmm.run_dir import load_run
@@ -183,8 +182,8 @@ def test_cached_run_saves_the_full_model(image_frozen_runs, demo_data):
     run = load_run(cached.run_dir)
     assert set(run.model.input) == {"image", "token_ids", "segment_ids", "padding_mask"}
     manifest = read_manifest(demo_data["test"])
-    expected = image_frozen_runs["plain"].model.predict(run.dataset(manifest, with_labels=False), verbose=0)
-    np.testing.assert_allclose(predict_scores(run, manifest), expected, rtol=1e-4, atol=1e-5)
+    expected = image_frozen_runs["plain"].model.predict(run.dataset(manifest), verbose=0)
+    np.testing.assert_allclose(run.predict_scores(manifest), expected, rtol=1e-4, atol=1e-5)
     # The best checkpoint has the full model's layout, as without the feature_cache.
     fresh = build_model(cached.config)
     fresh.load_weights(os.path.join(cached.run_dir, "checkpoints", "best.weights.h5"))

@@ -11,8 +11,7 @@ from tfmm.config import load_config
 from tfmm.data.manifest import build_label_vocab, load_labels, read_manifest
 from tfmm.data.pipeline import make_dataset
 from tfmm.data.validation import ManifestError
-from tfmm.evaluation.metrics import predict_scores
-from tfmm.models.build import build_model
+from tfmm.tasks import build_model
 from tfmm.run_dir import load_run
 from tfmm.training.train import compile_model, make_optimizer, train
 
@@ -55,8 +54,8 @@ def test_train_writes_run_dir_and_reloads(tiny_config, demo_data, tmp_path):
     assert result.labels == load_labels(os.path.join(run_dir, "labels.txt"))
     run = load_run(run_dir)
     manifest = read_manifest(demo_data["test"])
-    fresh = result.model.predict(run.dataset(manifest, with_labels=False), verbose=0)
-    np.testing.assert_allclose(predict_scores(run, manifest), fresh, atol=1e-5)
+    fresh = result.model.predict(run.dataset(manifest), verbose=0)
+    np.testing.assert_allclose(run.predict_scores(manifest), fresh, atol=1e-5)
 
 
 def test_bad_rows_stop_training_before_fit(tiny_config, demo_data, tmp_path):

@@ -24,14 +24,12 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmm.config import DataConfig
+from tfmm.data.labels import ONE_HOT, as_encoding
 from tfmm.data.validation import (
     ManifestError, RowProblem, duplicate_problems, image_problem, outside_root, read_table,
 )
 
 logger = logging.getLogger(__name__)
-
-
-MULTILABEL_SEP = "|"
 
 
 @dataclasses.dataclass
@@ -122,19 +120,10 @@ def read_manifest(
     return Manifest(frame.reset_index(drop=True), name, root, problems)
 
 
-def split_labels(label: str, task: str) -> list:
-    """The label(s) of one row: several for ``multilabel``, else one."""
-    if task == "multilabel":
-        return [part.strip() for part in label.split(MULTILABEL_SEP) if part.strip()]
-    return [label.strip()] if label.strip() else []
-
-
-def build_label_vocab(manifest: Manifest, task: str = "classification") -> list:
-    """Sorted list of the distinct labels of ``manifest``."""
-    labels = set()
-    for value in manifest.frame["label"]:
-        labels.update(split_labels(value, task))
-    return sorted(labels)
+def build_label_vocab(manifest: Manifest, encoding=ONE_HOT) -> list:
+    """Sorted list of the distinct labels of ``manifest`` (``encoding``: a
+    :class:`~tfmm.data.labels.LabelEncoding`, its name or a task; ``multi_hot`` splits on ``|``)."""
+    return as_encoding(encoding).vocabulary(manifest.frame)
 
 
 def save_labels(labels: Sequence[str], path: str) -> None:
@@ -150,7 +139,7 @@ def load_labels(path: str) -> list:
 def validate_manifest(
     manifest: Manifest,
     *,
-    task: str = "classification",
+    encoding=ONE_HOT,
     labels: Optional[Sequence[str]] = None,
     config: DataConfig = DataConfig(),
 ) -> list:
@@ -160,8 +149,10 @@ def validate_manifest(
     (unless ``config.allow_outside_root``); the file exists, is readable, non-empty, a
     complete JPEG/PNG/GIF/BMP image within ``config.max_image_pixels``; the text is not
     empty; the label is present and, when ``labels`` (the training vocabulary) is given,
-    known; the row is not an exact duplicate of an earlier one.
+    known (labels are split and checked as ``encoding`` reads them; an encoding that does
+    not use labels skips this); the row is not an exact duplicate of an earlier one.
     """
+    encoding = as_encoding(encoding)
     known = set(labels) if labels is not None else None
     problems = list(manifest.problems)
     for rec in manifest.frame.itertuples(index=False):
@@ -180,8 +171,8 @@ def validate_manifest(
                 reasons.append(why)
         if not rec.text.strip():
             reasons.append("empty text")
-        if manifest.has_labels and task != "contrastive":  # contrastive: labels unused
-            row_labels = split_labels(rec.label, task)
+        if manifest.has_labels and encoding.uses_labels:
+            row_labels = encoding.split(rec.label)
             if not row_labels:
                 reasons.append("empty label")
             elif known is not None:
@@ -196,7 +187,7 @@ def validate_manifest(
 def check_manifest(
     manifest: Manifest,
     *,
-    task: str = "classification",
+    encoding=ONE_HOT,
     labels: Optional[Sequence[str]] = None,
     skip_bad_rows: bool = False,
     skipped_path: Optional[str] = None,
@@ -213,7 +204,7 @@ def check_manifest(
     Raises:
         ManifestError: bad rows and ``skip_bad_rows`` is False, or no usable row is left.
     """
-    problems = validate_manifest(manifest, task=task, labels=labels, config=config)
+    problems = validate_manifest(manifest, encoding=encoding, labels=labels, config=config)
     if not problems:
         return manifest
     if not skip_bad_rows:
@@ -235,23 +226,6 @@ def check_manifest(
     if kept.empty:
         raise ManifestError(problems, hint="No usable row is left.")
     return Manifest(kept, manifest.source, manifest.root, records=manifest.records)
-
-
-def encode_labels(manifest: Manifest, labels: Sequence[str], task: str) -> np.ndarray:
-    """Label targets as float32: one-hot (classification), multi-hot (multilabel) or 0/1
-    of shape ``[N, 1]`` (binary: ``labels[1]`` is the positive class); for ``contrastive``,
-    the ``[N, 2]`` (image id, caption id) of :func:`pair_ids`."""
-    if task == "contrastive":
-        return pair_ids(manifest)
-    index = {name: i for i, name in enumerate(labels)}
-    rows = [split_labels(v, task) for v in manifest.frame["label"]]
-    if task in ("binary", "matching"):  # matching: labels "0"/"1"
-        return np.array([[float(index[r[0]])] for r in rows], dtype="float32")
-    out = np.zeros((len(rows), len(labels)), dtype="float32")
-    for i, row_labels in enumerate(rows):
-        for name in row_labels:
-            out[i, index[name]] = 1.0
-    return out
 
 
 FORMAT = "tfmm.tfrecord"
@@ -357,15 +331,3 @@ def read_prepared(source: str, *, require_labels: bool = True) -> Manifest:
     frame["text"] = frame["text"].fillna("").astype(str)
     frame["image"] = frame["image"].fillna("").astype(str)
     return Manifest(frame.reset_index(drop=True), source, root, records=files)
-
-
-def pair_ids(manifest: Manifest) -> np.ndarray:
-    """``[N, 2]`` float32 (image id, caption id): equal ids mean the same file / caption.
-
-    These are the ``contrastive`` targets: rows ``i`` and ``j`` of a batch are a positive
-    pair when they share an image or a caption (see
-    :class:`tfmm.models.pair_heads.ContrastiveLoss`).
-    """
-    image_ids, _ = pd.factorize(manifest.frame["image"])
-    text_ids, _ = pd.factorize(manifest.frame["text"])
-    return np.stack([image_ids, text_ids], axis=1).astype("float32")

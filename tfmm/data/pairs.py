@@ -1,60 +1,20 @@
-"""Image-text pair tasks on the manifest side: labels, negatives and pair ids.
+"""Manifests read as (image, caption) pairs: negatives for a positives-only manifest.
 
-Two tasks read a manifest as a list of (image, caption) pairs:
-
-- ``matching``: the label column says whether the caption describes the image (``1``) or
-  not (``0``). A manifest of positive pairs only (no label column, or every label ``1``)
-  gets negatives from :func:`add_negatives` (``--negatives N``): each image paired with
-  ``N`` captions of other rows, drawn with a seeded generator.
-- ``contrastive``: every row is a positive pair; the label column is optional and unused.
-  Its training targets are :func:`pair_ids`: which rows share an image or a caption, so
-  that duplicates in a batch are not pushed apart as if they were negatives.
+A manifest of positive pairs only (no label column, or every label ``1``) gets negatives
+from :func:`add_negatives` (``--negatives N``): each image paired with ``N`` captions of other
+rows, drawn with a seeded generator, labeled ``0``. Which tasks use this is theirs to say
+(:mod:`tfmm.tasks.matching`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional
-
 import numpy as np
 import pandas as pd
 
-from tfmm.config import RunConfig
-from tfmm.data.manifest import Manifest, build_label_vocab
+from tfmm.data.manifest import Manifest
 
 logger = logging.getLogger(__name__)
-
-PAIR_TASKS = ("matching", "contrastive")
-MATCH_LABELS = ("0", "1")  # labels[1] is the positive class, as for task "binary"
-
-
-def labels_required(config: RunConfig) -> bool:
-    """Whether a training manifest must have a label column for ``config``'s task.
-
-    ``contrastive`` never needs one; ``matching`` does not when ``--negatives`` makes them.
-    """
-    task = config.model.task
-    if task == "contrastive":
-        return False
-    if task == "matching":
-        return config.data.negatives == 0
-    return True
-
-
-def fixed_labels(task: str) -> Optional[list]:
-    """The label vocabulary a task fixes in advance (``None``: read from the data)."""
-    if task == "matching":
-        return list(MATCH_LABELS)
-    if task == "contrastive":
-        return []
-    return None
-
-
-def label_vocab(manifest: Manifest, task: str) -> list:
-    """The run's labels: fixed for pair tasks, else :func:`tfmm.data.manifest.build_label_vocab`."""
-    fixed = fixed_labels(task)
-    return fixed if fixed is not None else build_label_vocab(manifest, task)
-
 
 def only_positives(manifest: Manifest) -> bool:
     """True when the manifest has no label column or every label is ``1``."""
@@ -121,37 +81,11 @@ def add_negatives(manifest: Manifest, n: int, *, seed: int = 0) -> Manifest:
     return Manifest(out, manifest.source, manifest.root)
 
 
-def prepare_manifest(manifest: Manifest, config: RunConfig, *, seed: int) -> Manifest:
-    """Readies a checked manifest for ``config``'s task (a no-op for other tasks).
-
-    ``matching``: adds ``config.data.negatives`` negatives per positive (labels ``1`` when
-    the manifest has none). ``contrastive``: gives the manifest a (placeholder) label
-    column, so the input pipeline yields its :func:`pair_ids` targets.
-
-    Raises:
-        ValueError: ``negatives`` is set for a task other than ``matching``, or a
-            matching manifest without labels has ``negatives`` 0.
-    """
-    task, negatives = config.model.task, config.data.negatives
-    if negatives and task != "matching":
-        raise ValueError(f"negatives only applies to task 'matching'; received task {task!r} "
-                         f"with negatives={negatives}")
-    if task == "matching":
-        if not manifest.has_labels and not negatives:
-            raise ValueError(
-                f"{manifest.source}: task 'matching' needs a label column (1: the caption "
-                "matches the image, 0: it does not) or --negatives N to generate negatives"
-            )
-        if negatives:
-            return add_negatives(manifest, negatives, seed=seed)
-        if only_positives(manifest):
-            logger.warning("%s: every pair is labeled 1 (a match); the model cannot learn to "
-                           "reject captions. Add rows labeled 0 or pass --negatives N.", manifest.source)
+def with_empty_labels(manifest: Manifest) -> Manifest:
+    """``manifest`` with a label column (empty strings when it had none), so that the input
+    pipeline yields targets for it (pair ids do not read the labels)."""
+    if manifest.has_labels:
         return manifest
-    if task == "contrastive" and not manifest.has_labels:
-        frame = manifest.frame.copy()
-        frame["label"] = ""
-        return Manifest(frame, manifest.source, manifest.root)
-    return manifest
-
-
+    frame = manifest.frame.copy()
+    frame["label"] = ""
+    return Manifest(frame, manifest.source, manifest.root, records=manifest.records)

@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from tfmm.config import DataConfig
 from tfmm.data.images import decode_image
-from tfmm.data.manifest import Manifest, encode_labels
+from tfmm.data.labels import ONE_HOT, as_encoding
+from tfmm.data.manifest import Manifest
 from tfmm.data.tfrecords import record_dataset
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def make_dataset(
     config: DataConfig,
     preprocessor=None,
     labels: Optional[Sequence[str]] = None,
-    task: str = "classification",
+    targets=ONE_HOT,
     modalities: str = "both",
     batch_size: int = 32,
     shuffle: bool = False,
@@ -47,7 +48,8 @@ def make_dataset(
             ``modalities`` includes text.
         labels: the label vocabulary; when given (and the manifest has labels), elements are
             ``(features, targets)``, else ``features`` alone.
-        task: selects the label encoding (see :func:`encode_labels`).
+        targets: how labels become targets: a :class:`~tfmm.data.labels.LabelEncoding`,
+            its name, or a task from :mod:`tfmm.tasks` (its ``encoding``); default one-hot.
         modalities: ``both``, ``image`` or ``text``: which features to produce.
         batch_size: examples per batch (the global batch under a distribution strategy).
         shuffle: shuffle with ``seed`` (reshuffled each epoch, reproducibly).
@@ -67,7 +69,8 @@ def make_dataset(
     with_targets = labels is not None and manifest.has_labels
     in_memory = should_cache_in_memory(config, len(frame), use_image)
 
-    ds, load = _rows_and_loader(manifest, config, labels=labels if with_targets else None, task=task,
+    ds, load = _rows_and_loader(manifest, config, labels=labels if with_targets else None,
+                                encoding=as_encoding(targets),
                                 use_image=use_image, shuffle_records=shuffle and not in_memory, seed=seed)
 
     def shuffled(d):
@@ -101,7 +104,7 @@ def make_dataset(
     return ds.with_options(pipeline_options(config))
 
 
-def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, task: str, use_image: bool,
+def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, encoding, use_image: bool,
                      shuffle_records: bool, seed: int) -> tuple:
     """Step 1 of :func:`make_dataset`: ``(dataset of rows, load)``, ``load`` reading and decoding
     one row. ``labels`` is ``None`` for a pipeline without targets."""
@@ -110,13 +113,13 @@ def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, task: st
         # 1'. records of a `tfmm prepare` folder (read in parallel when shuffling).
         ds, load = record_dataset(
             manifest, image_size=config.image_size, use_image=use_image,
-            labels=labels, task=task,
+            labels=labels, encoding=encoding,
             shuffle=shuffle_records, seed=seed,
         )
     else:
         columns = {"image": frame["image"].to_numpy(dtype=str), "text": frame["text"].to_numpy(dtype=str)}
         if labels is not None:
-            columns["targets"] = encode_labels(manifest, labels, task)
+            columns["targets"] = encoding.encode(frame, labels)
         # 1. list: one element per row.
         ds = tf.data.Dataset.from_tensor_slices(columns)
 

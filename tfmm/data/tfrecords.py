@@ -26,8 +26,9 @@ import tensorflow as tf
 
 from tfmm.config import DataConfig
 from tfmm.data.images import decode_image
+from tfmm.data.labels import ONE_HOT, as_encoding
 from tfmm.data.manifest import (
-    FORMAT, FORMAT_VERSION, MANIFEST_FILE, MULTILABEL_SEP, Manifest, ROWS_FILE, _FEATURES, _join,
+    FORMAT, FORMAT_VERSION, MANIFEST_FILE, Manifest, ROWS_FILE, _FEATURES, _join,
     check_manifest, read_manifest,
 )
 
@@ -123,25 +124,13 @@ def prepare_dataset(
     return path
 
 
-def _encode_label(label, table, num_labels: int, task: str):
-    """One label string -> the targets of :func:`tfmm.data.manifest.encode_labels`, in the graph."""
-    if task == "multilabel":
-        parts = tf.strings.strip(tf.strings.split(label, MULTILABEL_SEP))
-        ids = table.lookup(tf.boolean_mask(parts, tf.strings.length(parts) > 0))
-        return tf.minimum(tf.reduce_sum(tf.one_hot(ids, num_labels), axis=0), 1.0)
-    index = table.lookup(tf.strings.strip(label))
-    if task == "binary":
-        return tf.reshape(tf.cast(index, tf.float32), [1])
-    return tf.one_hot(index, num_labels)
-
-
 def record_dataset(
     manifest: Manifest,
     *,
     image_size: int,
     use_image: bool = True,
     labels: Optional[Sequence[str]] = None,
-    task: str = "classification",
+    encoding=ONE_HOT,
     shuffle: bool = False,
     seed: int = 42,
 ):
@@ -169,21 +158,37 @@ def record_dataset(
     row_spec = {"row": _FEATURES["row"]}
     ds = ds.filter(lambda s: kept.lookup(tf.io.parse_single_example(s, row_spec)["row"]) > 0)
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(manifest.frame)))
-    table = None
+    encoding = as_encoding(encoding)
+    targets_of = None
     if labels is not None:
-        table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(
-                tf.constant(list(labels)), tf.range(len(labels), dtype=tf.int64)),
-            default_value=-1,
-        )
+        targets_of = _targets_fn(manifest, labels, encoding)
 
     def load(serialized):
         example = tf.io.parse_single_example(serialized, _FEATURES)
         out = {"text": example["text"]}
         if use_image:
             out["image"] = decode_image(example["image"], image_size)
-        if table is not None:
-            out["targets"] = _encode_label(example["label"], table, len(labels), task)
+        if targets_of is not None:
+            out["targets"] = targets_of(example)
         return out
 
     return ds, load
+
+
+def _targets_fn(manifest: Manifest, labels: Sequence[str], encoding):
+    """``example -> targets`` of one parsed record, as ``encoding.encode`` gives them."""
+    if not encoding.uses_labels:  # pair ids depend on every row: looked up by row number
+        positions = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(manifest.frame["row"].to_numpy(np.int64)),
+                tf.range(len(manifest.frame), dtype=tf.int64)),
+            default_value=0,
+        )
+        targets = tf.constant(encoding.encode(manifest.frame, labels))
+        return lambda example: tf.gather(targets, positions.lookup(example["row"]))
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(labels)), tf.range(len(labels), dtype=tf.int64)),
+        default_value=-1,
+    )
+    return lambda example: encoding.encode_tensor(example["label"], table, len(labels))

@@ -1,60 +1,65 @@
 """Evaluation report files and text tables.
 
-:func:`write_report` turns a metrics dict (see :func:`tfmm.evaluation.metrics.compute_metrics`) into
-the report folder: ``metrics.json``, ``per_class.csv``, ``confusion_matrix.png`` and, for
-tasks with scores per label (binary, multi-label), ``roc_curve.png`` and ``pr_curve.png``.
-:func:`format_report` and :func:`format_ablation` render the tables the CLI prints.
+:func:`write_report` turns a task's :class:`~tfmm.tasks.base.Evaluation` into the report
+folder: ``metrics.json`` always; ``per_class.csv`` when the metrics have ``per_class``;
+``confusion_matrix.png`` for a single-label confusion matrix; ``roc_curve.png`` and
+``pr_curve.png`` for the curves the task gives (binary, matching).
+:func:`format_per_class` and :func:`format_ablation` render the tables the CLI prints.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 from typing import Mapping, Optional, Sequence
 
+import numpy as np
+
 from tfmm import plots
+from tfmm.files import write_json_atomic
 from tfmm.run_dir import CONFUSION_MATRIX_FILE, METRICS_FILE, PER_CLASS_FILE, PR_CURVE_FILE, ROC_CURVE_FILE
+from tfmm.tasks.classification import SUMMARY_KEYS, format_value
 
 logger = logging.getLogger(__name__)
 
 
-# Metrics compared in the summary and ablation tables (those present are shown).
-SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
-                "f1_weighted", "roc_auc", "pr_auc")
-
-
 def write_json(obj, path: str) -> str:
-    """Writes ``obj`` as indented JSON; returns ``path``."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
+    """Writes ``obj`` as indented JSON (atomically); returns ``path``."""
+    write_json_atomic(path, obj)
     return path
+
+
+def _per_class_columns(metrics: Mapping) -> list:
+    """The per-class keys, in first-seen order (precision, recall, f1, support, then extras)."""
+    columns = []
+    for values in metrics["per_class"].values():
+        columns += [k for k in values if k not in columns]
+    return columns
 
 
 def write_per_class_csv(metrics: Mapping, path: str) -> str:
-    """``label,precision,recall,f1,support`` (plus ``roc_auc,pr_auc`` when known), one row
-    per label in label order; returns ``path``."""
-    roc = metrics.get("roc_auc_per_label") or {}
-    pr = metrics.get("pr_auc_per_label") or {}
-    columns = ["label", "precision", "recall", "f1", "support"] + (["roc_auc", "pr_auc"] if roc else [])
+    """``label,precision,recall,f1,support`` (plus the task's extra per-class keys, such as
+    ``roc_auc`` and ``threshold``), one row per label in label order; returns ``path``."""
+    columns = _per_class_columns(metrics)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(columns)
+        writer.writerow(["label"] + columns)
         for label, m in metrics["per_class"].items():
-            row = [label, m["precision"], m["recall"], m["f1"], m["support"]]
-            if roc:
-                row += [roc.get(label), pr.get(label)]
-            writer.writerow(row)
+            writer.writerow([label] + [m.get(k) for k in columns])
     return path
+
+
+def _single_label_confusion(metrics: Mapping) -> bool:
+    matrix = np.asarray(metrics.get("confusion_matrix", []))
+    return matrix.ndim == 2 and matrix.shape == (len(metrics.get("labels", [])),) * 2
 
 
 def write_report(metrics: Mapping, out_dir: str, *, curves: Optional[Mapping] = None) -> list:
     """Writes the evaluation report files into ``out_dir`` (created).
 
     Args:
-        metrics: the metrics dict; must hold ``per_class``, ``labels`` and
-            ``confusion_matrix``.
+        metrics: the metrics dict (see the module docstring for which keys give which file).
         out_dir: the report folder.
         curves: optional ``{"roc": {label: (fpr, tpr, auc)}, "pr": {label: (recall,
             precision, ap)}}``; each non-empty entry becomes a PNG.
@@ -63,15 +68,15 @@ def write_report(metrics: Mapping, out_dir: str, *, curves: Optional[Mapping] = 
         The paths written.
     """
     os.makedirs(out_dir, exist_ok=True)
-    written = [
-        write_json(dict(metrics), os.path.join(out_dir, METRICS_FILE)),
-        write_per_class_csv(metrics, os.path.join(out_dir, PER_CLASS_FILE)),
-        plots.save_png(
+    written = [write_json(dict(metrics), os.path.join(out_dir, METRICS_FILE))]
+    if "per_class" in metrics:
+        written.append(write_per_class_csv(metrics, os.path.join(out_dir, PER_CLASS_FILE)))
+    if _single_label_confusion(metrics):
+        written.append(plots.save_png(
             plots.confusion_matrix_figure(metrics["confusion_matrix"], metrics["labels"],
                                           title=f"Confusion matrix ({metrics['n_examples']} examples)"),
             os.path.join(out_dir, CONFUSION_MATRIX_FILE),
-        ),
-    ]
+        ))
     for kind, name in (("roc", ROC_CURVE_FILE), ("pr", PR_CURVE_FILE)):
         if curves and curves.get(kind):
             written.append(plots.save_png(plots.curves_figure(curves[kind], kind=kind),
@@ -80,45 +85,23 @@ def write_report(metrics: Mapping, out_dir: str, *, curves: Optional[Mapping] = 
     return written
 
 
-def _cell(value, width: int) -> str:
-    if value is None:
-        return "n/a".rjust(width)
-    if isinstance(value, float):
-        return f"{value:.4f}".rjust(width)
-    return str(value).rjust(width)
-
-
 def format_table(rows: Mapping[str, Mapping], keys: Sequence[str]) -> str:
     """A plain-text table: one line per named dict, one column per key."""
     width = max([len(name) for name in rows] + [4]) + 2
     col = max([len(k) for k in keys] + [8]) + 2
     lines = ["".ljust(width) + "".join(k.rjust(col) for k in keys)]
     for name, values in rows.items():
-        lines.append(name.ljust(width) + "".join(_cell(values.get(k), col) for k in keys))
+        lines.append(name.ljust(width) + "".join(format_value(values.get(k), col) for k in keys))
     return "\n".join(lines)
 
 
-def format_report(metrics: Mapping) -> str:
-    """The summary metrics, then the per-class table, as text.
+def format_per_class(metrics: Mapping) -> str:
+    """The per-class table of a metrics dict, as text (``per class:`` then one row per label).
 
     Example:
-        >>> print(format_report(tfmm.evaluate("runs/a", "test.csv")))
+        >>> print(format_per_class(tfmm.evaluate("runs/a", "test.csv")))
     """
-    keys = [k for k in SUMMARY_KEYS if k in metrics]
-    width = max(len(k) for k in keys) + 2
-    lines = [f"{metrics['n_examples']} examples"]
-    if metrics.get("positive_label") is not None:
-        lines[0] += f" (positive label: {metrics['positive_label']})"
-    lines += [k.ljust(width) + _cell(metrics[k], 8) for k in keys] + ["", "per class:"]
-    per_class = {label: dict(m) for label, m in metrics["per_class"].items()}
-    columns = ["precision", "recall", "f1", "support"]
-    roc, pr = metrics.get("roc_auc_per_label"), metrics.get("pr_auc_per_label") or {}
-    if roc:
-        for label, m in per_class.items():
-            m.update(roc_auc=roc.get(label), pr_auc=pr.get(label))
-        columns += ["roc_auc", "pr_auc"]
-    lines.append(format_table(per_class, columns))
-    return "\n".join(lines)
+    return "per class:\n" + format_table(metrics["per_class"], _per_class_columns(metrics))
 
 
 def ablation_summary(results: Mapping[str, Mapping], *, full: str = "full", blanking: Mapping = ()) -> dict:

@@ -2,7 +2,9 @@
 
 Owns the image encoders (``vision``), the KerasHub text backbones and text preprocessors
 (``text``), TF-Hub encoders and their export (``hub``, ``hub_export``), fusion (``fusion``),
-the task heads with their losses and ``fit`` metrics (``heads``, ``pair_heads``) and
-``build.build_model``. May import ``tfmm.data``, ``tfmm.config`` and ``tfmm.files``;
+the head layers and builders the tasks choose from (``heads``: the dense fusion head;
+``pair_heads``: the matching and dual-encoder heads and the contrastive loss) and
+``build.assemble_model`` (encoders joined to a task's head; ``tfmm.tasks.build_model`` picks
+the head). May import ``tfmm.data``, ``tfmm.config`` and ``tfmm.files``;
 ``tensorflow_hub`` and ``keras_hub`` are imported only here, where used.
 """

@@ -1,4 +1,4 @@
-"""``build_model``: the fused image + text Keras functional model.
+"""``assemble_model``: the fused image + text Keras functional model around a task's head.
 
 The model is three nested parts, each usable alone:
 
@@ -8,75 +8,43 @@ The model is three nested parts, each usable alone:
   width -> fusion -> dropout -> dense head.
 
 so frozen encoders can be run once and cached, and a single modality can be dropped
-(``modalities="image"`` or ``"text"``) with the same code.
+(``modalities="image"`` or ``"text"``) with the same code. The head comes from the task
+(``tfmm.tasks``; :func:`tfmm.tasks.build_model` calls this with the task's ``build_head``).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import keras
 
 from tfmm.config import RunConfig
-from tfmm.models import heads, pair_heads, text, vision
-from tfmm.models.fusion import Fusion
+from tfmm.models import fusion, pair_heads  # noqa: F401  (registers the head layers for load_model)
+from tfmm.models import text, vision
 
 logger = logging.getLogger(__name__)
 
 
-def build_fusion_head(config: RunConfig, feature_dims: dict) -> keras.Model:
-    """Builds the ``fusion_head`` model over per-modality feature vectors.
+def assemble_model(config: RunConfig, build_head: Callable[[RunConfig, dict], keras.Model]) -> keras.Model:
+    """Builds the encoders ``config`` describes and joins them to a head.
 
     Args:
-        config: the run config (its ``model`` section is used).
-        feature_dims: ``{"image_features": D_i, "text_features": D_t}`` for the modalities used.
-
-    Returns:
-        A ``keras.Model`` from that dict of ``[B, D]`` features to the task's scores.
-    """
-    mc = config.model
-    if mc.task in pair_heads.TASK_HEADS:  # matching, contrastive: interaction / dual-encoder heads
-        return pair_heads.build_task_head(config, feature_dims)
-    inputs = {
-        name: keras.Input(shape=(dim,), dtype="float32", name=name)
-        for name, dim in feature_dims.items()
-    }
-    projected = [
-        keras.layers.Dense(mc.projection_dim, activation="relu", name=name.replace("features", "projection"))(x)
-        for name, x in inputs.items()
-    ]
-    x = Fusion(mc.fusion, name="fusion")(projected)
-    for layer in heads.head_layers(mc.task, mc.num_classes, hidden_dim=mc.hidden_dim, dropout=mc.dropout):
-        x = layer(x)
-    return keras.Model(inputs, x, name="fusion_head")
-
-
-def build_model(config: RunConfig) -> keras.Model:
-    """Builds the fused model described by ``config``.
-
-    Args:
-        config: a :class:`~tfmm.config.RunConfig` whose ``model.num_classes`` is set
-            (``tfmm.train`` sets it from the label vocabulary).
+        config: a :class:`~tfmm.config.RunConfig`.
+        build_head: ``(config, {"image_features": D_i, "text_features": D_t}) -> fusion_head``
+            model (the task's ``build_head``).
 
     Returns:
         A functional ``keras.Model`` whose inputs are a dict with ``image``
         (``[B, S, S, 3]`` float32 in ``[0, 255]``) and/or ``token_ids``, ``segment_ids``,
         ``padding_mask`` (``[B, L]`` int32), matching the dataset's features.
 
-    Raises:
-        ValueError: ``num_classes`` is unset or the task has no dense head.
-
     Example:
         >>> cfg = RunConfig().replace(model={"num_classes": 3, "image_weights": "none",
         ...                                  "modalities": "image"}, data={"image_size": 32})
-        >>> model = build_model(cfg)
+        >>> model = assemble_model(cfg, tfmm.tasks.get_task("classification").build_head)
     """
     mc, dc = config.model, config.data
-    if mc.num_classes <= 0 and mc.task != "contrastive":
-        raise ValueError(
-            "model.num_classes must be set (> 0) before building; received "
-            f"{mc.num_classes}. tfmm.train sets it from the training labels."
-        )
     inputs, features = {}, {}
     if mc.uses_image:
         image_encoder = vision.build_image_encoder(
@@ -93,7 +61,7 @@ def build_model(config: RunConfig) -> keras.Model:
         tokens = text.text_inputs(dc.sequence_length)
         inputs.update(tokens)
         features["text_features"] = text_encoder(tokens)
-    head = build_fusion_head(config, {k: v.shape[-1] for k, v in features.items()})
+    head = build_head(config, {k: v.shape[-1] for k, v in features.items()})
     model = keras.Model(inputs, head(features), name=f"tfmm_{mc.modalities}")
     logger.info(
         "built %s model (%s, fusion=%s): %s parameters, %s trainable",

@@ -1,40 +1,21 @@
-"""Task heads: the layers after fusion, with each task's loss and metrics."""
+"""The dense fusion head: per-branch projection -> fusion -> dropout -> [hidden] -> scores.
+
+Tasks with one score per class (``tfmm.tasks``: classification, binary, multilabel) build
+their ``fusion_head`` with :func:`build_dense_head`, choosing the output width and activation.
+"""
 
 from __future__ import annotations
 
 import keras
 
-from tfmm.models import pair_heads
-
-HEAD_TASKS = ("classification", "binary", "multilabel")
+from tfmm.models.fusion import Fusion
 
 
-def _check_task(task: str) -> None:
-    if task not in HEAD_TASKS:
-        raise ValueError(f"task must be one of {list(HEAD_TASKS)} for a dense head; received {task!r}")
+def head_layers(units: int, activation: str, *, hidden_dim: int, dropout: float) -> list:
+    """Dropout -> [hidden Dense] -> output Dense, in order.
 
-
-def output_units(task: str, num_classes: int) -> int:
-    """Width of the head's output: 1 for binary, else one unit per class."""
-    if task in pair_heads.TASK_HEADS:  # matching, contrastive: see tfmm.tasks
-        return pair_heads.output_units(task, num_classes)
-    _check_task(task)
-    if task == "binary":
-        if num_classes != 2:
-            raise ValueError(f"task 'binary' needs exactly 2 labels; received {num_classes}")
-        return 1
-    if num_classes < 2:
-        raise ValueError(f"task {task!r} needs at least 2 labels; received {num_classes}")
-    return num_classes
-
-
-def head_layers(task: str, num_classes: int, *, hidden_dim: int, dropout: float) -> list:
-    """Dropout -> [hidden Dense] -> output Dense (softmax or sigmoid), in order.
-
-    The output layer is kept in float32 so mixed precision stays numerically safe.
+    The output layer (``scores``) is kept in float32 so mixed precision stays numerically safe.
     """
-    units = output_units(task, num_classes)
-    activation = "softmax" if task == "classification" else "sigmoid"
     layers = [keras.layers.Dropout(dropout, name="fusion_dropout")]
     if hidden_dim:
         layers += [
@@ -45,31 +26,30 @@ def head_layers(task: str, num_classes: int, *, hidden_dim: int, dropout: float)
     return layers
 
 
-def loss_for(task: str):
-    """The loss matching the head's output and the dataset's label encoding."""
-    if task in pair_heads.TASK_HEADS:
-        return pair_heads.loss_for(task)
-    _check_task(task)
-    if task == "classification":
-        return keras.losses.CategoricalCrossentropy()
-    return keras.losses.BinaryCrossentropy()
+def build_dense_head(config, feature_dims: dict, *, units: int, activation: str) -> keras.Model:
+    """The ``fusion_head`` model over per-modality feature vectors.
 
+    Args:
+        config: the run config (its ``model`` section: ``projection_dim``, ``fusion``,
+            ``hidden_dim``, ``dropout``).
+        feature_dims: ``{"image_features": D_i, "text_features": D_t}`` for the modalities used.
+        units: output width.
+        activation: output activation (``softmax``, ``sigmoid``).
 
-def metrics_for(task: str, num_classes: int) -> list:
-    """Keras metrics shown by ``fit``: accuracy, precision, recall and macro F1."""
-    if task in pair_heads.TASK_HEADS:
-        return pair_heads.metrics_for(task)
-    _check_task(task)
-    if task == "classification":
-        return [
-            keras.metrics.CategoricalAccuracy(name="accuracy"),
-            keras.metrics.Precision(top_k=1, name="precision"),
-            keras.metrics.Recall(top_k=1, name="recall"),
-            keras.metrics.F1Score(average="macro", name="f1"),
-        ]
-    return [
-        keras.metrics.BinaryAccuracy(name="accuracy"),
-        keras.metrics.Precision(name="precision"),
-        keras.metrics.Recall(name="recall"),
-        keras.metrics.F1Score(average="macro", threshold=0.5, name="f1"),
+    Returns:
+        A ``keras.Model`` named ``fusion_head`` from that dict of ``[B, D]`` features to
+        ``[B, units]`` scores, with layers ``*_projection``, ``fusion`` and ``scores``.
+    """
+    mc = config.model
+    inputs = {
+        name: keras.Input(shape=(dim,), dtype="float32", name=name)
+        for name, dim in feature_dims.items()
+    }
+    projected = [
+        keras.layers.Dense(mc.projection_dim, activation="relu", name=name.replace("features", "projection"))(x)
+        for name, x in inputs.items()
     ]
+    x = Fusion(mc.fusion, name="fusion")(projected)
+    for layer in head_layers(units, activation, hidden_dim=mc.hidden_dim, dropout=mc.dropout):
+        x = layer(x)
+    return keras.Model(inputs, x, name="fusion_head")

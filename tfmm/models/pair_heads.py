@@ -11,8 +11,8 @@
   text of the batch, scaled by a learnable temperature (:class:`ContrastiveSimilarity`).
   :class:`ContrastiveLoss` is the symmetric in-batch cross-entropy over that matrix, as in CLIP.
 
-What a trained pair model is used for (thresholds, towers, retrieval, zero-shot) lives in
-:mod:`tfmm.tasks`.
+The tasks that use them (losses' targets, metrics, thresholds, towers, retrieval, zero-shot)
+are :mod:`tfmm.tasks.matching` and :mod:`tfmm.tasks.contrastive`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import math
 
 import keras
 
-TASK_HEADS = ("matching", "contrastive")
-DEFAULT_THRESHOLD = 0.5  # the decision threshold of the ``fit`` metrics of ``matching``
 
 
 @keras.saving.register_keras_serializable(package="tfmm")
@@ -101,52 +99,6 @@ def build_matching_head(config, feature_dims: dict) -> keras.Model:
     return keras.Model(inputs, score, name="fusion_head")
 
 
-def build_task_head(config, feature_dims: dict) -> keras.Model:
-    """The ``fusion_head`` for ``matching`` or ``contrastive`` (see ``TASK_HEADS``)."""
-    task = config.model.task
-    if task == "matching":
-        return build_matching_head(config, feature_dims)
-    if task == "contrastive":
-        return build_dual_encoder_head(config, feature_dims)
-    raise ValueError(f"task must be one of {list(TASK_HEADS)} for a task head; received {task!r}")
-
-
-def output_units(task: str, num_classes: int) -> int:
-    """Output width: 1 for ``matching`` (labels ``0``/``1``); 0 for ``contrastive`` (no classes)."""
-    if task == "matching":
-        if num_classes != 2:
-            raise ValueError(f"task 'matching' needs the 2 labels 0 and 1; received {num_classes} label(s)")
-        return 1
-    if task == "contrastive":
-        return 0
-    raise ValueError(f"task must be one of {list(TASK_HEADS)}; received {task!r}")
-
-
-def loss_for(task: str):
-    """Binary cross-entropy for ``matching``; the in-batch contrastive loss for ``contrastive``."""
-    if task == "matching":
-        return keras.losses.BinaryCrossentropy()
-    if task == "contrastive":
-        return loss_and_metrics()[0]
-    raise ValueError(f"task must be one of {list(TASK_HEADS)}; received {task!r}")
-
-
-def metrics_for(task: str) -> list:
-    """``fit`` metrics: accuracy, ROC-AUC, precision, recall, F1 (``matching``); in-batch
-    recall@1 (``contrastive``)."""
-    if task == "matching":
-        return [
-            keras.metrics.BinaryAccuracy(name="accuracy"),
-            keras.metrics.AUC(name="auc"),
-            keras.metrics.Precision(name="precision"),
-            keras.metrics.Recall(name="recall"),
-            keras.metrics.F1Score(average="micro", threshold=DEFAULT_THRESHOLD, name="f1"),
-        ]
-    if task == "contrastive":
-        return loss_and_metrics()[1]
-    raise ValueError(f"task must be one of {list(TASK_HEADS)}; received {task!r}")
-
-
 @keras.saving.register_keras_serializable(package="tfmm")
 class ContrastiveSimilarity(keras.layers.Layer):
     """Scaled similarity of every image embedding with every text embedding.
@@ -221,7 +173,7 @@ class ContrastiveLoss(keras.losses.Loss):
     Row ``i`` of the logits is image ``i`` against every text of the batch; its target is
     text ``i`` (and any other text of the batch that is a positive for it); column ``j`` is
     text ``j`` against every image. The loss per example is the mean of the two
-    directions. Targets are :func:`tfmm.data.manifest.pair_ids`: ``[B, 2]`` (image id, caption id);
+    directions. Targets are :func:`tfmm.data.labels.pair_ids`: ``[B, 2]`` (image id, caption id);
     rows sharing either id are positives of each other, so duplicate captions are not
     treated as negatives. With distinct pairs this is exactly CLIP's loss.
 
@@ -250,11 +202,6 @@ def in_batch_recall_at_1(y_true, y_pred):
     best = ops.argmax(y_pred, axis=1)
     hits = ops.take_along_axis(_relevance(y_true), ops.expand_dims(best, 1), axis=1)
     return ops.squeeze(hits, axis=1)
-
-
-def loss_and_metrics():
-    """``(loss, metrics)`` for ``model.compile`` of a contrastive model."""
-    return ContrastiveLoss(), [keras.metrics.MeanMetricWrapper(in_batch_recall_at_1, name="recall_at_1")]
 
 
 def standardize_features(features, modality: str):

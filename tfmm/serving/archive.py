@@ -1,7 +1,8 @@
 """The serving graph: a ``keras.export.ExportArchive`` of a trained run and its signatures.
 
 ``serving_default`` takes raw image bytes (JPEG/PNG/GIF/BMP) and raw text (``image_bytes``,
-``text``: DT_STRING ``[-1]``) and returns ``scores`` and ``labels``: decoding and resizing
+``text``: DT_STRING ``[-1]``) and returns the task's outputs (``scores`` and ``labels`` for
+classification; see each task's ``serving_outputs`` in :mod:`tfmm.tasks`): decoding and resizing
 (:func:`tfmm.data.images.decode_images`) and tokenizing (the run's own text preprocessor)
 happen inside the graph, exactly as in training. ``serving_pixels`` takes already-decoded
 images (``image``: float32 ``[-1, S, S, 3]`` RGB in ``[0, 255]``) for batch pipelines.
@@ -14,56 +15,8 @@ import keras
 import tensorflow as tf
 
 from tfmm.data.images import decode_images
-from tfmm.models import heads
 from tfmm.serving.saved_model import PIXELS_SIGNATURE, SIGNATURE
-from tfmm.tasks import contrastive
-from tfmm.tasks.thresholds import load_thresholds, serving_outputs
-def task_outputs(scores, task: str, labels: tf.Tensor, thresholds=None) -> dict:
-    """The signature's outputs from the model's: ``scores`` and ``labels`` for class tasks
-    (binary: both classes; multilabel adds ``predicted``), ``match_score`` and ``match`` for
-    matching (see :func:`tfmm.tasks.thresholds.serving_outputs`), the model's own outputs otherwise."""
-    if isinstance(scores, dict):
-        return dict(scores)
-    if task in ("multilabel", "matching"):
-        names = [n.decode() if isinstance(n, bytes) else n for n in labels.numpy().tolist()]
-        return serving_outputs(task, scores, names, thresholds)
-    if task not in heads.HEAD_TASKS:
-        return {"outputs": scores}
-    if task == "binary":
-        scores = tf.concat([1.0 - scores, scores], axis=1)
-    return {"scores": scores, "labels": tf.tile(labels[tf.newaxis], [tf.shape(scores)[0], 1])}
-
-
-class SignatureOutputs:
-    """Model features -> the signature's outputs, for every task (in graph and eagerly).
-
-    Contrastive runs are served through their towers: ``similarity`` (cosine of the row's
-    image and text), ``image_embedding`` and ``text_embedding`` (L2-normalized), since the
-    model's own output is an in-batch similarity matrix.
-    """
-
-    def __init__(self, run):
-        self.run, self.task = run, run.config.model.task
-        self.labels = tf.constant(list(run.labels) or [""], dtype=tf.string)
-        self.thresholds = None
-        if self.task in ("multilabel", "matching"):
-            self.thresholds = load_thresholds(run.run_dir, list(run.labels) if self.task == "multilabel" else ["1"])
-        if self.task == "contrastive":
-            self.image_tower = contrastive.image_embedding_model(run.model)
-            self.text_tower = contrastive.text_embedding_model(run.model)
-
-    def embed_image(self, images):
-        return self.image_tower(images, training=False)
-
-    def embed_text(self, tokens):
-        return self.text_tower(tokens, training=False)
-
-    def __call__(self, features: dict) -> dict:
-        if self.task == "contrastive":
-            a = self.embed_image(features["image"])
-            b = self.embed_text({k: v for k, v in features.items() if k != "image"})
-            return {"similarity": tf.reduce_sum(a * b, axis=1), "image_embedding": a, "text_embedding": b}
-        return task_outputs(self.run.model(features, training=False), self.task, self.labels, self.thresholds)
+from tfmm.tasks import get_task
 
 
 def _text_resources(preprocessor) -> list:
@@ -84,7 +37,8 @@ def build_export_archive(run) -> keras.export.ExportArchive:
         >>> build_export_archive(load_run("runs/demo")).write_out("/tmp/model/1")
     """
     mc, size = run.config.model, run.config.data.image_size
-    outputs_of = SignatureOutputs(run)
+    task = get_task(mc.task)
+    outputs_of = task.serving_outputs(run)
     archive = keras.export.ExportArchive()
     archive.track(run.model)
     if mc.uses_text:
@@ -117,19 +71,6 @@ def build_export_archive(run) -> keras.export.ExportArchive:
                          input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes"), text_spec])
     archive.add_endpoint(PIXELS_SIGNATURE, predict, input_signature=[
         tf.TensorSpec([None, size, size, 3], tf.float32, name="image"), text_spec])
-    if mc.task == "contrastive":  # vectors for an ANN index
-        def embed_image(image_bytes):
-            n = tf.size(image_bytes)
-            images = decode_images(image_bytes, size, run.config.data.max_image_pixels)
-            images = tf.concat([images, tf.zeros([tf.maximum(1 - n, 0), size, size, 3])], 0)
-            return {"embedding": outputs_of.embed_image(images)[:n]}
-
-        def embed_text(text):
-            n = tf.size(text)
-            tokens = run.preprocessor(tf.concat([text, tf.fill([tf.maximum(1 - n, 0)], "")], 0))
-            return {"embedding": outputs_of.embed_text(tokens)[:n]}
-
-        archive.add_endpoint("embed_image", embed_image,
-                             input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        archive.add_endpoint("embed_text", embed_text, input_signature=[text_spec])
+    for name, (fn, signature) in task.serving_endpoints(run, outputs_of).items():  # e.g. embeddings
+        archive.add_endpoint(name, fn, input_signature=signature)
     return archive

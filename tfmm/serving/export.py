@@ -38,13 +38,13 @@ import tensorflow as tf
 
 from tfmm.data.manifest import Manifest, check_manifest, read_manifest
 from tfmm.files import publish_dir, write_text_atomic
-from tfmm.models import heads
 from tfmm.serving import protocol, saved_model, serving_compat
-from tfmm.serving.archive import SignatureOutputs, build_export_archive
+from tfmm.serving.archive import build_export_archive
 from tfmm.serving.export_check import (
     CheckReport, ExportCheckError, check_export, synthetic_images, write_json,
 )
 from tfmm.serving.saved_model import ASSETS_EXTRA, CHECK_FILE, METADATA_FILE, PIXELS_SIGNATURE, SIGNATURE
+from tfmm.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _read_rows(run, data, limit: int) -> Manifest:
     manifest = data if isinstance(data, Manifest) else read_manifest(
         data, run.config.data, require_labels=False)
     head = Manifest(manifest.frame.head(2 * limit + 10), manifest.source, manifest.root)  # check few
-    head = check_manifest(head, task=run.config.model.task, skip_bad_rows=True)
+    head = check_manifest(head, encoding=get_task(run.config.model.task).encoding, skip_bad_rows=True)
     return Manifest(head.frame.head(limit).reset_index(drop=True), manifest.source, manifest.root)
 
 
@@ -191,8 +191,8 @@ def make_check_sample(run, data=None, rows: int = 8) -> dict:
         frame.insert(0, "row", np.arange(len(frame)))
         manifest = Manifest(frame, "<check sample>", folder)
         images = saved_model.read_files(frame["image"])
-        outputs_of = SignatureOutputs(run)
-        batches = [outputs_of(features) for features in run.dataset(manifest, with_labels=False)]
+        outputs_of = get_task(run.config.model.task).serving_outputs(run)
+        batches = [outputs_of(features) for features in run.dataset(manifest)]
     outputs = {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
     expected = {k: protocol.to_json(v.numpy(), k) for k, v in outputs.items()}
     return {"sources": sources, "image_bytes_b64": [base64.b64encode(b).decode("ascii") for b in images],
@@ -227,7 +227,7 @@ def _synthetic_requests(sample: dict, model_name: str, limit: int) -> list:
 def _metadata(run, model_name: str, version: int, n_warmup: int) -> dict:
     """What ``assets.extra/tfmm.json`` records about an export."""
     dc, mc = run.config.data, run.config.model
-    outputs = "scores, labels" if mc.task in heads.HEAD_TASKS else "the model's outputs"
+    outputs = ", ".join(get_task(mc.task).serving_output_names)
     return {
         "model_name": model_name, "version": version,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

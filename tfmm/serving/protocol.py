@@ -291,6 +291,8 @@ def predict_saved_model(model: str, data, *, k: int = 5, config=None) -> list:
     """
     from tfmm.data.manifest import Manifest, check_manifest, read_manifest
     from tfmm.config import DataConfig
+    from tfmm.tasks import get_task
+    from tfmm.tasks.base import prediction_records
     from tfmm.tasks.metrics import top_k
 
     path = resolve_saved_model(model)
@@ -302,7 +304,7 @@ def predict_saved_model(model: str, data, *, k: int = 5, config=None) -> list:
         columns = meta.get("columns", {})
         config = DataConfig(**{f"{key}_col": columns[key] for key in ("image", "text", "label") if key in columns})
     manifest = data if isinstance(data, Manifest) else read_manifest(data, config, require_labels=False)
-    manifest = check_manifest(manifest, task=meta.get("task", "classification"))
+    manifest = check_manifest(manifest, encoding=get_task(meta.get("task", "classification")).encoding)
     images = read_files(manifest.frame["image"])
     fn = load_saved_model(path).signatures[SIGNATURE]
     outputs = run_signature(fn, {"image_bytes": np.array(images, dtype=object),
@@ -312,13 +314,8 @@ def predict_saved_model(model: str, data, *, k: int = 5, config=None) -> list:
     if "scores" in outputs and "labels" in outputs and len(manifest):  # every row has the same labels
         labels = [name.decode("utf-8") for name in outputs["labels"][0]]
         ranked = top_k(outputs["scores"], labels, min(k, len(labels)))
-    records = []
-    for i, rec in enumerate(manifest.frame.itertuples(index=False)):
-        if ranked is not None:
-            out = {"row": int(rec.row), "labels": ranked[i][0], "scores": ranked[i][1]}
-        else:
-            out = {"row": int(rec.row), **{name: to_json(value[i], name) for name, value in outputs.items()}}
-        if manifest.has_labels:
-            out["true_label"] = rec.label
-        records.append(out)
-    return records
+    if ranked is not None:
+        values = [{"labels": names, "scores": scores} for names, scores in ranked]
+    else:
+        values = [{name: to_json(value[i], name) for name, value in outputs.items()} for i in range(len(manifest))]
+    return prediction_records(manifest, values)

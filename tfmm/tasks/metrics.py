@@ -1,11 +1,13 @@
-"""Task metrics on numpy arrays (ROC-AUC, multi-label, matching, per-class summaries) and
-the top-k of a score matrix; :mod:`tfmm.evaluation` runs them on a trained run."""
+"""Task metrics on numpy arrays: single-label (from the confusion matrix), multi-label,
+matching, ROC/PR (scikit-learn), per-class summaries, and the top-k of a score matrix.
+The tasks (``tfmm.tasks.*``) run them on a trained run's scores."""
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import numpy as np
+import sklearn.metrics as skm
 
 from tfmm.tasks.thresholds import DEFAULT_THRESHOLD
 
@@ -15,25 +17,70 @@ def _ratio(num, den):
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def roc_auc(y_true: np.ndarray, scores: np.ndarray) -> Optional[float]:
-    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half).
+def roc_auc(y_true, scores) -> Optional[float]:
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``).
 
     Returns:
         The AUC, or ``None`` when ``y_true`` holds a single class (undefined).
     """
     y = np.asarray(y_true).ravel() > 0.5
-    s = np.asarray(scores, dtype="float64").ravel()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return None
-    order = np.argsort(s, kind="stable")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    # Average ranks of tied scores.
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    average = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(average, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y, np.asarray(scores, dtype="float64").ravel()))
+
+
+def average_precision(y_true, scores) -> Optional[float]:
+    """PR-AUC as average precision (``sklearn.metrics.average_precision_score``); ``None``
+    when there is no positive example."""
+    y = np.asarray(y_true).ravel() > 0.5
+    if not y.any():
+        return None
+    return float(skm.average_precision_score(y, np.asarray(scores, dtype="float64").ravel()))
+
+
+def ranking_curves(y_true, scores, label: str) -> dict:
+    """The report's ROC and precision-recall curves of one label.
+
+    Returns:
+        ``{"roc": {label: (fpr, tpr, auc)}, "pr": {label: (recall, precision, ap)}}``; a
+        curve that is undefined (one class only / no positive) is left out.
+    """
+    y = np.asarray(y_true).ravel() > 0.5
+    s = np.asarray(scores, dtype="float64").ravel()
+    out = {"roc": {}, "pr": {}}
+    if y.any() and not y.all():
+        fpr, tpr, _ = skm.roc_curve(y, s)
+        out["roc"][label] = (fpr, tpr, roc_auc(y, s))
+    if y.any():
+        precision, recall, _ = skm.precision_recall_curve(y, s)
+        out["pr"][label] = (recall, precision, average_precision(y, s))
+    return out
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict:
+    """Single-label metrics from integer class ids.
+
+    Returns:
+        ``accuracy``, ``balanced_accuracy``, ``precision_macro``, ``recall_macro``,
+        ``f1_macro``, their ``_weighted`` versions, ``per_class`` (precision, recall, f1,
+        support per label), ``confusion_matrix`` (rows: true, columns: predicted) and
+        ``n_examples``. Undefined ratios (no predictions / no support) count as 0.
+    """
+    n = len(labels)
+    cm = skm.confusion_matrix(np.asarray(y_true, int), np.asarray(y_pred, int), labels=np.arange(n))
+    tp = np.diag(cm).astype(float)
+    support = cm.sum(axis=1).astype(float)
+    predicted = cm.sum(axis=0).astype(float)
+    precision, recall = _ratio(tp, predicted), _ratio(tp, support)
+    f1 = _ratio(2 * tp, support + predicted)
+    present = support > 0
+    return {
+        "n_examples": int(cm.sum()),
+        "accuracy": float(tp.sum() / max(int(cm.sum()), 1)),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        **class_summary(precision, recall, f1, support, labels),
+        "confusion_matrix": cm.tolist(),
+    }
 
 
 def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict:

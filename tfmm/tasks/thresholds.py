@@ -1,18 +1,8 @@
-"""Task heads, losses, thresholds and metrics beyond single-label classification.
+"""Decision thresholds of the tasks that tune them (multilabel: one per label; matching: one).
 
-- ``matching``: does the caption describe the image? A ``concat -> Dense`` head scores
-  ``f(image) + g(text)``, a sum with no term that depends on both, so it cannot tell a
-  matching pair from a mismatched one when each image and each caption is as often in
-  either. The matching head therefore feeds an MLP with *interaction features* of the two
-  projected embeddings ``u`` and ``v``: ``[u, v, u * v, |u - v|]``
-  (:class:`PairInteraction`), and outputs one sigmoid ``match_score``.
-- ``multilabel``: sigmoid scores per label (see :mod:`tfmm.models.heads`); the decision threshold
-  of each label is tuned on validation data (:func:`tune_thresholds`) and stored in the run
-  directory as ``thresholds.json``. ``matching`` stores its one threshold the same way.
-- ``contrastive``: see :mod:`tfmm.tasks.contrastive`.
-
-Metric functions here take numpy arrays and return plain dicts; :mod:`tfmm.evaluation.task_eval`
-runs them on a trained run.
+After ``fit`` each threshold is tuned to maximize F1 on the validation data
+(:func:`tune_thresholds`) and stored in the run directory as ``thresholds.json``; evaluation,
+prediction and the export read it back (:func:`load_thresholds`), so all three decide alike.
 """
 
 from __future__ import annotations
@@ -25,15 +15,13 @@ from typing import Optional, Sequence
 import keras
 import numpy as np
 
-from tfmm.models.pair_heads import DEFAULT_THRESHOLD
+from tfmm.files import write_json_atomic
 from tfmm.run_dir import THRESHOLDS_FILE
 
 logger = logging.getLogger(__name__)
 
-THRESHOLD_TASKS = ("multilabel", "matching")
+DEFAULT_THRESHOLD = 0.5  # before tuning, and for labels that cannot be tuned
 
-
-# ---------------------------------------------------------------------------- thresholds
 
 def _best_f1_threshold(y: np.ndarray, s: np.ndarray) -> float:
     """The threshold ``t`` (predict ``s >= t``) with the highest F1; ties: closest to 0.5."""
@@ -86,8 +74,7 @@ def save_thresholds(run_dir: str, labels: Sequence[str], thresholds, *, tuned_on
         "rule": "predict a label when its score >= its threshold; tuned to maximize F1 per label"
         if tuned_on else "default 0.5 (no validation data to tune on)",
     }
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+    write_json_atomic(path, payload)
     return path
 
 
@@ -108,29 +95,20 @@ def load_thresholds(run_dir: str, labels: Sequence[str]) -> np.ndarray:
     return np.asarray(saved["thresholds"], dtype="float64")
 
 
-def threshold_labels(task: str, labels: Sequence[str]) -> list:
-    """What the thresholds are for: every label (multilabel) or the positive label ``1``."""
-    return list(labels) if task == "multilabel" else [labels[1]]
-
-
-def tune_and_save(model: keras.Model, val_ds, y_val: Optional[np.ndarray], run_dir: str, task: str,
-                  labels: Sequence[str]) -> Optional[np.ndarray]:
-    """After training: tunes the thresholds on ``val_ds`` (or keeps 0.5) and saves them.
+def tune_and_save(model: keras.Model, val_ds, y_val: Optional[np.ndarray], run_dir: str,
+                  names: Sequence[str]) -> np.ndarray:
+    """After training: tunes one threshold per name on ``val_ds`` (or keeps 0.5) and saves them.
 
     Args:
         model: the trained model.
         val_ds: the validation dataset (``None``: keep 0.5).
-        y_val: its ``[N, C]`` targets (``[N, 1]`` for matching).
+        y_val: its ``[N, C]`` targets, one column per name.
         run_dir: where ``thresholds.json`` goes.
-        task: the run's task; other tasks than ``THRESHOLD_TASKS`` are skipped.
-        labels: the run's labels.
+        names: what the thresholds are for (every label, or the positive label).
 
     Returns:
-        The thresholds, or ``None`` when the task has none.
+        The thresholds.
     """
-    if task not in THRESHOLD_TASKS:
-        return None
-    names = threshold_labels(task, labels)
     if val_ds is None or y_val is None:
         thresholds = np.full(len(names), DEFAULT_THRESHOLD)
     else:
@@ -138,48 +116,3 @@ def tune_and_save(model: keras.Model, val_ds, y_val: Optional[np.ndarray], run_d
     save_thresholds(run_dir, names, thresholds, tuned_on="validation data" if val_ds is not None else None)
     logger.info("decision thresholds %s", dict(zip(names, np.round(thresholds, 4).tolist())))
     return thresholds
-
-
-# ---------------------------------------------------------------------------- metrics
-
-
-# ---------------------------------------------------------------------------- serving
-
-
-def serving_outputs(task: str, scores, labels: Sequence[str], thresholds) -> dict:
-    """The named outputs of a ``serving_default`` signature for ``multilabel`` / ``matching``.
-
-    For the SavedModel export: wrap the model's output tensor with this inside the
-    signature function, after loading ``thresholds`` with :func:`load_thresholds` (the
-    thresholds become graph constants, so the server applies the run's tuned values).
-
-    Args:
-        task: ``multilabel`` or ``matching``.
-        scores: the model's output, ``[B, C]`` (multilabel) or ``[B, 1]`` (matching).
-        labels: the run's labels.
-        thresholds: ``[C]`` (multilabel) or ``[1]`` (matching) decision thresholds.
-
-    Returns:
-        multilabel: ``scores`` float32 ``[B, C]``, ``labels`` string ``[B, C]`` (label names in
-        score order) and ``predicted`` bool ``[B, C]`` (``score >= threshold``);
-        matching: ``match_score`` float32 ``[B]`` and ``match`` bool ``[B]``.
-
-    Raises:
-        ValueError: another task.
-
-    Example:
-        >>> out = serving_outputs("matching", model(features), ["0", "1"], [0.42])
-        >>> sorted(out)
-        ['match', 'match_score']
-    """
-    import tensorflow as tf
-
-    scores = tf.cast(scores, tf.float32)
-    thresholds = tf.constant(np.asarray(thresholds, dtype="float32"))
-    if task == "matching":
-        match_score = scores[:, 0]
-        return {"match_score": match_score, "match": match_score >= thresholds[0]}
-    if task == "multilabel":
-        names = tf.tile(tf.constant([list(labels)]), [tf.shape(scores)[0], 1])
-        return {"scores": scores, "labels": names, "predicted": scores >= thresholds[None, :]}
-    raise ValueError(f"task must be one of {list(THRESHOLD_TASKS)} for serving_outputs; received {task!r}")

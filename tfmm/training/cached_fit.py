@@ -17,9 +17,10 @@ import keras
 import tensorflow as tf
 
 from tfmm.config import RunConfig
-from tfmm.data.manifest import Manifest, encode_labels
+from tfmm.data.manifest import Manifest
 from tfmm.data.pipeline import make_dataset, pipeline_options
 from tfmm.models import text
+from tfmm.tasks import get_task
 from tfmm.training import precision
 from tfmm.training.feature_cache import PARTS, cached_features, used_modalities
 
@@ -69,7 +70,7 @@ def cached_dataset(
     A modality that is not cached is read by ``make_dataset`` (deterministically) and
     zipped with the cached features.
     """
-    tc, task = config.train, config.model.task
+    tc, task = config.train, get_task(config.model.task)
     raw = [m for m in used_modalities(config) if PARTS[m][1] not in features]
 
     def shuffled(ds):
@@ -78,12 +79,12 @@ def cached_dataset(
         return ds.shuffle(min(tc.shuffle_buffer, len(manifest)), seed=tc.seed, reshuffle_each_iteration=True)
 
     if not raw:
-        targets = encode_labels(manifest, labels, task)
+        targets = task.encode_targets(manifest, labels)
         ds = shuffled(tf.data.Dataset.from_tensor_slices((features, targets))).batch(batch_size)
     else:
         raw_ds = make_dataset(
             manifest, config=dataclasses.replace(config.data, deterministic=True),
-            preprocessor=preprocessor, labels=labels, task=task, modalities=raw[0],
+            preprocessor=preprocessor, labels=labels, targets=task.encoding, modalities=raw[0],
             batch_size=batch_size, shuffle=shuffle, seed=tc.seed, shuffle_buffer=tc.shuffle_buffer,
         )
         cached = shuffled(tf.data.Dataset.from_tensor_slices(features)).batch(batch_size)

@@ -31,9 +31,10 @@ import tensorflow as tf
 
 from tfmm import plots
 from tfmm.config import RunConfig
-from tfmm.data.manifest import Manifest, encode_labels, split_labels
+from tfmm.data.manifest import Manifest
 from tfmm.models import text
 from tfmm.run_dir import LOGS_DIR
+from tfmm.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -51,43 +52,22 @@ def _png_summary(name: str, png: bytes, step: int) -> None:
     tf.summary.image(name, image[tf.newaxis], step=step)
 
 
-def _class_ids(manifest: Manifest, labels: Sequence[str], task: str) -> np.ndarray:
-    """Integer class ids of a single-label manifest (binary: 0/1)."""
-    targets = encode_labels(manifest, labels, task)
-    return targets[:, 0].astype(int) if task == "binary" else targets.argmax(axis=1)
-
-
-def _predicted(scores: np.ndarray, labels: Sequence[str], task: str) -> tuple:
-    """``(names, scores)`` of the prediction of each row."""
-    scores = np.asarray(scores)
-    if task == "binary":
-        positive = scores[:, 0] > 0.5
-        return ([labels[int(p)] for p in positive],
-                np.where(positive, scores[:, 0], 1.0 - scores[:, 0]).tolist())
-    if task == "multilabel":
-        names = ["|".join(labels[j] for j in np.flatnonzero(row > 0.5)) or "(none)" for row in scores]
-        return names, scores.max(axis=1).tolist()
-    return [labels[j] for j in scores.argmax(axis=1)], scores.max(axis=1).tolist()
-
-
-def _true_names(manifest: Manifest, task: str) -> list:
-    return ["|".join(sorted(split_labels(v, task))) for v in manifest.frame["label"]]
-
-
 class ValidationSummaries(keras.callbacks.Callback):
     """Each epoch: a confusion matrix and example predictions on the validation set.
 
     Scores the whole validation set once per logged epoch and writes two images under
     ``log_dir/validation``: ``confusion_matrix`` (single-label tasks) and
     ``validation_examples`` (the first ``num_examples`` rows: image, caption, predicted
-    label and score, true label; green when right, red when wrong).
+    label and score, true label; green when right, red when wrong). Tasks that tune
+    decision thresholds (multilabel) decide with thresholds tuned on these scores, as the
+    run will after ``fit``.
 
     Args:
         log_dir: the TensorBoard folder (``RUN/logs``).
         val_ds: the validation dataset, unshuffled, in ``val_manifest`` order.
         val_manifest: the validation manifest (captions and labels).
         labels: the label vocabulary.
-        task: ``classification``, ``binary`` or ``multilabel``.
+        task: a task name or object (:mod:`tfmm.tasks`) with ``validation_summaries``.
         num_examples: how many examples the grid shows.
         freq: log every ``freq`` epochs (and always the last one).
 
@@ -97,7 +77,7 @@ class ValidationSummaries(keras.callbacks.Callback):
     """
 
     def __init__(self, log_dir: str, val_ds: tf.data.Dataset, val_manifest: Manifest,
-                 labels: Sequence[str], *, task: str = "classification", num_examples: int = 8,
+                 labels: Sequence[str], *, task="classification", num_examples: int = 8,
                  freq: int = 1):
         super().__init__()
         self.full_model = None  # set when fit trains a part of the model (feature cache)
@@ -107,7 +87,7 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.val_ds = val_ds
         self.manifest = val_manifest
         self.labels = list(labels)
-        self.task = task
+        self.task = get_task(task)
         self.num_examples = min(num_examples, len(val_manifest))
         self.freq = freq
         self._writer = None
@@ -129,12 +109,13 @@ class ValidationSummaries(keras.callbacks.Callback):
         if (epoch + 1) % self.freq and epoch + 1 != last:
             return
         scores = np.asarray((self.full_model or self.model).predict(self.val_ds, verbose=0))
-        names, top = _predicted(scores, self.labels, self.task)
-        true = _true_names(self.manifest, self.task)
+        targets = self.task.encode_targets(self.manifest, self.labels)
+        names, top = self.task.decisions(scores, self.labels, self.task.tune_thresholds(targets, scores))
+        true = self.task.true_names(self.manifest)
         k = self.num_examples
         with self._writer.as_default():
-            if self.task != "multilabel":
-                y_true = _class_ids(self.manifest, self.labels, self.task)
+            if self.task.single_label:
+                y_true = self.task.encoding.class_ids(targets)
                 index = {name: i for i, name in enumerate(self.labels)}
                 cm = np.zeros((len(self.labels),) * 2, dtype=np.int64)
                 np.add.at(cm, (y_true, [index[n] for n in names]), 1)
@@ -247,7 +228,7 @@ class EmbeddingProjector(keras.callbacks.Callback):
     """
 
     def __init__(self, log_dir: str, val_ds: tf.data.Dataset, val_manifest: Manifest,
-                 labels: Sequence[str], *, task: str = "classification", max_points: int = 2000,
+                 labels: Sequence[str], *, task="classification", max_points: int = 2000,
                  sprite_size: int = 32):
         super().__init__()
         self.full_model = None  # set when fit trains a part of the model (feature cache)
@@ -255,7 +236,7 @@ class EmbeddingProjector(keras.callbacks.Callback):
         self.val_ds = val_ds
         self.manifest = val_manifest
         self.labels = list(labels)
-        self.task = task
+        self.task = get_task(task)
         self.max_points = max_points
         self.sprite_size = sprite_size
 
@@ -264,10 +245,12 @@ class EmbeddingProjector(keras.callbacks.Callback):
 
         n = min(self.max_points, len(self.manifest))
         embedder = fused_embedding_model(self.full_model or self.model)
-        ds = self.val_ds.unbatch().take(n).batch(64)
+        # Exact cardinality: with an unknown one Keras warns that the input "ran out of data".
+        ds = self.val_ds.unbatch().take(n).batch(64).apply(
+            tf.data.experimental.assert_cardinality(math.ceil(n / 64)))
         embeddings, scores = embedder.predict(ds.map(lambda f, *_: f), verbose=0)
         embeddings = np.asarray(embeddings, dtype=np.float32)[:n]
-        predicted, _ = _predicted(np.asarray(scores)[:n], self.labels, self.task)
+        predicted, _ = self.task.decisions(np.asarray(scores)[:n], self.labels)
         frame = self.manifest.frame.iloc[:n]
         out_dir = os.path.join(self.log_dir, VALIDATION_RUN)
         os.makedirs(out_dir, exist_ok=True)
@@ -276,7 +259,7 @@ class EmbeddingProjector(keras.callbacks.Callback):
         checkpoint.save(os.path.join(out_dir, PROJECTOR_CHECKPOINT))
         with open(os.path.join(out_dir, PROJECTOR_METADATA), "w", encoding="utf-8") as f:
             f.write("label\tpredicted\tcaption\n")
-            true = _true_names(self.manifest, self.task)[:n]
+            true = self.task.true_names(self.manifest)[:n]
             for label, pred, caption in zip(true, predicted, frame["text"]):
                 f.write(f"{_clean(label)}\t{_clean(pred)}\t{_clean(caption)}\n")
 
@@ -297,9 +280,10 @@ def reporting_callbacks(run_dir: str, config: RunConfig, val_ds: Optional[tf.dat
                         labels: Optional[Sequence[str]] = None) -> list:
     """The TensorBoard reporting callbacks for a run, writing under ``run_dir/logs``.
 
-    Always the HParams callback; with validation data and a classification, binary or
-    multilabel task, also :class:`ValidationSummaries` and :class:`EmbeddingProjector`. Append them after ``default_callbacks`` (after
-    EarlyStopping, so the projector sees the restored best weights).
+    Always the HParams callback; with validation data and a task with
+    ``validation_summaries`` (classification, binary, multilabel), also
+    :class:`ValidationSummaries` and :class:`EmbeddingProjector`. Append them after
+    ``default_callbacks`` (after EarlyStopping, so the projector sees the restored best weights).
 
     Example:
         >>> callbacks = default_callbacks(run_dir, config, True) + reporting_callbacks(
@@ -308,10 +292,8 @@ def reporting_callbacks(run_dir: str, config: RunConfig, val_ds: Optional[tf.dat
     log_dir = os.path.join(run_dir, LOGS_DIR)
     has_val = val_ds is not None and val_manifest is not None and labels is not None
     callbacks = [hparams_callback(log_dir, config, has_val=has_val)]
-    # Pair tasks have no classes (matching) or no per-row scores (contrastive: an in-batch
-    # similarity matrix): they get scalars and hparams only.
-    if has_val and config.model.task in ("classification", "binary", "multilabel"):
-        task = config.model.task
+    task = get_task(config.model.task)
+    if has_val and task.validation_summaries:  # else scalars and hparams only
         callbacks += [
             ValidationSummaries(log_dir, val_ds, val_manifest, labels, task=task),
             EmbeddingProjector(log_dir, val_ds, val_manifest, labels, task=task),

@@ -23,18 +23,16 @@ import tensorflow as tf
 
 from tfmm import plots
 from tfmm.config import RunConfig, save_config
-from tfmm.data import pairs
-from tfmm.data.manifest import Manifest, check_manifest, encode_labels, read_manifest, save_labels
+from tfmm.data.manifest import Manifest, check_manifest, read_manifest, save_labels
 from tfmm.data.pipeline import make_dataset
 from tfmm.data.validation import count_truncated
 from tfmm.files import atomic_save_model, write_json_atomic
-from tfmm.models import heads, text
-from tfmm.models.build import build_model
+from tfmm.models import text
 from tfmm.run_dir import (
     CONFIG_FILE, DEFAULT_CACHE_DIR, HISTORY_FILE, LABELS_FILE, MODEL_FILE, SKIPPED_FILE, TOKENIZER_DIR,
     TRAINING_CURVES_FILE, write_data_sources,
 )
-from tfmm.tasks.thresholds import THRESHOLD_TASKS, tune_and_save
+from tfmm.tasks import build_model, get_task
 from tfmm.training import cached_fit, distribute, feature_cache, keras_patches, precision, resume
 from tfmm.training.callbacks import reporting_callbacks
 from tfmm.training.checkpoint import AtomicBestCheckpoint, check_free_space
@@ -71,11 +69,11 @@ def make_optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.
 
 def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -> None:
     """Compiles ``model`` with the task's loss and metrics (call inside the strategy scope)."""
-    mc = config.model
+    task = get_task(config.model.task)
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch),
-        loss=heads.loss_for(mc.task),
-        metrics=heads.metrics_for(mc.task, mc.num_classes),
+        loss=task.loss(config),
+        metrics=task.metrics(config),
         jit_compile=precision.jit_compile_arg(config.train.jit_compile),
     )
 
@@ -83,7 +81,7 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -
 def _as_manifest(source, config: RunConfig) -> Manifest:
     if isinstance(source, Manifest):
         return source
-    return read_manifest(source, config.data, require_labels=pairs.labels_required(config))
+    return read_manifest(source, config.data, require_labels=get_task(config.model.task).labels_required(config))
 
 
 def _check_writable(path: str) -> None:
@@ -206,23 +204,23 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
 
 def _prepare_manifests(run_dir, config: RunConfig, train_data, val_data) -> tuple:
     """Checked training / validation manifests and the label vocabulary: ``(train_m, val_m, labels)``."""
-    task, dc = config.model.task, config.data
+    task, dc = get_task(config.model.task), config.data
     skipped = os.path.join(run_dir, SKIPPED_FILE)
     if os.path.exists(skipped):
         os.remove(skipped)
     train_m = check_manifest(
-        _as_manifest(train_data, config), task=task, labels=pairs.fixed_labels(task),
+        _as_manifest(train_data, config), encoding=task.encoding, labels=task.fixed_labels,
         skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
     )
-    labels = pairs.label_vocab(train_m, task)
-    train_m = pairs.prepare_manifest(train_m, config, seed=config.train.seed)  # pair tasks only
+    labels = task.label_vocab(train_m)
+    train_m = task.prepare_manifest(train_m, config, seed=config.train.seed)  # negatives, placeholders
     val_m = None
     if val_data is not None:
         val_m = check_manifest(
-            _as_manifest(val_data, config), task=task, labels=labels,
+            _as_manifest(val_data, config), encoding=task.encoding, labels=labels,
             skip_bad_rows=dc.skip_bad_rows, skipped_path=skipped, config=dc,
         )
-        val_m = pairs.prepare_manifest(val_m, config, seed=config.train.seed + 1)
+        val_m = task.prepare_manifest(val_m, config, seed=config.train.seed + 1)
     return train_m, val_m, labels
 
 
@@ -244,9 +242,9 @@ def _text_preprocessor(run_dir, config: RunConfig, train_m: Manifest):
 def _prepare_inputs(run_dir, config: RunConfig, train_data, val_data, strategy) -> _Inputs:
     """Manifests, labels, text preprocessor and the ``tf.data`` pipelines of a run."""
     train_m, val_m, labels = _prepare_manifests(run_dir, config, train_data, val_data)
-    task = config.model.task
+    task = get_task(config.model.task)
     config = config.replace(model={"num_classes": len(labels)})
-    heads.output_units(task, len(labels))  # fail early on a wrong label count
+    task.output_units(len(labels))  # fail early on a wrong label count
     logger.info("training on %d rows, %d labels%s", len(train_m), len(labels),
                 f", validating on {len(val_m)} rows" if val_m is not None else "")
     preprocessor = _text_preprocessor(run_dir, config, train_m)
@@ -254,7 +252,7 @@ def _prepare_inputs(run_dir, config: RunConfig, train_data, val_data, strategy) 
     global_batch = distribute.global_batch_size(config.train.batch_size, strategy)
     logger.info("strategy %s: %d replica(s), global batch %d",
                 distribute.strategy_name(strategy), strategy.num_replicas_in_sync, global_batch)
-    common = dict(config=config.data, preprocessor=preprocessor, labels=labels, task=task,
+    common = dict(config=config.data, preprocessor=preprocessor, labels=labels, targets=task.encoding,
                   modalities=config.model.modalities, batch_size=global_batch)
     train_ds = make_dataset(train_m, shuffle=True, seed=config.train.seed,
                             shuffle_buffer=config.train.shuffle_buffer, **common)
@@ -305,11 +303,10 @@ def _fit(model, run_dir, start, strategy, inputs: _Inputs, optimizer_config, cal
 def _write_run(model, run_dir, start, inputs: _Inputs, history) -> dict:
     """Writes ``model.keras``, thresholds, ``history.json`` and the training curves; marks the
     run finished. Returns the whole history (epochs before a resume included)."""
-    config, task, labels = inputs.config, inputs.config.model.task, inputs.labels
+    config, task, labels = inputs.config, get_task(inputs.config.model.task), inputs.labels
     atomic_save_model(model, os.path.join(run_dir, MODEL_FILE))
-    if task in THRESHOLD_TASKS:  # multilabel, matching: thresholds.json
-        y_val = encode_labels(inputs.val_m, labels, task) if inputs.val_m is not None else None
-        tune_and_save(model, inputs.val_ds, y_val, run_dir, task, labels)
+    y_val = task.encode_targets(inputs.val_m, labels) if inputs.val_m is not None else None
+    task.after_fit(model, inputs.val_ds, y_val, run_dir, labels)  # e.g. thresholds.json
     hist = {k: list(start.prior_history.get(k, [])) + [float(v) for v in history.history.get(k, [])]
             for k in {**start.prior_history, **history.history}}
     write_json_atomic(os.path.join(run_dir, HISTORY_FILE), hist)

@@ -1,0 +1,207 @@
+"""``Task``: everything that differs between tasks, behind one small interface.
+
+A task says how a manifest's labels become targets (its :class:`~tfmm.data.labels.LabelEncoding`
+and label vocabulary), which head, loss and ``fit`` metrics the model gets, what happens after
+``fit`` (threshold tuning), how a run is evaluated (the metrics of ``metrics.json``, the curves
+of the report, the summary the CLI prints), what ``predict`` returns per row, and the outputs
+of the serving signature. Training, evaluation and serving call these methods and never ask
+which task they hold.
+
+Methods a task implements (the rest have defaults that fit single-label classification):
+
+- ``output_units(num_classes)``: the head's width; raises on a wrong number of labels;
+- ``build_head(config, feature_dims)``: the ``fusion_head`` model;
+- ``loss(config)``, ``metrics(config)``: for ``model.compile``;
+- ``evaluate_scores(run, manifest, scores)``: an :class:`Evaluation` from the model's scores;
+- ``summary(metrics)``: the lines ``tfmm evaluate`` prints;
+- ``prediction_values(run, manifest, scores, k)``: the task's keys of each predicted row;
+- ``serving_outputs(run)``: model features -> the signature's named outputs;
+- ``decisions(scores, labels, thresholds)``: names and scores shown in TensorBoard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Optional, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfmm.config import RunConfig
+from tfmm.data.labels import ONE_HOT, LabelEncoding
+from tfmm.data.manifest import Manifest, check_manifest, read_manifest
+from tfmm.run_dir import LoadedRun
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What a task's evaluation gives the report writer.
+
+    Attributes:
+        metrics: the dict written to ``metrics.json`` (``task`` and ``n_examples`` always).
+        curves: ``{"roc": {label: (fpr, tpr, auc)}, "pr": {label: (recall, precision, ap)}}``
+            for the report's ROC / PR plots (empty: none).
+    """
+
+    metrics: dict
+    curves: dict = dataclasses.field(default_factory=dict)
+
+
+def prediction_records(manifest: Manifest, values: Sequence[dict]) -> list:
+    """One dict per row: ``row``, the task's ``values``, and ``true_label`` (stripped) when the
+    manifest has a non-empty label for the row."""
+    records = []
+    for rec, extra in zip(manifest.frame.itertuples(index=False), values):
+        out = {"row": int(rec.row), **extra}
+        if manifest.has_labels and rec.label.strip():
+            out["true_label"] = rec.label.strip()
+        records.append(out)
+    return records
+
+
+class Task:
+    """The interface every task implements (see the module docstring).
+
+    Attributes:
+        name: the task's name (``--task``, ``config.model.task``).
+        encoding: how the label column becomes targets.
+        fixed_labels: the labels the task fixes in advance (``None``: read from the data).
+        validation_summaries: TensorBoard gets the per-epoch validation examples (and
+            confusion matrix) and the projector of fused embeddings (a ``fusion`` layer and
+            one score row per example are needed).
+        single_label: each row has one class (TensorBoard shows a confusion matrix).
+    """
+
+    name: str = ""
+    encoding: LabelEncoding = ONE_HOT
+    fixed_labels: Optional[tuple] = None
+    validation_summaries: bool = True
+    single_label: bool = True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # ------------------------------------------------------------------ data
+    def labels_required(self, config: RunConfig) -> bool:
+        """Whether a training (or evaluation) manifest must have a label column."""
+        return True
+
+    def label_vocab(self, manifest: Manifest) -> list:
+        """The run's labels: :attr:`fixed_labels`, else the sorted labels of ``manifest``."""
+        if self.fixed_labels is not None:
+            return list(self.fixed_labels)
+        return self.encoding.vocabulary(manifest.frame)
+
+    def prepare_manifest(self, manifest: Manifest, config: RunConfig, *, seed: int) -> Manifest:
+        """Readies a checked training / validation manifest (pair tasks add negatives).
+
+        Raises:
+            ValueError: ``data.negatives`` is set for a task that does not make negatives.
+        """
+        if config.data.negatives:
+            raise ValueError(f"negatives only applies to task 'matching'; received task {self.name!r} "
+                             f"with negatives={config.data.negatives}")
+        return manifest
+
+    def encode_targets(self, manifest: Manifest, labels: Sequence[str]) -> np.ndarray:
+        """The training targets of every row (see :class:`~tfmm.data.labels.LabelEncoding`)."""
+        return self.encoding.encode(manifest.frame, labels)
+
+    # ------------------------------------------------------------------ model
+    def output_units(self, num_classes: int) -> int:
+        """Width of the head's output: one unit per class.
+
+        Raises:
+            ValueError: fewer than 2 labels.
+        """
+        if num_classes < 2:
+            raise ValueError(f"task {self.name!r} needs at least 2 labels; received {num_classes}")
+        return num_classes
+
+    def build_head(self, config: RunConfig, feature_dims: dict) -> keras.Model:
+        """The ``fusion_head`` model: ``{image_features, text_features}`` -> the task's output."""
+        raise NotImplementedError
+
+    def loss(self, config: RunConfig):
+        raise NotImplementedError
+
+    def metrics(self, config: RunConfig) -> list:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ after fit
+    def tune_thresholds(self, targets: np.ndarray, scores: np.ndarray) -> Optional[np.ndarray]:
+        """Decision thresholds tuned on ``(targets, scores)``; ``None`` for tasks without."""
+        return None
+
+    def after_fit(self, model: keras.Model, val_ds, val_targets: Optional[np.ndarray], run_dir: str,
+                  labels: Sequence[str]) -> None:
+        """Runs once the model is trained and saved (threshold tuning writes ``thresholds.json``)."""
+
+    def decisions(self, scores: np.ndarray, labels: Sequence[str], thresholds=None) -> tuple:
+        """``(names, scores)``: what the model predicts for each row, as TensorBoard shows it."""
+        scores = np.asarray(scores)
+        return [labels[j] for j in scores.argmax(axis=1)], scores.max(axis=1).tolist()
+
+    def true_names(self, manifest: Manifest) -> list:
+        """Each row's label(s) as one string (sorted, ``|``-joined)."""
+        return ["|".join(sorted(self.encoding.split(v))) for v in manifest.frame["label"]]
+
+    # ------------------------------------------------------------------ evaluation
+    def read_for_evaluation(self, run: LoadedRun, data) -> Manifest:
+        """The checked manifest that :meth:`evaluate` scores (labels as the task needs them)."""
+        manifest = data if isinstance(data, Manifest) else read_manifest(
+            data, run.config.data, require_labels=self.labels_required(run.config))
+        return check_manifest(manifest, encoding=self.encoding, labels=run.labels,
+                              skip_bad_rows=run.config.data.skip_bad_rows, config=run.config.data)
+
+    def evaluate(self, run: LoadedRun, manifest: Manifest) -> Evaluation:
+        """Scores a checked manifest with the run's model: :meth:`evaluate_scores`."""
+        return self.evaluate_scores(run, manifest, run.predict_scores(manifest))
+
+    def evaluate_scores(self, run: LoadedRun, manifest: Manifest, scores: np.ndarray) -> Evaluation:
+        """The evaluation of the model's ``scores`` of every row of ``manifest``."""
+        raise NotImplementedError
+
+    def summary(self, metrics: dict) -> str:
+        """The headline lines ``tfmm evaluate`` prints for ``metrics``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, run: LoadedRun, data, *, k: int = 5) -> list:
+        """Per-row predictions: ``row``, :meth:`prediction_values`, ``true_label`` when known."""
+        manifest = data if isinstance(data, Manifest) else read_manifest(data, run.config.data, require_labels=False)
+        manifest = check_manifest(manifest, encoding=self.encoding, skip_bad_rows=run.config.data.skip_bad_rows,
+                                  config=run.config.data)
+        return prediction_records(manifest, self.prediction_values(run, manifest, k=k))
+
+    def prediction_values(self, run: LoadedRun, manifest: Manifest, *, k: int) -> list:
+        """The task's keys of each row's prediction."""
+        raise NotImplementedError
+
+    def zero_shot(self, run: LoadedRun, data, labels: Sequence[str], *, prompt: Optional[str], k: int) -> list:
+        """Zero-shot classification of a manifest's images (tasks with a shared image-text space)."""
+        raise ValueError(
+            "zero-shot labels need a run trained with --task contrastive (a shared image-text "
+            f"space); received a run of task {self.name!r}"
+        )
+
+    # ------------------------------------------------------------------ serving
+    serving_output_names: tuple = ("scores", "labels")
+
+    def serving_outputs(self, run: LoadedRun) -> Callable[[dict], dict]:
+        """``features -> {name: tensor}``: the signature's outputs (in graph and eagerly)."""
+        raise NotImplementedError
+
+    def serving_endpoints(self, run: LoadedRun, outputs: Callable) -> dict:
+        """Extra signatures ``{name: (fn, input_signature)}`` (e.g. embeddings); none by default."""
+        return {}
+
+
+def tiled_labels(labels: Sequence[str], scores: tf.Tensor) -> tf.Tensor:
+    """``[B, C]`` string tensor: the label names in score order, once per row of ``scores``."""
+    names = tf.constant(list(labels) or [""], dtype=tf.string)
+    return tf.tile(names[tf.newaxis], [tf.shape(scores)[0], 1])
