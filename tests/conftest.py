@@ -14,6 +14,8 @@ from tfmm.data.demo_data import write_demo_dataset  # noqa: E402
 from tfmm.run_dir import LoadedRun, load_run  # noqa: E402
 from tfmm.serving import saved_model
 
+pytest_plugins = ["tests.task_runs"]  # task_data, task_run, task_export: one run per task
+
 WORDS = (
     "a one this thing is painted the colour here it should be shown in as caption says "
     "imagine coloured picture of something red green blue circle square triangle photo"

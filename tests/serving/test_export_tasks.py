@@ -1,4 +1,5 @@
-"""Every task exports: matching, multilabel and contrastive signatures pass the export checks."""
+"""Every task exports: matching, multilabel and contrastive signatures pass the export checks
+(on the session's run of each task, tests/task_runs.py)."""
 
 import io
 
@@ -7,10 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.test_tasks_cli import _args, colour_pairs  # noqa: F401  (fixture)
-from tfmm.cli import main
 from tfmm.serving import saved_model
-from tfmm.serving.export import export_for_serving
 
 
 def _png(rgb):
@@ -20,15 +18,12 @@ def _png(rgb):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, extra, outputs", [
-    ("matching", ["--negatives", "1"], {"match_score", "match"}),
-    ("contrastive", [], {"similarity", "image_embedding", "text_embedding"}),
+@pytest.mark.parametrize("task, outputs", [
+    ("matching", {"match_score", "match"}),
+    ("contrastive", {"similarity", "image_embedding", "text_embedding"}),
 ])
-def test_pair_tasks_export_and_pass_checks(colour_pairs, tiny_bert, tmp_path, task, extra, outputs):  # noqa: F811
-    run = str(tmp_path / task)
-    assert main(["train", "--data", colour_pairs["train"], "--val-data", colour_pairs["val"], "--output-dir", run,
-                 "--task", task, *extra, *_args(tiny_bert)]) == 0
-    result = export_for_serving(run, str(tmp_path / "export"), warmup_data=colour_pairs["val"], warmup_records=3)
+def test_pair_tasks_export_and_pass_checks(task_export, task, outputs):
+    result = task_export(task)  # the session's run of this task, exported with the checks
     assert result.report.ok, str(result.report)
     loaded = saved_model.load_saved_model(result.path)
     fn = loaded.signatures["serving_default"]
@@ -46,18 +41,8 @@ def test_pair_tasks_export_and_pass_checks(colour_pairs, tiny_bert, tmp_path, ta
 
 
 @pytest.mark.slow
-def test_multilabel_export_outputs_predicted(demo_data, tiny_config, tmp_path):
-    import pandas as pd
-
-    import tfmm
-
-    df = pd.read_csv(demo_data["train"])
-    df["label"] = [lab.replace(" ", "|") for lab in df["label"]]  # "red|circle": colour and shape
-    path = demo_data["train"].replace("train.csv", "train_ml.csv")
-    df.to_csv(path, index=False)
-    cfg = tiny_config.replace(model={"task": "multilabel", "freeze_image": True, "freeze_text": True})
-    run = tfmm.train(cfg, path, None, str(tmp_path / "ml"), verbose=0).run_dir
-    result = export_for_serving(run, str(tmp_path / "export"))
+def test_multilabel_export_outputs_predicted(task_export):
+    result = task_export("multilabel")  # labels "red|circle": colour and shape
     assert result.report.ok, str(result.report)
     out = saved_model.load_saved_model(result.path).signatures["serving_default"](
         image_bytes=tf.constant([_png((90, 90, 90))]), text=tf.constant(["a red one"]))

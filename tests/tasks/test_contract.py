@@ -1,7 +1,8 @@
 """The contract every task in ``TASKS`` keeps: it trains on tiny data, evaluates, predicts and
 exports, through the same calls, with the keys its own methods declare.
 
-A new task gets this test by its entry in ``TASKS``.
+A new task gets this test by its entry in ``TASKS`` (and its manifests in
+``tests/task_runs.py``, which trains and exports one run per task for the whole session).
 """
 
 import json
@@ -13,9 +14,7 @@ import pytest
 import tensorflow as tf
 
 import tfmm
-from tests.conftest import make_tiny_config
 from tfmm.serving import saved_model
-from tfmm.serving.export import export_for_serving
 from tfmm.tasks import TASKS, Task, get_task
 
 # The keys of each task's predicted rows, besides "row" and "true_label".
@@ -28,24 +27,6 @@ PREDICTION_KEYS = {
 }
 
 
-def _manifests(demo_data, name):
-    """Train (24 rows) and validation (8 rows) manifests of the demo images, labeled for
-    ``name``, beside the demo manifests (image paths stay relative)."""
-    frames = {}
-    for split, n in (("train", 24), ("val", 8)):
-        df = pd.read_csv(demo_data[split]).head(n)
-        colour = df["label"].str.split(" ").str[0]
-        if name == "binary":
-            df["label"] = np.where(colour == "red", "red", "other")
-        elif name == "multilabel":
-            df["label"] = df["label"].str.replace(" ", "|")  # "red|circle": colour and shape
-        elif name in ("matching", "contrastive"):
-            df = df.drop(columns=["label"])  # positive pairs; matching makes negatives
-        frames[split] = os.path.join(os.path.dirname(demo_data[split]), f"contract_{name}_{split}.csv")
-        df.to_csv(frames[split], index=False)
-    return frames
-
-
 def test_tasks_table_holds_task_classes_named_after_their_keys():
     assert set(TASKS) == set(PREDICTION_KEYS)
     for name, cls in TASKS.items():
@@ -56,14 +37,10 @@ def test_tasks_table_holds_task_classes_named_after_their_keys():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TASKS))
-def test_task_trains_evaluates_predicts_and_exports(name, demo_data, tiny_bert, tmp_path):
-    task = get_task(name)
-    data = _manifests(demo_data, name)
-    config = make_tiny_config(tiny_bert).replace(
-        model={"task": name, "freeze_image": True, "freeze_text": True},
-        data={"negatives": 1 if name == "matching" else 0},
-    )
-    result = tfmm.train(config, data["train"], data["val"], str(tmp_path / "run"), verbose=0)
+def test_task_trains_evaluates_predicts_and_exports(name, task_data, task_run, task_export, tmp_path):
+    task, data = get_task(name), task_data(name)
+    result = task_run(name)  # trained on 24 rows, 1 epoch, frozen encoders (tests/task_runs.py)
+    assert result.config.model.task == name
     assert len(result.history["loss"]) == 1 and np.isfinite(result.history["loss"]).all()
     train_m = tfmm.read_manifest(data["train"], require_labels=False)
     assert result.labels == (list(task.fixed_labels) if task.fixed_labels is not None else task.label_vocab(train_m))
@@ -79,7 +56,8 @@ def test_task_trains_evaluates_predicts_and_exports(name, demo_data, tiny_bert, 
     for record in records:
         assert set(record) - {"row", "true_label"} == PREDICTION_KEYS[name]
 
-    export = export_for_serving(result.run_dir, str(tmp_path / "export"), warmup_records=0, check=False)
+    export = task_export(name)
+    assert export.report.ok, str(export.report)
     fn = saved_model.load_saved_model(export.path).signatures["serving_default"]
     frame = pd.read_csv(data["val"]).head(2)
     folder = os.path.dirname(data["val"])
