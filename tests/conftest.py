@@ -1,5 +1,11 @@
-"""Shared fixtures: tiny models and tiny data made in tmp folders (no network)."""
+"""Shared fixtures: tiny models and tiny data made in tmp folders (no network).
 
+The expensive ones (a trained run, its export, the demo's three runs) are session-scoped:
+each is made once and shared by every test that needs it, and no test changes their files.
+"""
+
+import contextlib
+import io
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,14 +29,17 @@ WORDS = (
 
 
 def make_tiny_bert_preset(folder: str) -> str:
-    """Writes a tiny KerasHub BERT preset (2 layers, width 16) with a small vocabulary."""
+    """Writes a tiny KerasHub BERT preset (1 layer, width 16) with a small vocabulary.
+
+    One transformer layer runs the same code as several; each layer adds seconds to
+    every training run's graph tracing."""
     import keras_hub
 
     os.makedirs(folder, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [",", "."]
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocab, lowercase=True)
     backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=len(vocab), num_layers=2, num_heads=2, hidden_dim=16,
+        vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,
         intermediate_dim=32, max_sequence_length=32,
     )
     backbone.save_to_preset(folder)
@@ -66,12 +75,31 @@ def make_tiny_config(tiny_bert: str) -> RunConfig:
     )
 
 
+def tiny_train_args(tiny_bert: str, train: str, val: str, run_dir: str, *extra) -> list:
+    """`tfmm train` arguments for ``make_tiny_config``'s run (``extra`` flags override)."""
+    return ["train", "--data", train, "--val-data", val, "--output-dir", run_dir,
+            "--text-encoder", f"keras_nlp:{tiny_bert}", "--image-weights", "none", "--image-size", "32",
+            "--sequence-length", "8", "--projection-dim", "16", "--hidden-dim", "16", "--dropout", "0.1",
+            "--epochs", "1", "--batch-size", "8", "--learning-rate", "1e-3", *extra]
+
+
 # --- session fixtures: one trained run, exported through the CLI -------------------------------
 
 @pytest.fixture(scope="session")
-def trained_run(tiny_bert, demo_data, tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    return tfmm.train(make_tiny_config(tiny_bert), demo_data["train"], demo_data["val"], str(out), verbose=0).run_dir
+def cli_trained_run(tiny_bert, demo_data, tmp_path_factory) -> dict:
+    """The session's tiny run (``make_tiny_config``), trained once through `tfmm train`:
+    ``{"run_dir", "code": exit status, "stdout": what the command printed}``."""
+    run_dir = str(tmp_path_factory.mktemp("runs") / "tiny")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(tiny_train_args(tiny_bert, demo_data["train"], demo_data["val"], run_dir))
+    return {"run_dir": run_dir, "code": code, "stdout": printed.getvalue()}
+
+
+@pytest.fixture(scope="session")
+def trained_run(cli_trained_run) -> str:
+    assert cli_trained_run["code"] == 0, cli_trained_run["stdout"]
+    return cli_trained_run["run_dir"]
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +124,17 @@ def serving_fn(exported):
 @pytest.fixture(scope="session")
 def loaded_run(trained_run) -> LoadedRun:
     return load_run(trained_run)
+
+
+# --- session fixture: `tfmm demo`'s three runs and its export -----------------------------------
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> dict:
+    """One small ``run_demo`` (1 epoch, 90 training rows): its results, plus ``"output_dir"``
+    (data in ``output_dir/data``). Its fused run is a default MiniLM run (frozen MiniLM, VGG16)."""
+    from tfmm.demo import run_demo
+
+    root = tmp_path_factory.mktemp("demo_run")
+    output_dir = str(root / "demo")
+    results = run_demo(output_dir, epochs=1, n_train=90, export_dir=str(root / "saved_models" / "demo"))
+    return {**results, "output_dir": output_dir}

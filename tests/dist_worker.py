@@ -1,8 +1,11 @@
 """A fresh Python process for the distributed tests (tf.distribute needs its own process).
 
-    python tests/dist_worker.py cli [--logical-cpus N] [--dump-weights FILE.npz] -- train ARGS...
+    python tests/dist_worker.py cli [--logical-cpus N] [--dump-weights FILE.npz] [--pause-at E,S,FILE] -- train ARGS...
         `tfmm train ARGS` (tfmm.cli.main), optionally on N logical CPU devices, optionally
-        saving the trained weights (every worker's, chief or not) to FILE.npz.
+        saving the trained weights (every worker's, chief or not) to FILE.npz, optionally
+        stopping mid-training: at the start of step S of epoch E (both from 0), once the
+        backups of the steps before it are written, it creates FILE and waits there to be
+        killed (so a test kills it at a known point instead of racing the training).
     python tests/dist_worker.py keras-bug
         Under the MultiWorkerMirroredStrategy of TF_CONFIG, fits a tiny dict-input model three
         times: unpatched Keras, with tfmm.compat's "symbolic_build" fix only, with both fixes;
@@ -29,6 +32,7 @@ def run_cli(argv) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--logical-cpus", type=int, default=0)
     parser.add_argument("--dump-weights")
+    parser.add_argument("--pause-at")
     split = argv.index("--")
     args, cli_args = parser.parse_args(argv[:split]), argv[split + 1:]
     import tensorflow as tf
@@ -36,7 +40,7 @@ def run_cli(argv) -> int:
     if args.logical_cpus:  # before any op runs
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
-    if args.dump_weights:
+    if args.dump_weights or args.pause_at:
         import importlib
 
         import numpy as np
@@ -45,14 +49,43 @@ def run_cli(argv) -> int:
         original = train_module.train
 
         def train_and_dump(*a, **k):
+            if args.pause_at:
+                epoch, step, marker = args.pause_at.split(",", 2)
+                k["callbacks"] = list(k.get("callbacks") or []) + [_pause_at(int(epoch), int(step), marker)]
             result = original(*a, **k)
-            np.savez(args.dump_weights, *result.model.get_weights())
+            if args.dump_weights:
+                np.savez(args.dump_weights, *result.model.get_weights())
             return result
 
         train_module.train = train_and_dump
     from tfmm.cli import main
 
     return main(cli_args)
+
+
+def _pause_at(epoch: int, step: int, marker: str):
+    """A callback that blocks training at the start of ``step`` of ``epoch``, after creating ``marker``.
+
+    tfmm puts its backup callback after the extra callbacks, so the backups due after the
+    previous steps are on disk by then."""
+    import time
+
+    import keras
+
+    class PauseAt(keras.callbacks.Callback):
+        current = None
+
+        def on_epoch_begin(self, e, logs=None):
+            self.current = e
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if (self.current, batch) == (epoch, step):
+                with open(marker, "w") as f:
+                    f.write(f"paused at epoch {epoch} step {step}\n")
+                while True:  # until the test kills this process
+                    time.sleep(1)
+
+    return PauseAt()
 
 
 def keras_bug() -> int:

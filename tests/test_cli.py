@@ -29,10 +29,12 @@ def test_flags_override_config_file(tmp_path):
     assert config.model.freeze_text is True and config.model.freeze_image is False
 
 
-def test_train_evaluate_predict_end_to_end(demo_data, tiny_bert, tmp_path, capsys):
-    run_dir = str(tmp_path / "run")
-    assert main(_train_args(demo_data, tiny_bert, run_dir)) == 0
-    assert "run directory: " in capsys.readouterr().out
+@pytest.mark.slow
+def test_train_evaluate_predict_end_to_end(cli_trained_run, demo_data, tmp_path, capsys):
+    # `tfmm train` ran once for the session (conftest.cli_trained_run, shared with the export tests).
+    run_dir = cli_trained_run["run_dir"]
+    assert cli_trained_run["code"] == 0
+    assert "run directory: " in cli_trained_run["stdout"]
 
     assert main(["evaluate", "--model", run_dir, "--data", demo_data["test"], "--report-dir", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
@@ -72,20 +74,25 @@ def test_bad_manifest_exits_2_with_rows(demo_data, tiny_bert, tmp_path, capsys):
     assert "is not a finished tfmm run: config.yaml is missing" in capsys.readouterr().err
 
 
-def test_console_script_help_lists_commands_and_examples():
+@pytest.mark.slow
+def test_console_script_help_lists_commands_and_examples(capsys):
+    # One fresh process for the console entry point (most of its time is importing TensorFlow);
+    # the subcommand's help comes from the same parser, in this process.
     out = subprocess.run([sys.executable, "-m", "tfmm.cli", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("train", "evaluate", "predict", "demo"):
         assert command in out
-    train_help = subprocess.run([sys.executable, "-m", "tfmm.cli", "train", "--help"],
-                                capture_output=True, text=True, check=True).stdout
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--help"])
+    assert exited.value.code == 0
+    train_help = capsys.readouterr().out
     assert "examples:" in train_help and "--skip-bad-rows" in train_help and "--image-weights" in train_help
 
 
 @pytest.mark.slow
-def test_demo_small_run_separates_fused_from_baselines(tmp_path):
-    from tfmm.demo import run_demo
-
-    results = run_demo(str(tmp_path / "demo"), epochs=1, n_train=90)
+def test_demo_small_run_separates_fused_from_baselines(demo_run):
+    # run_demo(epochs=1, n_train=90) ran once for the session (conftest.demo_run); the MiniLM
+    # export test serves its fused run.
+    results = demo_run
     assert set(results["metrics"]) == {"fused", "image-only", "text-only"}
     assert all(os.path.exists(os.path.join(d, "model.keras")) for d in results["run_dirs"].values())
     # Text alone can only know the colour: at most 1/3 of the 9 colour+shape labels.

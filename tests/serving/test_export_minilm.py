@@ -8,6 +8,7 @@ import textwrap
 
 import pandas as pd
 import pytest
+import yaml
 
 import tfmm
 from tfmm import cli
@@ -36,18 +37,17 @@ CHILD = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_default_minilm_export_serves_in_a_tensorflow_only_process(tmp_path, capsys):
-    data = write_demo_dataset(str(tmp_path / "data"), n_train=24, n_val=12, n_test=12)
-    test = pd.read_csv(data["test"])
+def test_default_minilm_export_serves_in_a_tensorflow_only_process(demo_run, tmp_path, capsys):
+    # The run: the demo's fused model (conftest.demo_run, shared with the `tfmm demo` test), a
+    # default MiniLM run: frozen MiniLM text encoder, VGG16 at 32x32, trained for one epoch.
+    data_dir = os.path.join(demo_run["output_dir"], "data")
+    test = pd.read_csv(os.path.join(data_dir, "test.csv")).head(len(MULTILINGUAL))
     test["text"] = MULTILINGUAL[: len(test)]
-    test.to_csv(tmp_path / "data" / "multilingual.csv", index=False)
-    config = RunConfig().replace(
-        data={"image_size": 32, "sequence_length": 24},
-        model={"text_encoder": "minilm", "image_weights": "none", "freeze_text": True,
-               "projection_dim": 16, "hidden_dim": 16},
-        train={"epochs": 1, "batch_size": 8},
-    )
-    run = tfmm.train(config, data["train"], data["val"], str(tmp_path / "run"), verbose=0).run_dir
+    test.to_csv(os.path.join(data_dir, "multilingual.csv"), index=False)
+    run = demo_run["run_dirs"]["fused"]
+    with open(os.path.join(run, "config.yaml")) as f:
+        model_config = yaml.safe_load(f)["model"]
+    assert (model_config["text_encoder"], model_config["freeze_text"]) == ("minilm", True)
     root = str(tmp_path / "export")
     assert cli.main(["export", "--model", run, "--export-dir", root]) == 0  # no flags
     printed = capsys.readouterr().out
@@ -55,12 +55,12 @@ def test_default_minilm_export_serves_in_a_tensorflow_only_process(tmp_path, cap
     version = os.path.join(root, "1")
     assert os.path.isfile(os.path.join(version, "assets.extra", "tf_serving_warmup_requests"))
 
-    manifest = str(tmp_path / "data" / "multilingual.csv")
+    manifest = os.path.join(data_dir, "multilingual.csv")
     assert cli.main(["predict", "--model", run, "--data", manifest, "--top-k", "9",
                      "--output", str(tmp_path / "pred.jsonl")]) == 0
     predicted = [json.loads(line) for line in open(tmp_path / "pred.jsonl", encoding="utf-8")]
 
-    job = {"path": version, "images": [os.path.join(tmp_path, "data", p) for p in test["image"]],
+    job = {"path": version, "images": [os.path.join(data_dir, p) for p in test["image"]],
            "texts": test["text"].tolist()}
     (tmp_path / "job.json").write_text(json.dumps(job))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -210,16 +210,18 @@ def test_mirrored_two_cpus_killed_mid_epoch_resumes(demo_data, tiny_bert, tmp_pa
     args = _train_args(demo_data, tiny_bert, run_dir, "--epochs", "2", "--strategy", "mirrored",
                        "--devices", "CPU:0,CPU:1", "--save-every", "2")
     log1 = str(tmp_path / "attempt1.log")
-    proc = spawn(["--logical-cpus", "2"], args, log1)
+    paused = str(tmp_path / "paused")
     # 72 rows / global batch 16 = 5 steps per epoch; backups at steps 2 and 4 and at epoch ends.
-    # Kill once a mid-epoch backup of epoch 2 exists: the second epoch is half done.
+    # The worker stops at the start of the third step of epoch 2 (after the step-2 backup) and
+    # is killed there: the second epoch is half done, and no polling race decides where.
+    proc = spawn(["--logical-cpus", "2", "--pause-at", f"1,2,{paused}"], args, log1)
     deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        meta = _metadata(run_dir)
-        if meta and meta["epoch"] == 1 and meta["batch"] > 0:
-            break
+    while time.time() < deadline and proc.poll() is None and not os.path.exists(paused):
         time.sleep(0.2)
     assert proc.poll() is None, "training ended before it could be killed:\n" + open(log1).read()[-3000:]
+    assert os.path.exists(paused), "training did not reach epoch 2 in time:\n" + open(log1).read()[-3000:]
+    meta = _metadata(run_dir)
+    assert meta and meta["epoch"] == 1 and meta["batch"] > 0, meta  # a mid-epoch backup of epoch 2
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     with open(os.path.join(run_dir, "train_state.json")) as f:
