@@ -10,10 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-import tfmm
 from tfmm import cli
-from tfmm.config import RunConfig
-from tfmm.data.demo_data import write_demo_dataset
 
 # Real text in several scripts and languages (with accents, CJK, RTL, emoji, odd spacing).
 MULTILINGUAL = [
