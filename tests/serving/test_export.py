@@ -443,3 +443,24 @@ def test_demo_exports_the_fused_run(tmp_path, monkeypatch):
     assert calls["warmup_data"] == str(tmp_path / "demo" / "data" / "val.csv")
     assert results["export_dir"] == str(tmp_path / "saved_models" / "demo" / "1")
     assert any(results["export_dir"] in line for line in results["notes"])
+
+
+def test_decision_flips_pass_only_where_the_score_rounding_crosses_the_threshold():
+    from tfmm.serving.export_check import _same_decisions
+
+    expected = {"match": [True, False, True], "match_score": [0.5000001, 0.3, 0.9]}
+    assert _same_decisions(dict(expected), expected, "match", "match_score")
+    # Row 0 sat on the threshold: the export's score is 1e-7 lower and says False.
+    rounded = {"match": [False, False, True], "match_score": [0.5, 0.3, 0.9]}
+    assert _same_decisions(rounded, expected, "match", "match_score")
+    # The same score with another decision: another threshold, not rounding.
+    other_threshold = {"match": [True, True, True], "match_score": [0.5000001, 0.3, 0.9]}
+    assert not _same_decisions(other_threshold, expected, "match", "match_score")
+    # A flip against the score's movement (score went up, decision went to False).
+    backwards = {"match": [False, False, True], "match_score": [0.6, 0.3, 0.9]}
+    assert not _same_decisions(backwards, expected, "match", "match_score")
+    # Multi-label: per element; a missing output or another shape fails.
+    ml = {"predicted": [[True, False]], "scores": [[0.7, 0.4]]}
+    assert _same_decisions({"predicted": [[True, True]], "scores": [[0.7, 0.41]]}, ml, "predicted", "scores")
+    assert not _same_decisions({"predicted": [[True, False]]}, ml, "predicted", "scores")
+    assert not _same_decisions({"predicted": [[True]], "scores": [[0.7]]}, ml, "predicted", "scores")

@@ -121,6 +121,21 @@ def _max_diff(got, expected) -> float:
     return float(np.max(np.abs(np.asarray(got, np.float64) - np.asarray(expected, np.float64)), initial=0.0))
 
 
+def _same_decisions(got: dict, expected: dict, name: str, score: str) -> bool:
+    """Whether the decisions ``name`` (``score >= threshold``) agree, but for flips that the
+    score's own rounding explains: where they differ, the score moved the same way across the
+    threshold (an equal score, or one that moved the other way, means another threshold)."""
+    try:
+        g, e = np.asarray(got[name], bool), np.asarray(expected[name], bool)
+        gs, es = np.asarray(got[score], np.float64), np.asarray(expected[score], np.float64)
+    except (KeyError, ValueError):
+        return False
+    if g.shape != e.shape or gs.shape != g.shape or es.shape != e.shape:
+        return False
+    flipped = g != e
+    return bool(np.all(np.where(e[flipped], gs[flipped] < es[flipped], gs[flipped] > es[flipped])))
+
+
 def _load_check(result: dict) -> Check:
     versions = result.get("versions", {})
     if not (result.get("ok") or result.get("stage") == "predict"):
@@ -155,7 +170,10 @@ def _predictions_check(result: dict, sample: dict, tolerance: float) -> Check:
     got, expected = result["outputs"], sample["expected"]
     numeric = [k for k, v in expected.items() if np.asarray(v).dtype.kind in "fi"]
     worst = max((_max_diff(got.get(k, []), expected[k]) for k in numeric), default=0.0)
-    same_strings = all(got.get(k) == v for k, v in expected.items() if k not in numeric)
+    decisions = sample.get("decisions", {})
+    same_strings = all(
+        _same_decisions(got, expected, k, decisions[k]) if k in decisions else got.get(k) == v
+        for k, v in expected.items() if k not in numeric)
     synthetic = [s.split()[-1] for s in sample["sources"] if s.startswith("synthetic")]
     return Check(
         "predictions", set(got) == set(expected) and same_strings and worst <= tolerance,

@@ -191,6 +191,9 @@ class Task:
 
     # ------------------------------------------------------------------ serving
     serving_output_names: tuple = ("scores", "labels")
+    # Boolean outputs that threshold a score output, {decision: score}: the export check lets
+    # a decision flip where the score's rounding crosses the threshold.
+    serving_decisions: dict = {}
 
     def serving_outputs(self, run: LoadedRun) -> Callable[[dict], dict]:
         """``features -> {name: tensor}``: the signature's outputs (in graph and eagerly)."""

@@ -38,6 +38,7 @@ class MatchingTask(Task):
     fixed_labels = MATCH_LABELS
     validation_summaries = False  # no fusion layer to project
     serving_output_names = ("match_score", "match")
+    serving_decisions = {"match": "match_score"}
 
     def labels_required(self, config) -> bool:
         """Not when ``--negatives`` makes the negatives of a positives-only manifest."""

@@ -28,6 +28,7 @@ class MultilabelTask(Task):
     encoding = MULTI_HOT
     single_label = False
     serving_output_names = ("scores", "labels", "predicted")
+    serving_decisions = {"predicted": "scores"}
 
     def build_head(self, config, feature_dims: dict) -> keras.Model:
         return build_dense_head(config, feature_dims, units=self.output_units(config.model.num_classes),
