@@ -55,6 +55,7 @@ def _args(tiny_bert, *extra):
             "--batch-size", "8", "--freeze-image", "--freeze-text", *extra]
 
 
+@pytest.mark.slow
 def test_matching_cli_with_generated_negatives(colour_pairs, tiny_bert, tmp_path, capsys):
     run = str(tmp_path / "match")
     assert main(["train", "--data", colour_pairs["train"], "--val-data", colour_pairs["val"], "--output-dir", run,
@@ -86,6 +87,7 @@ def test_matching_cli_with_generated_negatives(colour_pairs, tiny_bert, tmp_path
     assert "missing column(s) ['label']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_multilabel_api_thresholds_metrics_and_predicted(demo_data, tiny_config, tmp_path):
     folder = os.path.dirname(demo_data["train"])
     manifests = {}
@@ -117,6 +119,7 @@ def test_multilabel_api_thresholds_metrics_and_predicted(demo_data, tiny_config,
         assert rec["true_label"].count("|") == 1 and len(rec["labels"]) == 6
 
 
+@pytest.mark.slow
 def test_contrastive_cli_retrieval_and_zero_shot_use_the_prompt(colour_pairs, tiny_bert, tmp_path, capsys):
     run = str(tmp_path / "clip")
     assert main(["train", "--data", colour_pairs["train"], "--val-data", colour_pairs["val"], "--output-dir", run,

@@ -16,6 +16,7 @@ from tfmm.run_dir import load_run
 from tfmm.training.train import compile_model, make_optimizer, train
 
 
+@pytest.mark.slow
 def test_one_fit_step_changes_weights(tiny_config, demo_data):
     cfg = tiny_config.replace(model={"num_classes": 9})
     model = build_model(cfg)
@@ -42,6 +43,7 @@ def test_learning_rate_schedule_warms_up_then_decays(tiny_config):
     assert values[2] > values[3] > values[4]
 
 
+@pytest.mark.slow
 def test_train_writes_run_dir_and_reloads(tiny_config, demo_data, tmp_path):
     run_dir = str(tmp_path / "run")
     result = train(tiny_config.replace(train={"epochs": 2}), demo_data["train"], demo_data["val"], run_dir)
@@ -58,6 +60,7 @@ def test_train_writes_run_dir_and_reloads(tiny_config, demo_data, tmp_path):
     np.testing.assert_allclose(run.predict_scores(manifest), fresh, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bad_rows_stop_training_before_fit(tiny_config, demo_data, tmp_path):
     import pandas as pd
 
