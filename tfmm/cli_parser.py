@@ -243,8 +243,8 @@ def _add_validate_parser(sub) -> None:
     p.add_argument("--task", choices=list(TASKS),
                    help="how labels are read (default: the run's task, else classification)")
     for flag in ("--image-col", "--text-col", "--label-col", "--max-image-pixels", "--allow-outside-root"):
-        spec = next(f for f in _CONFIG_FLAGS if f[0] == flag)
-        p.add_argument(flag, **spec[3])
+        _, section, field, kwargs = next(f for f in _CONFIG_FLAGS if f[0] == flag)
+        p.add_argument(flag, **_with_default(section, field, kwargs))
     p.add_argument("--report", metavar="FILE", help="also write every problem to this CSV file")
 
 

@@ -17,6 +17,7 @@ import tensorflow as tf
 from tfmm.data.images import decode_images
 from tfmm.serving.saved_model import PIXELS_SIGNATURE, SIGNATURE
 from tfmm.tasks import get_task
+from tfmm.tasks.base import pad_empty
 
 
 def _text_resources(preprocessor) -> list:
@@ -54,12 +55,11 @@ def build_export_archive(run) -> keras.export.ExportArchive:
                 message="one text per image: the image input and text must have the same length",
             )
         # An empty batch runs on one padding row (oneDNN convolutions fail on 0 rows).
-        pad = tf.maximum(1 - n, 0)
         features = {}
         if mc.uses_image:
-            features["image"] = tf.concat([images, tf.zeros([pad, size, size, 3])], 0)
+            features["image"] = pad_empty(images, 0.0)
         if mc.uses_text:
-            features.update(run.preprocessor(tf.concat([text, tf.fill([pad], "")], 0)))
+            features.update(run.preprocessor(pad_empty(text, "")))
         return tf.nest.map_structure(lambda t: t[:n], outputs_of(features))
 
     def serve_bytes(image_bytes, text):

@@ -173,8 +173,7 @@ def make_check_sample(run, data=None, rows: int = 8) -> dict:
             are left out); one synthetic PNG, JPEG, GIF and BMP image are always added.
 
     Returns:
-        ``{"sources", "image_bytes_b64", "text", "expected", "decisions"}`` (JSON-ready;
-        ``decisions``: the task's boolean outputs and the scores they threshold).
+        ``{"sources", "image_bytes_b64", "text", "expected", "decisions"}`` (JSON-ready).
     """
     frames, sources = [], []
     if data is not None:
@@ -192,13 +191,13 @@ def make_check_sample(run, data=None, rows: int = 8) -> dict:
         frame.insert(0, "row", np.arange(len(frame)))
         manifest = Manifest(frame, "<check sample>", folder)
         images = saved_model.read_files(frame["image"])
-        outputs_of = get_task(run.config.model.task).serving_outputs(run)
+        task = get_task(run.config.model.task)
+        outputs_of = task.serving_outputs(run)
         batches = [outputs_of(features) for features in run.dataset(manifest)]
     outputs = {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
     expected = {k: protocol.to_json(v.numpy(), k) for k, v in outputs.items()}
     return {"sources": sources, "image_bytes_b64": [base64.b64encode(b).decode("ascii") for b in images],
-            "text": frame["text"].tolist(), "expected": expected,
-            "decisions": dict(get_task(run.config.model.task).serving_decisions)}
+            "text": frame["text"].tolist(), "expected": expected, "decisions": dict(task.serving_decisions)}
 
 
 def _warmup_rows(run, warmup_data, limit: int) -> tuple:

@@ -208,3 +208,11 @@ def tiled_labels(labels: Sequence[str], scores: tf.Tensor) -> tf.Tensor:
     """``[B, C]`` string tensor: the label names in score order, once per row of ``scores``."""
     names = tf.constant(list(labels) or [""], dtype=tf.string)
     return tf.tile(names[tf.newaxis], [tf.shape(scores)[0], 1])
+
+
+def pad_empty(tensor: tf.Tensor, fill) -> tf.Tensor:
+    """``tensor`` with one ``fill`` row appended when it has none (oneDNN convolutions fail on
+    0 rows); callers keep the first ``n`` rows of the result."""
+    pad = tf.maximum(1 - tf.shape(tensor)[0], 0)
+    fill = tf.cast(fill, tensor.dtype)
+    return tf.concat([tensor, tf.fill(tf.concat([[pad], tf.shape(tensor)[1:]], 0), fill)], 0)

@@ -20,19 +20,11 @@ from tfmm.data import pairs
 from tfmm.data.images import decode_images
 from tfmm.data.labels import PAIR_IDS, pair_ids
 from tfmm.models.pair_heads import ContrastiveLoss, build_dual_encoder_head, in_batch_recall_at_1
-from tfmm.tasks.base import Evaluation, Task
+from tfmm.tasks.base import Evaluation, Task, pad_empty
 from tfmm.tasks.dual_encoder import (
     image_embedding_model, logit_scale, pair_embedding_model, retrieval_metrics, text_embedding_model,
 )
 from tfmm.tasks.zero_shot import DEFAULT_PROMPT, zero_shot_predict
-
-
-def pad_empty(tensor: tf.Tensor, fill) -> tf.Tensor:
-    """``tensor`` with one ``fill`` row appended when it has none (oneDNN convolutions fail on
-    0 rows); callers keep the first ``n`` rows of the result."""
-    pad = tf.maximum(1 - tf.shape(tensor)[0], 0)
-    fill = tf.cast(fill, tensor.dtype)
-    return tf.concat([tensor, tf.fill(tf.concat([[pad], tf.shape(tensor)[1:]], 0), fill)], 0)
 
 
 class ContrastiveTask(Task):

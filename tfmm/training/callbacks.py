@@ -92,6 +92,7 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.freq = freq
         self._writer = None
         self._images = None
+        self._targets = None
 
     def _example_images(self) -> Optional[np.ndarray]:
         """Pixels of the first examples, read once from the dataset."""
@@ -109,7 +110,9 @@ class ValidationSummaries(keras.callbacks.Callback):
         if (epoch + 1) % self.freq and epoch + 1 != last:
             return
         scores = np.asarray((self.full_model or self.model).predict(self.val_ds, verbose=0))
-        targets = self.task.encode_targets(self.manifest, self.labels)
+        if self._targets is None:  # the manifest does not change between epochs
+            self._targets = self.task.encode_targets(self.manifest, self.labels)
+        targets = self._targets
         names, top = self.task.decisions(scores, self.labels, self.task.tune_thresholds(targets, scores))
         true = self.task.true_names(self.manifest)
         k = self.num_examples
