@@ -20,6 +20,13 @@ def test_defaults_are_the_documented_ones():
         (lambda: DataConfig(sequence_length=2), "sequence_length must be >= 3"),
         (lambda: TrainConfig(strategy="tpu"), "received 'tpu'"),
         (lambda: TrainConfig(epochs=0), "epochs must be > 0; received 0"),
+        (lambda: TrainConfig(encoder_lr_scale=0), "encoder_lr_scale must be > 0; received 0"),
+        (lambda: ModelConfig(text_dtype="int8"), "text_dtype must be one of"),
+        (lambda: ModelConfig(unfreeze_image_blocks=-1), "unfreeze_image_blocks must be >= 0; received -1"),
+        (lambda: ModelConfig(text_lora_rank=-2), "text_lora_rank must be >= 0; received -2"),
+        (lambda: DataConfig(data_format="xls"), "data_format must be one of"),
+        (lambda: DataConfig(text_from="ocr"), "text_from must be one of ['filename', 'sidecar']; received 'ocr'"),
+        (lambda: DataConfig(label_depth=0), "label_depth must be > 0; received 0"),
     ],
 )
 def test_invalid_values_name_argument_and_value(make, message):

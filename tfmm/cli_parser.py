@@ -35,8 +35,13 @@ _CONFIG_FLAGS = [
     ("--text-encoder", "model", "text_encoder", dict(
         metavar="SPEC", help="minilm (offline all-MiniLM-L6-v2), keras_nlp:PRESET_OR_DIR, "
                              "or tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE")),
-    ("--text-pooling", "model", "text_pooling", dict(choices=config.POOLINGS,
-                                                     help="pool text tokens by [CLS] or mean")),
+    ("--text-pooling", "model", "text_pooling", dict(
+        choices=config.POOLINGS, help="pool text tokens by [CLS], mean over the padding mask, or "
+                                      "last non-padding token (decoders)")),
+    ("--text-dtype", "model", "text_dtype", dict(
+        choices=config.TEXT_DTYPES, help="text backbone compute dtype (16-bit for large frozen backbones)")),
+    ("--text-lora-rank", "model", "text_lora_rank", dict(
+        type=int, metavar="R", help="train LoRA adapters of rank R on the text backbone, 0: off")),
     ("--image-encoder", "model", "image_encoder", dict(
         metavar="NAME", help="keras.applications model: vgg16, resnet50, efficientnetb0, "
                              "mobilenetv2, ...")),
@@ -55,10 +60,20 @@ _CONFIG_FLAGS = [
                                                      help="keep the image encoder's weights fixed")),
     ("--freeze-text", "model", "freeze_text", dict(action="store_true", default=None,
                                                    help="keep the text encoder's weights fixed")),
+    ("--unfreeze-image-blocks", "model", "unfreeze_image_blocks", dict(
+        type=int, metavar="N", help="train only the image encoder's top N blocks, 0: all (unless frozen)")),
+    ("--unfreeze-text-layers", "model", "unfreeze_text_layers", dict(
+        type=int, metavar="N", help="train only the text encoder's top N layers, 0: all (unless frozen)")),
     ("--image-size", "data", "image_size", dict(type=int, metavar="N",
                                                 help="images are resized to NxN")),
     ("--sequence-length", "data", "sequence_length", dict(type=int, metavar="N",
                                                           help="text tokens per example")),
+    ("--data-format", "data", "data_format", dict(
+        choices=config.DATA_FORMATS, help="how --data is read; auto: from what the path points at")),
+    ("--label-depth", "data", "label_depth", dict(
+        type=int, metavar="N", help="class folders: folder levels that make the label")),
+    ("--text-from", "data", "text_from", dict(
+        choices=config.TEXT_SOURCES, help="class folders: caption from <stem>.txt or from the file name")),
     ("--image-col", "data", "image_col", dict(metavar="NAME", help="manifest image column")),
     ("--text-col", "data", "text_col", dict(metavar="NAME", help="manifest text column")),
     ("--label-col", "data", "label_col", dict(metavar="NAME", help="manifest label column")),
@@ -75,6 +90,8 @@ _CONFIG_FLAGS = [
                                                  help="examples per device per step")),
     ("--learning-rate", "train", "learning_rate", dict(type=float, metavar="X",
                                                        help="peak AdamW learning rate")),
+    ("--encoder-lr-scale", "train", "encoder_lr_scale", dict(
+        type=float, metavar="X", help="encoders train at --learning-rate x X, the head at --learning-rate")),
     ("--weight-decay", "train", "weight_decay", dict(type=float, metavar="X", help="AdamW weight decay")),
     ("--warmup-fraction", "train", "warmup_fraction", dict(
         type=float, metavar="X", help="share of steps warming the learning rate up")),

@@ -18,7 +18,10 @@ from tfmm.files import atomic_write
 
 FUSIONS = ("concat", "sum", "mean", "gated")
 MODALITIES = ("both", "image", "text")
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")
+TEXT_DTYPES = ("float32", "bfloat16", "float16")
+DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet", "class_folders", "imagefolder", "coco", "tfrecords")
+TEXT_SOURCES = ("sidecar", "filename")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
@@ -59,6 +62,12 @@ class DataConfig:
             deleting an iterator (Keras does at every epoch) can block until the autotuner's
             current wait ends (its period doubles up to a minute); without it, ``AUTOTUNE``
             parallelism is the number of cores and prefetch buffers still grow on demand.
+        data_format: how ``--data`` is read (one of ``DATA_FORMATS``); ``auto`` decides from
+            what the path points at (see :mod:`tfmm.data.readers`).
+        label_depth: class folders: the label is made of this many folder levels above
+            each image.
+        text_from: class folders: the caption comes from the image's sidecar ``<stem>.txt``
+            (``sidecar``) or from its file name (``filename``).
     """
 
     image_col: str = "image"
@@ -73,8 +82,14 @@ class DataConfig:
     cache_in_memory: Optional[bool] = None
     deterministic: bool = True
     tf_data_autotune: bool = False
+    data_format: str = "auto"
+    label_depth: int = 1
+    text_from: str = "sidecar"
 
     def __post_init__(self):
+        _check_choice("data_format", self.data_format, DATA_FORMATS)
+        _check_choice("text_from", self.text_from, TEXT_SOURCES)
+        _check_positive("label_depth", self.label_depth)
         _check_positive("negatives", self.negatives, allow_zero=True)
         _check_positive("image_size", self.image_size)
         _check_positive("sequence_length", self.sequence_length)
@@ -93,7 +108,12 @@ class ModelConfig:
         task: a name in ``tfmm.tasks.TASKS`` (checked when the task is looked up).
         text_encoder: ``minilm``, ``keras_nlp:PRESET_OR_DIR`` (also ``keras_hub:``) or
             ``tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE``.
-        text_pooling: ``cls`` (the pooled [CLS] output) or ``mean`` (masked mean of tokens).
+        text_pooling: ``cls`` (the pooled [CLS] output), ``mean`` (masked mean of tokens) or
+            ``last`` (the last non-padding token: decoder backbones).
+        text_dtype: compute dtype of the text backbone (``bfloat16``/``float16`` halve a
+            large frozen backbone's memory).
+        text_lora_rank: > 0 enables LoRA of this rank on the text backbone
+            (``backbone.enable_lora``): only the low-rank adapters train.
         image_encoder: a ``keras.applications`` model name, e.g. ``vgg16``, ``resnet50``.
         image_weights: ``imagenet``, ``none`` or a path to a local weights file.
         fusion: one of ``FUSIONS``.
@@ -101,13 +121,18 @@ class ModelConfig:
         projection_dim: each branch is projected to this width before fusion.
         hidden_dim: width of the head's hidden layer (0 for none).
         dropout: dropout rate after fusion.
-        freeze_image / freeze_text: keep that encoder's weights fixed.
+        freeze_image / freeze_text: keep that encoder's weights fixed (and run it in
+            inference mode: no dropout, BatchNorm on its moving statistics).
+        unfreeze_image_blocks / unfreeze_text_layers: > 0 trains only the top N blocks of
+            the image encoder / layers of the text encoder; the rest stays frozen.
         num_classes: set from the label vocabulary when training starts.
     """
 
     task: str = "classification"
     text_encoder: str = "minilm"
     text_pooling: str = "mean"
+    text_dtype: str = "float32"
+    text_lora_rank: int = 0
     image_encoder: str = "vgg16"
     image_weights: str = "imagenet"
     fusion: str = "concat"
@@ -117,12 +142,18 @@ class ModelConfig:
     dropout: float = 0.2
     freeze_image: bool = False
     freeze_text: bool = False
+    unfreeze_image_blocks: int = 0
+    unfreeze_text_layers: int = 0
     num_classes: int = 0
 
     def __post_init__(self):
         _check_choice("fusion", self.fusion, FUSIONS)
         _check_choice("modalities", self.modalities, MODALITIES)
         _check_choice("text_pooling", self.text_pooling, POOLINGS)
+        _check_choice("text_dtype", self.text_dtype, TEXT_DTYPES)
+        _check_positive("text_lora_rank", self.text_lora_rank, allow_zero=True)
+        _check_positive("unfreeze_image_blocks", self.unfreeze_image_blocks, allow_zero=True)
+        _check_positive("unfreeze_text_layers", self.unfreeze_text_layers, allow_zero=True)
         _check_positive("projection_dim", self.projection_dim)
         _check_positive("hidden_dim", self.hidden_dim, allow_zero=True)
         _check_positive("num_classes", self.num_classes, allow_zero=True)
@@ -167,6 +198,8 @@ class TrainConfig:
         cache_dir: where feature caches go (empty: ``RUN/feature_cache``).
         mixed_precision: ``none``, ``mixed_float16`` or ``mixed_bfloat16``.
         jit_compile: compile train steps with XLA (``None``: Keras' ``"auto"``).
+        encoder_lr_scale: the encoders' weights train at ``learning_rate x`` this; the
+            head at ``learning_rate``.
     """
 
     epochs: int = 10
@@ -185,6 +218,7 @@ class TrainConfig:
     cache_dir: str = ""
     mixed_precision: str = "none"
     jit_compile: Optional[bool] = None
+    encoder_lr_scale: float = 0.1
 
     def __post_init__(self):
         _check_positive("epochs", self.epochs)
@@ -195,6 +229,7 @@ class TrainConfig:
         _check_positive("shuffle_buffer", self.shuffle_buffer)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_positive("save_every", self.save_every, allow_zero=True)
+        _check_positive("encoder_lr_scale", self.encoder_lr_scale)
         if isinstance(self.devices, (list, tuple)):  # YAML list -> the flag's string form
             object.__setattr__(self, "devices", ",".join(str(d).strip() for d in self.devices))
         if not isinstance(self.devices, str) or (self.devices and not all(d.strip() for d in self.devices.split(","))):
