@@ -1,19 +1,44 @@
 """Session fixtures: one tiny trained run and one checked export per task, shared by the tests
 that need a run of a given task (the contract test, the export tests).
 
-``task_run(name)`` trains on first use and returns the same ``TrainResult`` afterwards;
-``task_export(name)`` exports that run once (with the export checks) and returns the
-``ExportResult``. ``task_data(name)`` gives the manifests they were trained on.
+``task_run(name)`` trains through `tfmm train` on first use (so the task CLI tests use the
+same runs) and returns the same :class:`CliRun` afterwards; ``task_export(name)`` exports
+that run once (with the export checks) and returns the ``ExportResult``. ``task_data(name)``
+gives the manifests they were trained on.
 """
 
+import contextlib
+import dataclasses
+import io
+import json
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
-import tfmm
-from tests.conftest import make_tiny_config
+from tests.conftest import tiny_train_args
+from tfmm import cli
+from tfmm.config import RunConfig, load_config
+from tfmm.data.manifest import load_labels
+from tfmm.run_dir import CONFIG_FILE, LABELS_FILE
+
+# Flags each task's run adds to the tiny run's (frozen encoders: the task plumbing is the point).
+TASK_FLAGS = {
+    "matching": ["--negatives", "1"],
+    "contrastive": ["--epochs", "2"],  # two epochs: the history holds one row per epoch
+}
+
+
+@dataclasses.dataclass
+class CliRun:
+    """A run trained by `tfmm train`, read back from its folder."""
+
+    run_dir: str
+    config: RunConfig
+    history: dict
+    labels: list
+    stdout: str
 
 
 def write_task_manifests(demo_data, name) -> dict:
@@ -53,12 +78,17 @@ def task_run(task_data, tiny_bert, tmp_path_factory):
     def get(name):
         if name not in cache:
             data = task_data(name)
-            config = make_tiny_config(tiny_bert).replace(
-                model={"task": name, "freeze_image": True, "freeze_text": True},
-                data={"negatives": 1 if name == "matching" else 0},
-            )
-            out = tmp_path_factory.mktemp(f"task_{name}") / "run"
-            cache[name] = tfmm.train(config, data["train"], data["val"], str(out), verbose=0)
+            run_dir = str(tmp_path_factory.mktemp(f"task_{name}") / "run")
+            args = tiny_train_args(tiny_bert, data["train"], data["val"], run_dir, "--task", name,
+                                   "--freeze-image", "--freeze-text", *TASK_FLAGS.get(name, []))
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                code = cli.main(args)
+            assert code == 0, printed.getvalue()
+            with open(os.path.join(run_dir, "history.json")) as f:
+                history = json.load(f)
+            cache[name] = CliRun(run_dir, load_config(os.path.join(run_dir, CONFIG_FILE)), history,
+                                 load_labels(os.path.join(run_dir, LABELS_FILE)), printed.getvalue())
         return cache[name]
 
     return get

@@ -1,6 +1,5 @@
 """Matching, multilabel and contrastive end to end: train, evaluate, predict (CLI and API)."""
 
-import csv
 import json
 import os
 import subprocess
@@ -10,7 +9,6 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 import tfmm
 from tfmm.cli import main
@@ -18,34 +16,6 @@ from tfmm.run_dir import THRESHOLDS_FILE
 from tfmm.tasks import dual_encoder, get_task
 from tfmm.tasks.zero_shot import zero_shot_scores
 from tfmm.tasks.thresholds import load_thresholds
-
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
-TEMPLATES = ("a {} one", "this thing is {}", "a picture of something {}", "painted {}")
-
-
-def write_colour_pairs(folder, n, *, seed, split):
-    """Positive pairs only: a 32x32 patch of one colour and a caption naming that colour."""
-    rng = np.random.default_rng(seed)
-    os.makedirs(os.path.join(folder, "images"), exist_ok=True)
-    path = os.path.join(folder, f"{split}.csv")
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "text"])
-        for i in range(n):
-            name = list(COLOURS)[i % len(COLOURS)]
-            pixels = np.clip(np.array(COLOURS[name]) + rng.normal(0, 20, (32, 32, 3)), 0, 255).astype("uint8")
-            rel = f"images/{split}_{i:03d}.png"
-            Image.fromarray(pixels).save(os.path.join(folder, rel))
-            writer.writerow([rel, TEMPLATES[int(rng.integers(len(TEMPLATES)))].format(name)])
-    return path
-
-
-@pytest.fixture(scope="module")
-def colour_pairs(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("pairs"))
-    return {split: write_colour_pairs(folder, n, seed=i, split=split)
-            for i, (split, n) in enumerate((("train", 48), ("val", 12), ("test", 12)))}
-
 
 def _args(tiny_bert, *extra):
     # Frozen encoders: these tests check the task plumbing; tracing VGG16's and BERT's
@@ -56,87 +26,79 @@ def _args(tiny_bert, *extra):
 
 
 @pytest.mark.slow
-def test_matching_cli_with_generated_negatives(colour_pairs, tiny_bert, tmp_path, capsys):
-    run = str(tmp_path / "match")
-    assert main(["train", "--data", colour_pairs["train"], "--val-data", colour_pairs["val"], "--output-dir", run,
-                 "--task", "matching", "--negatives", "1", *_args(tiny_bert)]) == 0
+def test_matching_cli_with_generated_negatives(task_run, task_data, tiny_bert, tmp_path, capsys):
+    # `tfmm train --task matching --negatives 1` on positive pairs (tests/task_runs.py)
+    run, data = task_run("matching").run_dir, task_data("matching")
     saved = json.load(open(os.path.join(run, THRESHOLDS_FILE)))
     assert saved["labels"] == ["1"] and saved["tuned_on"] == "validation data"
     assert os.listdir(os.path.join(run, "logs"))  # TensorBoard
     assert "val_auc" in json.load(open(os.path.join(run, "history.json")))
     capsys.readouterr()
 
-    assert main(["evaluate", "--model", run, "--data", colour_pairs["test"], "--report-dir", str(tmp_path / "rep")]) == 0
+    assert main(["evaluate", "--model", run, "--data", data["val"], "--report-dir", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "matching: accuracy" in out and "ROC-AUC" in out and "per class:" in out
     metrics = json.load(open(tmp_path / "rep" / "metrics.json"))
-    assert metrics["generated_negatives"] == 12 and metrics["n_examples"] == 24 and metrics["n_positive"] == 12
+    assert metrics["generated_negatives"] == 8 and metrics["n_examples"] == 16 and metrics["n_positive"] == 8
     assert metrics["threshold"] == pytest.approx(saved["thresholds"][0])
     assert 0.0 <= metrics["roc_auc"] <= 1.0 and {"accuracy", "f1", "confusion_matrix", "f1_macro"} <= set(metrics)
 
-    image = os.path.join(os.path.dirname(colour_pairs["test"]), pd.read_csv(colour_pairs["test"])["image"][0])
+    image = os.path.join(os.path.dirname(data["val"]), pd.read_csv(data["val"])["image"][0])
     assert main(["predict", "--model", run, "--image", image, "--text", "a red one"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert 0.0 <= record["match_score"] <= 1.0
     assert record["match"] == (record["match_score"] >= metrics["threshold"])
 
-    assert main(["predict", "--model", run, "--data", colour_pairs["test"], "--zero-shot-labels", "red,blue"]) == 2
+    assert main(["predict", "--model", run, "--data", data["val"], "--zero-shot-labels", "red,blue"]) == 2
     assert "zero-shot labels need a run trained with --task contrastive" in capsys.readouterr().err
-    assert main(["train", "--data", colour_pairs["val"], "--output-dir", str(tmp_path / "x"), "--task", "matching",
+    assert main(["train", "--data", data["val"], "--output-dir", str(tmp_path / "x"), "--task", "matching",
                  *_args(tiny_bert)]) == 2
     assert "missing column(s) ['label']" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_multilabel_api_thresholds_metrics_and_predicted(demo_data, tiny_config, tmp_path):
-    folder = os.path.dirname(demo_data["train"])
-    manifests = {}
-    for split in ("train", "val", "test"):
-        df = pd.read_csv(demo_data[split])
-        df["label"] = df["label"].str.replace(" ", "|")  # "red circle" -> "red|circle"
-        manifests[split] = os.path.join(folder, f"ml_{split}.csv")
-        df.to_csv(manifests[split], index=False)
-    config = tiny_config.replace(model={"task": "multilabel", "freeze_image": True, "freeze_text": True})
-    result = tfmm.train(config, manifests["train"], manifests["val"], str(tmp_path / "ml"))
+def test_multilabel_thresholds_metrics_and_predicted(task_run, task_data, tmp_path):
+    # `tfmm train --task multilabel` on "red|circle"-style labels (tests/task_runs.py)
+    result, manifests = task_run("multilabel"), task_data("multilabel")
     labels = ["blue", "circle", "green", "red", "square", "triangle"]
     assert result.labels == labels
     thresholds = load_thresholds(result.run_dir, labels)
     assert thresholds.shape == (6,) and ((thresholds > 0) & (thresholds < 1)).all()
 
-    metrics = tfmm.evaluate(result.run_dir, manifests["test"])
-    assert metrics["task"] == "multilabel" and metrics["n_examples"] == 18
+    metrics = tfmm.evaluate(result.run_dir, manifests["val"], report_dir=str(tmp_path / "report"))
+    assert metrics["task"] == "multilabel" and metrics["n_examples"] == 8
     assert set(metrics["per_class"]) == set(labels)
     assert {"f1_micro", "f1_macro", "hamming_loss"} <= set(metrics)
     assert metrics["per_class"]["red"]["threshold"] == pytest.approx(thresholds[3])
 
-    records = tfmm.predict(result.run_dir, manifests["test"], k=6)
+    records = tfmm.predict(result.run_dir, manifests["val"], k=6)
     from tfmm.run_dir import load_run
 
     run = load_run(result.run_dir)
-    scores = run.predict_scores(tfmm.read_manifest(manifests["test"]))
+    scores = run.predict_scores(tfmm.read_manifest(manifests["val"]))
     for rec, row in zip(records, scores):
         assert rec["predicted"] == [label for label, s, t in zip(labels, row, thresholds) if s >= t]
         assert rec["true_label"].count("|") == 1 and len(rec["labels"]) == 6
 
 
 @pytest.mark.slow
-def test_contrastive_cli_retrieval_and_zero_shot_use_the_prompt(colour_pairs, tiny_bert, tmp_path, capsys):
-    run = str(tmp_path / "clip")
-    assert main(["train", "--data", colour_pairs["train"], "--val-data", colour_pairs["val"], "--output-dir", run,
-                 "--task", "contrastive", *_args(tiny_bert, "--epochs", "2")]) == 0
+def test_contrastive_cli_retrieval_and_zero_shot_use_the_prompt(task_run, task_data, tmp_path, capsys):
+    # `tfmm train --task contrastive --epochs 2` on positive pairs (tests/task_runs.py)
+    run, data = task_run("contrastive").run_dir, task_data("contrastive")
     history = json.load(open(os.path.join(run, "history.json")))
     assert "val_recall_at_1" in history and len(history["loss"]) == 2
     capsys.readouterr()
 
-    assert main(["evaluate", "--model", run, "--data", colour_pairs["test"]]) == 0
+    report = str(tmp_path / "report")
+    assert main(["evaluate", "--model", run, "--data", data["val"], "--report-dir", report]) == 0
     assert "image_to_text" in capsys.readouterr().out
-    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    metrics = json.load(open(os.path.join(report, "metrics.json")))
     for direction in ("image_to_text", "text_to_image"):
         assert [0 <= metrics[f"{direction}_recall@{k}"] <= 1 for k in (1, 5, 10)] == [True] * 3
         assert metrics[f"{direction}_recall@10"] >= metrics[f"{direction}_recall@1"]
-    assert metrics["n_examples"] == 12 and metrics["temperature"] > 0
+    assert metrics["n_examples"] == 8 and metrics["temperature"] > 0
 
-    image = os.path.join(os.path.dirname(colour_pairs["test"]), pd.read_csv(colour_pairs["test"])["image"][0])
+    image = os.path.join(os.path.dirname(data["val"]), pd.read_csv(data["val"])["image"][0])
     zero_shot = ["predict", "--model", run, "--image", image, "--zero-shot-labels", "red,green,blue"]
     assert main(zero_shot + ["--prompt", "a picture of something {}"]) == 0
     record = json.loads(capsys.readouterr().out)
@@ -172,9 +134,9 @@ def test_contrastive_cli_retrieval_and_zero_shot_use_the_prompt(colour_pairs, ti
     assert empty["embedding"].shape == (0, 16)  # an empty batch gives no rows
 
     preds = str(tmp_path / "emb.jsonl")
-    assert main(["predict", "--model", run, "--data", colour_pairs["test"], "--output", preds]) == 0
+    assert main(["predict", "--model", run, "--data", data["val"], "--output", preds]) == 0
     rows = [json.loads(line) for line in open(preds)]
-    assert len(rows) == 12 and "true_label" not in rows[0]
+    assert len(rows) == 8 and "true_label" not in rows[0]
     a, b = np.array(rows[0]["image_embedding"]), np.array(rows[0]["text_embedding"])
     assert a.shape == (16,) and np.linalg.norm(a) == pytest.approx(1, abs=1e-5)
     assert rows[0]["similarity"] == pytest.approx(float(a @ b), abs=1e-5)
