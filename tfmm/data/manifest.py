@@ -1,8 +1,12 @@
-"""Manifests: reading CSV/TSV/JSONL files, DataFrames and prepared folders; labels; row checks.
+"""Manifests: the one table every source becomes (:class:`Manifest`); labels; row checks.
 
-A manifest is a CSV, TSV or JSONL file (or a pandas DataFrame) with one row per
+A manifest is a CSV, TSV, JSONL or Parquet file (or a pandas DataFrame) with one row per
 example: an image path relative to the manifest's folder, a caption and a label
 (``|``-separated for multi-label). Rows are counted from 0, after the header.
+:func:`read_manifest` also reads the other shapes data comes in (class folders with caption
+files, Hugging Face imagefolder datasets, COCO captions; see :mod:`tfmm.data.readers`), from
+local disk or any ``tf.io.gfile`` filesystem (``gs://``, ``s3://``, ``ram://``), and
+:func:`write_manifest` writes any of them back as a CSV.
 
 A folder written by ``tfmm prepare`` (sharded TFRecords, see :mod:`tfmm.data.tfrecords`) is
 read here too (:func:`read_prepared`): its ``manifest.json`` and ``rows.jsonl`` say everything
@@ -26,7 +30,7 @@ import tensorflow as tf
 from tfmm.config import DataConfig
 from tfmm.data.labels import ONE_HOT, as_encoding
 from tfmm.data.validation import (
-    ManifestError, RowProblem, duplicate_problems, image_problem, outside_root, read_table,
+    ManifestError, RowProblem, duplicate_problems, image_problem, is_remote, normalize_path, outside_root,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,15 +45,20 @@ class Manifest:
             (``label`` is absent for unlabeled data) and ``row`` (row number in the source).
         source: the file it came from (or ``"<DataFrame>"``).
         root: the folder image paths are relative to.
+        problems: records of the source that could not be read (malformed lines, images
+            without a caption file, ...), reported by :func:`validate_manifest`.
         records: for a dataset prepared by ``tfmm prepare``, its TFRecord files (they hold
             the image bytes; ``image`` is then the original path, for messages only).
+        written: ``{row: image path as the source wrote it}`` (before it was resolved), for
+            messages.
     """
 
     frame: pd.DataFrame
     source: str
     root: str
-    problems: list = dataclasses.field(default_factory=list)  # records that could not be read
+    problems: list = dataclasses.field(default_factory=list)
     records: Optional[list] = None
+    written: dict = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -62,62 +71,68 @@ class Manifest:
 def read_manifest(
     source, config: DataConfig = DataConfig(), *, root: Optional[str] = None, require_labels: bool = True
 ) -> Manifest:
-    """Reads a manifest file or DataFrame into a :class:`Manifest`.
+    """Reads any supported data source into a :class:`Manifest`.
 
     Args:
-        source: path of a ``.csv``/``.tsv``/``.jsonl`` file, or a ``pandas.DataFrame``.
-        config: names the image/text/label columns.
+        source: a ``.csv``/``.tsv``/``.jsonl``/``.parquet`` manifest, a folder of class folders,
+            an imagefolder dataset, a COCO captions ``.json``, a ``tfmm prepare`` folder (each
+            local or on a ``tf.io.gfile`` filesystem), or a ``pandas.DataFrame``; the reader
+            is chosen as :func:`tfmm.data.readers.detect_format` says.
+        config: names the image/text/label columns, the format and class-folder options.
         root: folder image paths are relative to (default: the manifest's folder, or the
             current folder for a DataFrame).
         require_labels: raise if the label column is missing.
 
-    Records that cannot be read (malformed CSV/JSONL lines, non-UTF-8 bytes) do not stop
-    reading: they are kept in ``Manifest.problems`` and reported by :func:`check_manifest`.
+    Records that cannot be read (malformed CSV/JSONL lines, non-UTF-8 bytes, images without
+    a caption file) do not stop reading: they are kept in ``Manifest.problems`` and
+    reported by :func:`check_manifest`.
 
     Raises:
-        FileNotFoundError: the manifest file does not exist.
-        ValueError: unsupported extension or a required column is missing (the message
-            lists the columns found).
+        FileNotFoundError: the source does not exist.
+        ValueError: unsupported extension, a format that does not fit the source, or a
+            required column is missing (the message lists the columns found).
 
     Example:
         >>> m = read_manifest("data/train.csv")
         >>> m.frame.columns.tolist()
         ['row', 'image', 'text', 'label']
+        >>> read_manifest("gs://bucket/pets", DataConfig(label_depth=1)).frame["label"].unique()
     """
-    if not isinstance(source, pd.DataFrame):
-        if is_prepared(str(source)):
-            return read_prepared(str(source), require_labels=require_labels)
+    # The readers build Manifests (this module), so they are imported when called.
+    from tfmm.data.readers import read_source
 
-    problems = []
-    if isinstance(source, pd.DataFrame):
-        df, name = source.copy(), "<DataFrame>"
-        base = os.path.abspath(root or os.getcwd())
-        # A DataFrame's paths are the caller's own: with no root given, relative paths resolve
-        # against the current folder and absolute paths anywhere are accepted.
-        root = base if root else os.path.abspath(os.sep)
+    return read_source(source, config, root=root, require_labels=require_labels)
+
+
+def write_manifest(manifest: Manifest, path: str) -> str:
+    """Writes ``manifest`` as a CSV (``row`` left out) that reads back to the same rows.
+
+    Image paths inside the CSV's folder are written relative to it; others (another folder,
+    another filesystem) are written as they resolve, absolute, and a warning says that
+    reading the file back needs ``--allow-outside-root``. ``path`` may be remote.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> write_manifest(read_manifest("pets"), "pets.csv")  # pets/cats/0001.jpg, ...
+    """
+    folder = posixpath.dirname(path) if is_remote(path) else os.path.dirname(os.path.abspath(path))
+    frame = manifest.frame.drop(columns=["row"]).copy()
+    relative = [not outside_root(p, folder) for p in frame["image"]]
+    if is_remote(folder):
+        cut = len(normalize_path(folder).rstrip("/")) + 1
+        cells = [normalize_path(p)[cut:] if inside else p for p, inside in zip(frame["image"], relative)]
     else:
-        name = str(source)
-        if not os.path.isfile(name):
-            raise FileNotFoundError(f"manifest not found: {name}")
-        df, problems = read_table(name)
-        root = os.path.abspath(root or os.path.dirname(os.path.abspath(name)))
-    wanted = {"image": config.image_col, "text": config.text_col}
-    if require_labels or config.label_col in df.columns:
-        wanted["label"] = config.label_col
-    missing = [col for col in wanted.values() if col not in df.columns]
-    if missing:
-        raise ValueError(
-            f"manifest {name}: missing column(s) {missing}; found {list(df.columns)}. "
-            "Name the columns with --image-col/--text-col/--label-col."
-        )
-    frame = pd.DataFrame({key: df[col] for key, col in wanted.items()})
-    frame = frame.fillna("").astype(str)
-    frame.insert(0, "row", df["_row"].to_numpy() if "_row" in df.columns else np.arange(len(frame)))
-    base = base if isinstance(source, pd.DataFrame) else root
-    frame["image"] = [
-        p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p)) for p in frame["image"]
-    ]
-    return Manifest(frame.reset_index(drop=True), name, root, problems)
+        cells = [os.path.relpath(p, folder) if inside else p for p, inside in zip(frame["image"], relative)]
+    frame["image"] = [c.replace(os.sep, "/") for c in cells]
+    if not all(relative):
+        logger.warning("%s: %d image path(s) are outside its folder %s and are written absolute; reading it "
+                       "back needs --allow-outside-root (or write the manifest in a folder above the images)",
+                       path, relative.count(False), folder)
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(frame.to_csv(index=False, lineterminator="\n"))
+    return path
 
 
 def build_label_vocab(manifest: Manifest, encoding=ONE_HOT) -> list:
@@ -161,9 +176,11 @@ def validate_manifest(
         if manifest.records is not None:
             pass
         elif not config.allow_outside_root and outside_root(rec.image, manifest.root):
+            cell = manifest.written.get(int(rec.row), rec.image)
+            where = f"image path {cell!r} resolves to {rec.image}" if cell != rec.image else "image path"
             reasons.append(
-                f"image path resolves outside the manifest folder {manifest.root} "
-                "('..', an absolute path or a symlink); pass --allow-outside-root to allow it"
+                f"{where} outside the manifest folder {manifest.root} "
+                "('..', an absolute path, another filesystem or a symlink); pass --allow-outside-root to allow it"
             )
         else:
             why = image_problem(rec.image, max_pixels=config.max_image_pixels)
@@ -225,7 +242,7 @@ def check_manifest(
     )
     if kept.empty:
         raise ManifestError(problems, hint="No usable row is left.")
-    return Manifest(kept, manifest.source, manifest.root, records=manifest.records)
+    return Manifest(kept, manifest.source, manifest.root, records=manifest.records, written=manifest.written)
 
 
 FORMAT = "tfmm.tfrecord"
