@@ -7,9 +7,9 @@ image sets and fine-tuning datasets beside the images::
     pets/dogs/0002.png   pets/dogs/0002.txt
 
 The label is the folder above each image (``label_depth`` levels, ``/``-joined:
-``animals/cats``); the text is the sidecar's lines joined by spaces (``text_from="sidecar"``),
-its first line (``"first_line"``), or the image's file name (``"filename"``: ``grey_cat.jpg``
--> ``grey cat``). Rows are the images in sorted path order; an image without its caption file,
+``animals/cats``); the text is the sidecar's non-empty lines joined by spaces
+(``text_from="sidecar"``), or the image's file name (``"filename"``: ``grey_cat.jpg`` ->
+``grey cat``). Rows are the images in sorted path order; an image without its caption file,
 or not deep enough for its label, is reported like any bad row.
 """
 
@@ -47,13 +47,11 @@ def list_images(folder: str) -> list:
     return sorted(found)
 
 
-def _caption(path: str, text_from: str) -> str:
+def _caption(path: str) -> str:
+    """A sidecar's non-empty lines, stripped and joined by spaces."""
     with tf.io.gfile.GFile(path, "rb") as f:
         lines = [line.strip() for line in f.read().decode("utf-8-sig").splitlines()]
-    lines = [line for line in lines if line]
-    if text_from == "first_line":
-        return lines[0] if lines else ""
-    return " ".join(lines)
+    return " ".join(line for line in lines if line)
 
 
 def read_class_folders(folder: str, config: DataConfig = DataConfig(), *, require_labels: bool = True) -> Manifest:
@@ -102,7 +100,7 @@ def read_class_folders(folder: str, config: DataConfig = DataConfig(), *, requir
                                                               "--text-from filename)"))
                 continue
             try:
-                text = _caption(sidecar, config.text_from)
+                text = _caption(sidecar)
             except UnicodeDecodeError as e:
                 problems.append(RowProblem(shown, row, entry, f"caption file {stem}.txt is not valid UTF-8 "
                                                               f"({e.reason} at byte {e.start})"))
