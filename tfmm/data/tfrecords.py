@@ -27,10 +27,8 @@ import tensorflow as tf
 from tfmm.config import DataConfig
 from tfmm.data.images import decode_image
 from tfmm.data.labels import ONE_HOT, as_encoding
-from tfmm.data.manifest import (
-    FORMAT, FORMAT_VERSION, MANIFEST_FILE, Manifest, ROWS_FILE, _FEATURES, _join,
-    check_manifest, read_manifest,
-)
+from tfmm.data.manifest import Manifest, check_manifest, read_manifest
+from tfmm.data.readers.prepared import FORMAT, FORMAT_VERSION, MANIFEST_FILE, ROWS_FILE, _FEATURES, _join
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,11 @@ parquet          a ``.parquet`` manifest (pandas + pyarrow)                  :mo
 class_folders    a folder of class folders, captions in ``<stem>.txt``       :mod:`.class_folders`
 imagefolder      a folder with ``metadata.jsonl``/``.csv`` (``file_name``)   :mod:`.imagefolder`
 coco             a COCO captions ``.json`` (one row per caption)             :mod:`.coco`
-tfrecords        a ``tfmm prepare`` folder, its ``manifest.json`` or shards  :mod:`tfmm.data.manifest`
+tfrecords        a ``tfmm prepare`` folder, its ``manifest.json`` or shards  :mod:`.prepared`
 ===============  ==========================================================  =====================
 
-Every source may live on any ``tf.io.gfile`` filesystem (``gs://``, ``s3://`` where the
+Each reader returns a :class:`~tfmm.data.readers.base.Manifest` (re-exported as
+``tfmm.data.manifest.Manifest``). Every source may live on any ``tf.io.gfile`` filesystem (``gs://``, ``s3://`` where the
 TensorFlow build has it, ``ram://``); image paths must stay inside the source's folder
 unless ``allow_outside_root``.
 """
@@ -28,7 +29,8 @@ from typing import Optional
 import tensorflow as tf
 
 from tfmm.config import DATA_FORMATS, DataConfig
-from tfmm.data.manifest import Manifest, is_prepared, read_prepared
+from tfmm.data.readers.base import Manifest
+from tfmm.data.readers.prepared import is_prepared, read_prepared
 from tfmm.data.readers.class_folders import read_class_folders
 from tfmm.data.readers.coco import is_coco, read_coco
 from tfmm.data.readers.imagefolder import METADATA_FILES, metadata_file, read_imagefolder

@@ -19,7 +19,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmm.config import DataConfig
-from tfmm.data.manifest import Manifest
+from tfmm.data.readers.base import Manifest
 from tfmm.data.readers.tables import as_folder, manifest_from_frame, source_folder
 from tfmm.data.validation import RowProblem
 

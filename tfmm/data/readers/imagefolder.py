@@ -18,7 +18,7 @@ import posixpath
 import tensorflow as tf
 
 from tfmm.config import DataConfig
-from tfmm.data.manifest import Manifest
+from tfmm.data.readers.base import Manifest
 from tfmm.data.readers.tables import as_folder, manifest_from_frame, read_parquet, source_folder
 from tfmm.data.validation import is_remote, read_table
 

@@ -17,7 +17,7 @@ import pandas as pd
 import tensorflow as tf
 
 from tfmm.config import DataConfig
-from tfmm.data.manifest import Manifest
+from tfmm.data.readers.base import Manifest
 from tfmm.data.validation import is_remote, read_table, resolve_path
 
 COLUMNS_HINT = "Name the columns with --image-col/--text-col/--label-col."
