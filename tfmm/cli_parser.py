@@ -146,21 +146,18 @@ _CHECK_FLAGS = ("--max-image-pixels", "--allow-outside-root")
 
 def _add_config_flags(p, flags) -> None:
     """Adds the ``_CONFIG_FLAGS`` entries named in ``flags`` to the subparser ``p``."""
-    for flag in flags:
-        _, section, field, kwargs = next(f for f in _CONFIG_FLAGS if f[0] == flag)
+    for flag, section, field, kwargs in (f for f in _CONFIG_FLAGS if f[0] in flags):
         p.add_argument(flag, **_with_default(section, field, kwargs))
 
 
 def read_flags(args) -> dict:
     """``{DataConfig field: value}`` of the reading and checking flags given on the command line."""
-    fields = {f[0]: f[2] for f in _CONFIG_FLAGS}
-    names = [fields[flag] for flag in _READ_FLAGS + _CHECK_FLAGS + ("--skip-bad-rows",)]
+    names = [f[2] for f in _CONFIG_FLAGS if f[0] in _READ_FLAGS + _CHECK_FLAGS + ("--skip-bad-rows",)]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-_SOURCES_HELP = ("a manifest (.csv, .tsv, .jsonl, .parquet), a folder of class folders (captions in "
-                 "<stem>.txt), an imagefolder dataset (metadata.jsonl), a COCO captions .json or a "
-                 "`tfmm prepare` folder; local or gs://, s3://")
+_SOURCES_HELP = ("a manifest (.csv, .tsv, .jsonl, .parquet), class folders (captions in <stem>.txt), an imagefolder "
+                 "(metadata.jsonl), COCO captions (.json) or a `tfmm prepare` folder; local or gs://, s3://")
 
 _TRAIN_EXAMPLES = """\
 examples:
@@ -194,16 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_train_parser(sub)
-    _add_evaluate_parser(sub)
-    _add_predict_parser(sub)
-    _add_validate_parser(sub)
-    _add_hub_export_parser(sub)
-    _add_export_parser(sub)
-    _add_check_export_parser(sub)
-    _add_demo_parser(sub)
-    _add_prepare_parser(sub)
-    _add_manifest_parser(sub)
+    for add in (_add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_validate_parser,
+                _add_hub_export_parser, _add_export_parser, _add_check_export_parser, _add_demo_parser,
+                _add_prepare_parser, _add_manifest_parser):
+        add(sub)
     return parser
 
 
@@ -219,8 +210,7 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="discard a previous run in --output-dir and train from scratch (without it, an "
                         "interrupted run resumes and a finished one is refused)")
-    for flag, section, field, kwargs in _CONFIG_FLAGS:
-        p.add_argument(flag, **_with_default(section, field, kwargs))
+    _add_config_flags(p, [f[0] for f in _CONFIG_FLAGS])
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -257,8 +247,7 @@ def _add_predict_parser(sub) -> None:
                    help="a run directory from `tfmm train`, or a SavedModel from `tfmm export` (a version "
                         "folder, or an export root: its highest version)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", metavar="SOURCE", help="data to predict (labels optional): any source "
-                                                      "`tfmm manifest` reads")
+    src.add_argument("--data", metavar="SOURCE", help="data to predict (labels optional), any shape")
     src.add_argument("--image", metavar="PATH", help="one image file (with --text)")
     src.add_argument("--request", metavar="JSON", help="a TF Serving REST predict body (SavedModel only); "
                                                        "prints the response body TF Serving would return")
@@ -284,7 +273,12 @@ def _add_validate_parser(sub) -> None:
     p.add_argument("--data", required=True, metavar="SOURCE", help=f"data to check: {_SOURCES_HELP}")
     p.add_argument("--model", metavar="RUN", help="a trained run: also check labels are known to it "
                                                   "and count texts longer than its sequence length")
-    p.add_argument("--no-labels", action="store_true", help="the manifest has no label column (prediction input)")
+    _add_check_args(p)
+
+
+def _add_check_args(p) -> None:
+    """The arguments ``tfmm validate`` and ``tfmm manifest`` share: how a source is read and checked."""
+    p.add_argument("--no-labels", action="store_true", help="the data has no labels (prediction input)")
     p.add_argument("--task", choices=list(TASKS),
                    help="how labels are read (default: the run's task, else classification)")
     _add_config_flags(p, _READ_FLAGS + _CHECK_FLAGS)
@@ -377,32 +371,20 @@ def _add_prepare_parser(sub) -> None:
     p.add_argument("--output-dir", required=True, metavar="DIR", help="folder to write (local or gs://)")
     p.add_argument("--shards", type=int, default=None, metavar="N",
                    help="number of TFRecord files (default: one per ~128 MiB of images)")
-    _add_config_flags(p, _READ_FLAGS + _CHECK_FLAGS)
-    p.add_argument("--skip-bad-rows", **next(kw for f, _, _, kw in _CONFIG_FLAGS if f == "--skip-bad-rows"))
+    _add_config_flags(p, _READ_FLAGS + _CHECK_FLAGS + ("--skip-bad-rows",))
 
 
 def _add_manifest_parser(sub) -> None:
-    p = sub.add_parser("manifest", help="read any data source and write it as a CSV manifest",
-                       formatter_class=_formatter,
-                       description="Read SOURCE as training would (class folders with caption files, an "
-                                   "imagefolder dataset, COCO captions, Parquet, CSV/TSV/JSONL, local or "
-                                   "remote), check every row as `tfmm validate` does, and write the rows "
-                                   "read as a CSV manifest (image, text, label) to inspect and version. "
-                                   "Image paths inside the CSV's folder are written relative to it. Exits "
-                                   "1 when rows are bad (they are written too, unless --skip-bad-rows).",
+    p = sub.add_parser("manifest", help="read any data source and write it as a CSV manifest", formatter_class=_formatter,
+                       description="Read SOURCE as training would, check every row as `tfmm validate` does, and "
+                                   "write the rows read as a CSV (image, text, label; paths relative to its folder) "
+                                   "to inspect and version. Exits 1 when rows are bad (written unless --skip-bad-rows).",
                        epilog="examples:\n  tfmm manifest data/pets --output data/pets.csv\n"
-                              "  tfmm manifest data/photos --label-depth 2 --text-from filename --output photos.csv\n"
-                              "  tfmm manifest gs://bucket/coco/captions_val.json --task contrastive "
-                              "--output gs://bucket/coco/val.csv")
+                              "  tfmm manifest gs://bucket/coco/captions.json --task contrastive --output val.csv")
     p.add_argument("source", metavar="SOURCE", help=_SOURCES_HELP)
     p.add_argument("--output", required=True, metavar="FILE.csv", help="CSV manifest to write (local or remote)")
-    p.add_argument("--task", choices=list(TASKS),
-                   help="how labels are read and whether they are needed (default: classification)")
-    p.add_argument("--no-labels", action="store_true", help="the source has no labels (prediction input)")
-    _add_config_flags(p, _READ_FLAGS + _CHECK_FLAGS)
-    p.add_argument("--skip-bad-rows", action="store_true", default=None,
-                   help="leave the bad rows out of the written manifest (exit 0)")
-    p.add_argument("--report", metavar="FILE", help="also write every problem to this CSV file")
+    _add_check_args(p)
+    p.add_argument("--skip-bad-rows", action="store_true", help="leave the bad rows out of the written manifest")
 
 
 def config_from_args(args):
