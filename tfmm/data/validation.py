@@ -73,6 +73,29 @@ def _decode_lines(raw: bytes, source: str):
     return raw.decode("utf-8-sig", errors="replace"), bad
 
 
+def _jsonl_records(text: str, bad_lines: dict, path: str):
+    """:func:`read_table` for JSON lines: ``(frame, problems)``."""
+    records, problems = [], []
+    row = -1
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        row += 1
+        if number in bad_lines:
+            problems.append(RowProblem(path, row, "", bad_lines[number]))
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(RowProblem(path, row, "", f"line {number}: malformed JSON ({e.msg})"))
+            continue
+        if not isinstance(record, dict):
+            problems.append(RowProblem(path, row, "", f"line {number}: expected a JSON object; received {type(record).__name__}"))
+            continue
+        records.append({**{k: "" if v is None else str(v) for k, v in record.items()}, "_row": row})
+    return pd.DataFrame(records), problems
+
+
 def read_table(path: str, fmt: Optional[str] = None):
     """Reads a CSV/TSV/JSONL manifest leniently, line by line (any ``tf.io.gfile`` path).
 
@@ -96,26 +119,9 @@ def read_table(path: str, fmt: Optional[str] = None):
                          ".parquet, or name the format with --data-format")
     with tf.io.gfile.GFile(path, "rb") as f:
         text, bad_lines = _decode_lines(f.read(), path)
-    records, problems = [], []
     if fmt == "jsonl":
-        row = -1
-        for number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            row += 1
-            if number in bad_lines:
-                problems.append(RowProblem(path, row, "", bad_lines[number]))
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(RowProblem(path, row, "", f"line {number}: malformed JSON ({e.msg})"))
-                continue
-            if not isinstance(record, dict):
-                problems.append(RowProblem(path, row, "", f"line {number}: expected a JSON object; received {type(record).__name__}"))
-                continue
-            records.append({**{k: "" if v is None else str(v) for k, v in record.items()}, "_row": row})
-        return pd.DataFrame(records), problems
+        return _jsonl_records(text, bad_lines, path)
+    records, problems = [], []
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
     header = next(reader, None)
     if not header:
