@@ -139,12 +139,34 @@ _CONFIG_FLAGS += [
              "every epoch's end, see docs_perf.md)")),
 ]
 
+# The flags that say how a source is read, for the commands that read data without training.
+_READ_FLAGS = ("--data-format", "--label-depth", "--text-from", "--image-col", "--text-col", "--label-col")
+_CHECK_FLAGS = ("--max-image-pixels", "--allow-outside-root")
+
+
+def _add_config_flags(p, flags) -> None:
+    """Adds the ``_CONFIG_FLAGS`` entries named in ``flags`` to the subparser ``p``."""
+    for flag, section, field, kwargs in (f for f in _CONFIG_FLAGS if f[0] in flags):
+        p.add_argument(flag, **_with_default(section, field, kwargs))
+
+
+def read_flags(args) -> dict:
+    """``{DataConfig field: value}`` of the reading and checking flags given on the command line."""
+    names = [f[2] for f in _CONFIG_FLAGS if f[0] in _READ_FLAGS + _CHECK_FLAGS + ("--skip-bad-rows",)]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+_SOURCES_HELP = ("a manifest (.csv, .tsv, .jsonl, .parquet), class folders (captions in <stem>.txt), an imagefolder "
+                 "(metadata.jsonl), COCO captions (.json) or a `tfmm prepare` folder; local or gs://, s3://")
+
 _TRAIN_EXAMPLES = """\
 examples:
   tfmm train --data data/train.csv --val-data data/val.csv --output-dir runs/products
   tfmm train --data train.jsonl --output-dir runs/r1 --image-encoder resnet50 \\
       --image-weights ~/weights/resnet50_notop.h5 --freeze-image --epochs 5
   tfmm train --config cfg.yaml --data train.csv --output-dir runs/r2 --modalities image
+  tfmm train --data photos/ --val-data photos_val/ --output-dir runs/pets   # class folders + <stem>.txt
+  tfmm train --data gs://bucket/coco/captions_train.json --task contrastive --output-dir runs/clip
   tfmm train --data train.csv --output-dir runs/r3 --strategy mirrored --devices GPU:0,GPU:1
   TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}' \\
       tfmm train --data train.csv --output-dir runs/r4 --strategy multi_worker
@@ -169,15 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_train_parser(sub)
-    _add_evaluate_parser(sub)
-    _add_predict_parser(sub)
-    _add_validate_parser(sub)
-    _add_hub_export_parser(sub)
-    _add_export_parser(sub)
-    _add_check_export_parser(sub)
-    _add_demo_parser(sub)
-    _add_prepare_parser(sub)
+    for add in (_add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_validate_parser,
+                _add_hub_export_parser, _add_export_parser, _add_check_export_parser, _add_demo_parser,
+                _add_prepare_parser, _add_manifest_parser):
+        add(sub)
     return parser
 
 
@@ -186,16 +203,14 @@ def _add_train_parser(sub) -> None:
                        description="Train an image+text model with model.fit and write a run directory "
                                    "(config.yaml, labels.txt, model.keras, checkpoints/, logs/).",
                        epilog=_TRAIN_EXAMPLES)
-    p.add_argument("--data", required=True, metavar="MANIFEST",
-                   help="training manifest: .csv, .tsv or .jsonl with image, text, label columns")
-    p.add_argument("--val-data", metavar="MANIFEST", help="validation manifest (same format)")
+    p.add_argument("--data", required=True, metavar="SOURCE", help=f"training data: {_SOURCES_HELP}")
+    p.add_argument("--val-data", metavar="SOURCE", help="validation data (any of the same shapes)")
     p.add_argument("--output-dir", required=True, metavar="RUN", help="run directory to write")
     p.add_argument("--config", metavar="FILE", help="YAML/JSON config; flags given here override it")
     p.add_argument("--overwrite", action="store_true",
                    help="discard a previous run in --output-dir and train from scratch (without it, an "
                         "interrupted run resumes and a finished one is refused)")
-    for flag, section, field, kwargs in _CONFIG_FLAGS:
-        p.add_argument(flag, **_with_default(section, field, kwargs))
+    _add_config_flags(p, [f[0] for f in _CONFIG_FLAGS])
 
 
 def _add_evaluate_parser(sub) -> None:
@@ -210,8 +225,9 @@ def _add_evaluate_parser(sub) -> None:
                               "  tfmm evaluate --model runs/products --data data/test.csv "
                               "--report-dir reports/products --ablate")
     p.add_argument("--model", required=True, metavar="RUN", help="a run directory from `tfmm train`")
-    p.add_argument("--data", required=True, metavar="MANIFEST", help="labeled manifest to score")
+    p.add_argument("--data", required=True, metavar="SOURCE", help=f"labeled data to score: {_SOURCES_HELP}")
     p.add_argument("--report-dir", metavar="DIR", help="where the report files go (default: the run dir)")
+    _add_config_flags(p, _READ_FLAGS + ("--allow-outside-root",))
     p.add_argument("--ablate", action="store_true",
                    help="also score with the image blanked (black) and with the text blanked (empty "
                         "caption) and report each metric's drop (ablation.json)")
@@ -231,7 +247,7 @@ def _add_predict_parser(sub) -> None:
                    help="a run directory from `tfmm train`, or a SavedModel from `tfmm export` (a version "
                         "folder, or an export root: its highest version)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", metavar="MANIFEST", help="manifest to predict (labels optional)")
+    src.add_argument("--data", metavar="SOURCE", help="data to predict (labels optional), any shape")
     src.add_argument("--image", metavar="PATH", help="one image file (with --text)")
     src.add_argument("--request", metavar="JSON", help="a TF Serving REST predict body (SavedModel only); "
                                                        "prints the response body TF Serving would return")
@@ -243,6 +259,7 @@ def _add_predict_parser(sub) -> None:
                         "(no classifier head; --text not needed)")
     p.add_argument("--prompt", metavar="TEMPLATE",
                    help="zero-shot prompt, {} is replaced by each label (default: 'a photo of a {}')")
+    _add_config_flags(p, _READ_FLAGS + ("--allow-outside-root",))
 
 
 def _add_validate_parser(sub) -> None:
@@ -253,15 +270,18 @@ def _add_validate_parser(sub) -> None:
                                    "are usable, 1 otherwise, so it can gate a data pipeline.",
                        epilog="examples:\n  tfmm validate --data data/train.csv\n"
                               "  tfmm validate --data data/test.csv --model runs/products   # labels known?")
-    p.add_argument("--data", required=True, metavar="MANIFEST", help="manifest to check")
+    p.add_argument("--data", required=True, metavar="SOURCE", help=f"data to check: {_SOURCES_HELP}")
     p.add_argument("--model", metavar="RUN", help="a trained run: also check labels are known to it "
                                                   "and count texts longer than its sequence length")
-    p.add_argument("--no-labels", action="store_true", help="the manifest has no label column (prediction input)")
+    _add_check_args(p)
+
+
+def _add_check_args(p) -> None:
+    """The arguments ``tfmm validate`` and ``tfmm manifest`` share: how a source is read and checked."""
+    p.add_argument("--no-labels", action="store_true", help="the data has no labels (prediction input)")
     p.add_argument("--task", choices=list(TASKS),
                    help="how labels are read (default: the run's task, else classification)")
-    for flag in ("--image-col", "--text-col", "--label-col", "--max-image-pixels", "--allow-outside-root"):
-        _, section, field, kwargs = next(f for f in _CONFIG_FLAGS if f[0] == flag)
-        p.add_argument(flag, **_with_default(section, field, kwargs))
+    _add_config_flags(p, _READ_FLAGS + _CHECK_FLAGS)
     p.add_argument("--report", metavar="FILE", help="also write every problem to this CSV file")
 
 
@@ -347,12 +367,24 @@ def _add_prepare_parser(sub) -> None:
                                    "wherever a manifest is expected (--data, --val-data).",
                        epilog="example:\n  tfmm prepare --data data/train.csv --output-dir data/train_tfr --shards 8\n"
                               "  tfmm train --data data/train_tfr --val-data data/val.csv --output-dir runs/r")
-    p.add_argument("--data", required=True, metavar="MANIFEST", help="manifest to convert (labels optional)")
+    p.add_argument("--data", required=True, metavar="SOURCE", help=f"data to convert (labels optional): {_SOURCES_HELP}")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="folder to write (local or gs://)")
     p.add_argument("--shards", type=int, default=None, metavar="N",
                    help="number of TFRecord files (default: one per ~128 MiB of images)")
-    for flag in ("--image-col", "--text-col", "--label-col", "--skip-bad-rows"):
-        p.add_argument(flag, **next(kw for f, _, _, kw in _CONFIG_FLAGS if f == flag))
+    _add_config_flags(p, _READ_FLAGS + _CHECK_FLAGS + ("--skip-bad-rows",))
+
+
+def _add_manifest_parser(sub) -> None:
+    p = sub.add_parser("manifest", help="read any data source and write it as a CSV manifest", formatter_class=_formatter,
+                       description="Read SOURCE as training would, check every row as `tfmm validate` does, and "
+                                   "write the rows read as a CSV (image, text, label; paths relative to its folder) "
+                                   "to inspect and version. Exits 1 when rows are bad (written unless --skip-bad-rows).",
+                       epilog="examples:\n  tfmm manifest data/pets --output data/pets.csv\n"
+                              "  tfmm manifest gs://bucket/coco/captions.json --task contrastive --output val.csv")
+    p.add_argument("source", metavar="SOURCE", help=_SOURCES_HELP)
+    p.add_argument("--output", required=True, metavar="FILE.csv", help="CSV manifest to write (local or remote)")
+    _add_check_args(p)
+    p.add_argument("--skip-bad-rows", action="store_true", help="leave the bad rows out of the written manifest")
 
 
 def config_from_args(args):

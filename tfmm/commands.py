@@ -10,15 +10,29 @@ import json
 import os
 import sys
 
-from tfmm.cli_parser import config_from_args
+from tfmm.cli_parser import config_from_args, read_flags
+
+
+def _with_read_flags(args):
+    """The ``--model`` run, with the reading flags given here in its data config (its path
+    when none is given: the run is loaded once, by the library call)."""
+    overrides = read_flags(args)
+    if not overrides:
+        return args.model
+    import dataclasses
+
+    from tfmm.run_dir import load_run
+
+    run = load_run(args.model)
+    return dataclasses.replace(run, config=run.config.replace(data=overrides))
 
 
 def cmd_prepare(args) -> int:
     from tfmm.config import DataConfig
     from tfmm.data.tfrecords import prepare_dataset
 
-    names = {k: getattr(args, k) for k in ("image_col", "text_col", "label_col") if getattr(args, k)}
-    path = prepare_dataset(args.data, args.output_dir, shards=args.shards, config=DataConfig(**names),
+    config = DataConfig(**{k: v for k, v in read_flags(args).items() if k != "skip_bad_rows"})
+    path = prepare_dataset(args.data, args.output_dir, shards=args.shards, config=config,
                            skip_bad_rows=bool(args.skip_bad_rows))
     print(f"wrote {path}")
     return 0
@@ -54,7 +68,7 @@ def cmd_evaluate(args) -> int:
     from tfmm.evaluation.evaluate import evaluate
     from tfmm.tasks import get_task
 
-    metrics = evaluate(args.model, args.data, report_dir=args.report_dir, ablate=args.ablate)
+    metrics = evaluate(_with_read_flags(args), args.data, report_dir=args.report_dir, ablate=args.ablate)
     print(get_task(metrics["task"]).summary(metrics))
     if "per_class" in metrics:
         print()
@@ -100,7 +114,13 @@ def _predict_saved_model(args) -> int:
             raise ValueError("--image needs --text (the caption that goes with it)")
         records = protocol.predict_saved_model(args.model, _single_example(args), k=args.top_k)
     else:
-        records = protocol.predict_saved_model(args.model, args.data, k=args.top_k)
+        data = args.data
+        if read_flags(args):
+            from tfmm.config import DataConfig
+            from tfmm.data.manifest import read_manifest
+
+            data = read_manifest(args.data, DataConfig(**read_flags(args)), require_labels=False)
+        records = protocol.predict_saved_model(args.model, data, k=args.top_k)
     _write_or_print("".join(json.dumps(r) + "\n" for r in records), args.output, f"{len(records)} prediction(s)")
     return 0
 
@@ -133,7 +153,7 @@ def cmd_predict(args) -> int:
             raise ValueError("--image needs --text (the caption that goes with it)")
         records = predict(args.model, _single_example(args), k=args.top_k, **extra)
     else:
-        records = predict(args.model, args.data, k=args.top_k, **extra)
+        records = predict(_with_read_flags(args), args.data, k=args.top_k, **extra)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
@@ -190,7 +210,10 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_validate(args) -> int:
+def _read_and_validate(args, source):
+    """``(manifest, problems, config)``: ``source`` read and checked as ``args`` say (``--model``,
+    ``--task``, ``--no-labels`` and the reading flags), with every problem printed and, with
+    ``--report``, written to a CSV file."""
     import csv
 
     from tfmm.config import RunConfig
@@ -198,17 +221,18 @@ def cmd_validate(args) -> int:
     from tfmm.tasks import get_task
 
     labels, preprocessor, config = None, None, RunConfig()
-    if args.model:
+    if getattr(args, "model", None):
         from tfmm.run_dir import load_run
 
         run = load_run(args.model)
         config, preprocessor = run.config, run.preprocessor
         labels = None if args.no_labels else run.labels
-    overrides = {f: getattr(args, f) for f in ("image_col", "text_col", "label_col", "max_image_pixels",
-                                                "allow_outside_root") if getattr(args, f) is not None}
-    config = config.replace(data=overrides)
-    task = get_task(args.task or config.model.task)
-    manifest = read_manifest(args.data, config.data, require_labels=not args.no_labels)
+    config = config.replace(data={k: v for k, v in read_flags(args).items() if k != "skip_bad_rows"})
+    if args.task:
+        config = config.replace(model={"task": args.task})
+    task = get_task(config.model.task)
+    require_labels = not args.no_labels and task.labels_required(config)
+    manifest = read_manifest(source, config.data, require_labels=require_labels)
     problems = validate_manifest(manifest, encoding=task.encoding, labels=labels, config=config.data)
     for p in problems:
         print(p)
@@ -217,8 +241,6 @@ def cmd_validate(args) -> int:
             writer = csv.writer(f)
             writer.writerow(["source", "row", "image", "reason"])
             writer.writerows([p.source, p.row, p.image, p.reason] for p in problems)
-    total = len(manifest) + len({p.row for p in manifest.problems})
-    bad = len({p.row for p in problems})
     if preprocessor is not None:
         from tfmm.data.validation import count_truncated
 
@@ -226,8 +248,33 @@ def cmd_validate(args) -> int:
         if truncated:
             print(f"note: {truncated} text(s) are longer than {config.data.sequence_length} tokens "
                   "and will be truncated")
-    print(f"{args.data}: {total - bad} of {total} row(s) usable, {bad} bad ({len(problems)} problem(s))")
-    return 1 if bad else 0
+    return manifest, problems, config
+
+
+def _usable_line(source, manifest, problems) -> str:
+    total = len(manifest) + len({p.row for p in manifest.problems})
+    bad = len({p.row for p in problems})
+    return f"{source}: {total - bad} of {total} row(s) usable, {bad} bad ({len(problems)} problem(s))"
+
+
+def cmd_validate(args) -> int:
+    manifest, problems, _ = _read_and_validate(args, args.data)
+    print(_usable_line(args.data, manifest, problems))
+    return 1 if problems else 0
+
+
+def cmd_manifest(args) -> int:
+    from tfmm.data.manifest import Manifest, write_manifest
+
+    manifest, problems, _ = _read_and_validate(args, args.source)
+    print(_usable_line(args.source, manifest, problems))
+    if args.skip_bad_rows:
+        bad = {p.row for p in problems}
+        frame = manifest.frame[~manifest.frame["row"].isin(bad)].reset_index(drop=True)
+        manifest = Manifest(frame, manifest.source, manifest.root)
+    write_manifest(manifest, args.output)
+    print(f"wrote {len(manifest)} row(s) to {args.output}")
+    return 1 if problems and not args.skip_bad_rows else 0
 
 
 def cmd_hub_export(args) -> int:
@@ -242,4 +289,5 @@ def cmd_hub_export(args) -> int:
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "export": cmd_export,
     "check-export": cmd_check_export, "validate": cmd_validate, "hub-export": cmd_hub_export, "prepare": cmd_prepare,
+    "manifest": cmd_manifest,
 }

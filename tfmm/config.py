@@ -63,11 +63,14 @@ class DataConfig:
             current wait ends (its period doubles up to a minute); without it, ``AUTOTUNE``
             parallelism is the number of cores and prefetch buffers still grow on demand.
         data_format: how ``--data`` is read (one of ``DATA_FORMATS``); ``auto`` decides from
-            what the path points at (see :mod:`tfmm.data.readers`).
-        label_depth: class folders: the label is made of this many folder levels above
-            each image.
-        text_from: class folders: the caption comes from the image's sidecar ``<stem>.txt``
-            (``sidecar``) or from its file name (``filename``).
+            what the path points at (see :mod:`tfmm.data.readers`); a named format settles
+            the ambiguous cases (a ``.json`` file, a ``.txt`` table, a folder with both class
+            folders and a metadata file). It applies to every source the config reads.
+        label_depth: class folders (and an imagefolder without a label column): the label is
+            made of this many folder levels above each image, ``/``-joined (``animals/cats``).
+        text_from: class folders: the caption is the image's sidecar ``<stem>.txt``, its
+            non-empty lines joined by spaces (``sidecar``), or the image's file name with
+            ``_``/``-`` as spaces (``filename``).
     """
 
     image_col: str = "image"

@@ -27,10 +27,8 @@ import tensorflow as tf
 from tfmm.config import DataConfig
 from tfmm.data.images import decode_image
 from tfmm.data.labels import ONE_HOT, as_encoding
-from tfmm.data.manifest import (
-    FORMAT, FORMAT_VERSION, MANIFEST_FILE, Manifest, ROWS_FILE, _FEATURES, _join,
-    check_manifest, read_manifest,
-)
+from tfmm.data.manifest import Manifest, check_manifest, read_manifest
+from tfmm.data.readers.prepared import FORMAT, FORMAT_VERSION, MANIFEST_FILE, ROWS_FILE, _FEATURES, _join
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +66,11 @@ def prepare_dataset(
     """Converts a manifest to sharded TFRecords in ``output_dir``.
 
     Args:
-        source: a manifest path, DataFrame or :class:`~tfmm.data.manifest.Manifest` (labels optional).
+        source: any source :func:`~tfmm.data.manifest.read_manifest` reads (local or remote), a
+            DataFrame or a :class:`~tfmm.data.manifest.Manifest` (labels optional).
         output_dir: the folder to write (local, or any ``tf.io.gfile`` path such as ``gs://``).
         shards: number of TFRecord files (default: one per ~128 MiB of images, at least 1).
-        config: names the manifest's columns.
+        config: how the source is read (format, columns) and checked (limits, outside-root rule).
         skip_bad_rows: leave out invalid rows (logged) instead of raising.
         verbose: 1 shows a progress bar.
 
@@ -91,7 +90,7 @@ def prepare_dataset(
     manifest = source if isinstance(source, Manifest) else read_manifest(
         source, config, require_labels=False
     )
-    manifest = check_manifest(manifest, skip_bad_rows=skip_bad_rows)
+    manifest = check_manifest(manifest, skip_bad_rows=skip_bad_rows, config=config)
     frame = manifest.frame
     if shards is None:
         total = sum(tf.io.gfile.stat(p).length for p in frame["image"])

@@ -13,14 +13,17 @@ import io
 import json
 import logging
 import os
+import posixpath
 from typing import Optional, Sequence
 
 import pandas as pd
+import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
-_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
+# read_table's formats: the extension each is read by (``fmt`` overrides the extension).
+TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 CONVERT_HINT = "convert it to PNG or JPEG, e.g. `convert in.webp out.png` or PIL's Image.save"
 
 
@@ -70,8 +73,36 @@ def _decode_lines(raw: bytes, source: str):
     return raw.decode("utf-8-sig", errors="replace"), bad
 
 
-def read_table(path: str):
-    """Reads a CSV/TSV/JSONL manifest leniently, line by line.
+def _jsonl_records(text: str, bad_lines: dict, path: str):
+    """:func:`read_table` for JSON lines: ``(frame, problems)``."""
+    records, problems = [], []
+    row = -1
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        row += 1
+        if number in bad_lines:
+            problems.append(RowProblem(path, row, "", bad_lines[number]))
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(RowProblem(path, row, "", f"line {number}: malformed JSON ({e.msg})"))
+            continue
+        if not isinstance(record, dict):
+            problems.append(RowProblem(path, row, "", f"line {number}: expected a JSON object; received {type(record).__name__}"))
+            continue
+        records.append({**{k: "" if v is None else str(v) for k, v in record.items()}, "_row": row})
+    return pd.DataFrame(records), problems
+
+
+def read_table(path: str, fmt: Optional[str] = None):
+    """Reads a CSV/TSV/JSONL manifest leniently, line by line (any ``tf.io.gfile`` path).
+
+    Args:
+        path: the file (local, ``gs://``, ``ram://``, ...).
+        fmt: ``csv``, ``tsv`` or ``jsonl``; default: from the extension (``.txt`` is TSV,
+            ``.json`` JSON lines).
 
     Returns:
         ``(frame, problems)``: a DataFrame of strings (one row per readable record, with
@@ -82,31 +113,16 @@ def read_table(path: str):
         ValueError: unsupported extension, or no header.
     """
     ext = os.path.splitext(path)[1].lower()
-    if ext not in _SEPARATORS and ext not in (".jsonl", ".json"):
-        raise ValueError(f"manifest {path!r}: unsupported extension {ext!r}; use .csv, .tsv or .jsonl")
-    with open(path, "rb") as f:
+    fmt = fmt or TABLE_FORMATS.get(ext)
+    if fmt not in ("csv", "tsv", "jsonl"):
+        raise ValueError(f"manifest {path!r}: unsupported extension {ext!r}; use .csv, .tsv, .jsonl or "
+                         ".parquet, or name the format with --data-format")
+    with tf.io.gfile.GFile(path, "rb") as f:
         text, bad_lines = _decode_lines(f.read(), path)
+    if fmt == "jsonl":
+        return _jsonl_records(text, bad_lines, path)
     records, problems = [], []
-    if ext in (".jsonl", ".json"):
-        row = -1
-        for number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            row += 1
-            if number in bad_lines:
-                problems.append(RowProblem(path, row, "", bad_lines[number]))
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(RowProblem(path, row, "", f"line {number}: malformed JSON ({e.msg})"))
-                continue
-            if not isinstance(record, dict):
-                problems.append(RowProblem(path, row, "", f"line {number}: expected a JSON object; received {type(record).__name__}"))
-                continue
-            records.append({**{k: "" if v is None else str(v) for k, v in record.items()}, "_row": row})
-        return pd.DataFrame(records), problems
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_SEPARATORS[ext])
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="," if fmt == "csv" else "\t")
     header = next(reader, None)
     if not header:
         raise ValueError(f"manifest {path!r} is empty: expected a header line with column names")
@@ -132,30 +148,88 @@ def read_table(path: str):
     return pd.DataFrame(records, columns=list(header) + ["_row"]), problems
 
 
+def is_remote(path: str) -> bool:
+    """Whether ``path`` names a ``tf.io.gfile`` filesystem other than the local one (``gs://``, ...)."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def _split_remote(path: str) -> tuple:
+    scheme, rest = path.split("://", 1)
+    return scheme + "://", rest
+
+
+def normalize_path(path: str) -> str:
+    """``path`` with ``.`` and ``..`` resolved: remote paths keep their ``scheme://``, local
+    paths become absolute."""
+    if is_remote(path):
+        scheme, rest = _split_remote(path)
+        lead = "/" if rest.startswith("/") else ""
+        rest = posixpath.normpath(rest) if rest else ""
+        return scheme + (rest if rest not in (".", "/") else lead)
+    return os.path.normpath(os.path.abspath(path))
+
+
+def resolve_path(cell: str, base: str) -> str:
+    """Where a manifest cell points: absolute (local or ``scheme://``) paths as they are,
+    relative ones joined to ``base`` (a local or remote folder), ``..`` resolved."""
+    if is_remote(cell) or os.path.isabs(cell):
+        return normalize_path(cell)
+    if is_remote(base):
+        return normalize_path(posixpath.join(base, cell))
+    return os.path.normpath(os.path.join(base, cell))
+
+
 def outside_root(path: str, root: str) -> bool:
-    """True when ``path`` (after resolving ``..`` and symlinks) is not inside ``root``."""
+    """True when ``path`` (after resolving ``..`` and, for local files, symlinks) is not inside
+    ``root``; a remote root (``gs://bucket/data``) only holds paths under that same prefix."""
+    if is_remote(path) or is_remote(root):
+        if not (is_remote(path) and is_remote(root)):
+            return True
+        path, root = normalize_path(path), normalize_path(root).rstrip("/")
+        return not (path == root or path.startswith(root + "/"))
     real, real_root = os.path.realpath(path), os.path.realpath(root)
     return os.path.commonpath([real, real_root]) != real_root
+
+
+def _file_problem(path: str) -> Optional[str]:
+    """Why ``path`` is not a readable, non-empty file (any ``tf.io.gfile`` filesystem), or None."""
+    try:
+        if not tf.io.gfile.exists(path):
+            return "file not found"
+        if tf.io.gfile.isdir(path):
+            return "not a file"
+        if not is_remote(path) and not os.access(path, os.R_OK):
+            return "unreadable file (permission denied)"
+        if tf.io.gfile.stat(path).length == 0:
+            return "empty file (0 bytes)"
+    except tf.errors.PermissionDeniedError:
+        return "unreadable file (permission denied)"
+    except tf.errors.OpError as e:
+        return f"unreadable file ({e.message})"
+    return None
 
 
 def image_problem(path: str, *, max_pixels: int) -> Optional[str]:
     """Why ``path`` is not a usable image, or None.
 
-    Reads only the header for format and size, then decodes fully to catch truncation;
+    Reads the file through ``tf.io.gfile`` (local files and ``gs://``, ``s3://``, ``ram://``,
+    ...), then its header for format and size, then decodes it fully to catch truncation;
     images over ``max_pixels`` are refused before their pixels are decoded.
     """
     from PIL import Image, UnidentifiedImageError
 
-    if not os.path.exists(path):
-        return "file not found"
-    if not os.path.isfile(path):
-        return "not a file"
-    if not os.access(path, os.R_OK):
-        return "unreadable file (permission denied)"
-    if os.path.getsize(path) == 0:
-        return "empty file (0 bytes)"
+    why = _file_problem(path)
+    if why:
+        return why
     try:
-        with Image.open(path) as img:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read()
+    except tf.errors.PermissionDeniedError:
+        return "unreadable file (permission denied)"
+    except tf.errors.OpError as e:
+        return f"unreadable file ({e.message})"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format, img.size
     except UnidentifiedImageError:
         return f"not an image (supported: {', '.join(IMAGE_FORMATS)})"
@@ -169,7 +243,7 @@ def image_problem(path: str, *, max_pixels: int) -> Optional[str]:
         return (f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
                 "(--max-image-pixels); downscale it")
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
     except Exception as e:  # truncated or corrupt data raise many types
         return f"truncated or corrupt image: {e}"
@@ -196,8 +270,6 @@ def count_truncated(texts: Sequence[str], preprocessor) -> int:
     length = getattr(preprocessor, "sequence_length", None)
     if tokenizer is None or length is None or not len(texts):
         return 0
-    import tensorflow as tf
-
     tokens = tokenizer(tf.constant(list(texts)))
     lengths = tokens.row_lengths().numpy() if hasattr(tokens, "row_lengths") else [len(t) for t in tokens]
     return int(sum(n + 2 > length for n in lengths))  # [CLS] and [SEP] take two places
