@@ -14,7 +14,7 @@ _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from tfmm.config import (  # noqa: E402
     DataConfig, ModelConfig, RunConfig, TrainConfig, load_config, save_config,
 )
-from tfmm.data.manifest import Manifest, read_manifest  # noqa: E402
+from tfmm.data.manifest import Manifest, read_manifest, write_manifest  # noqa: E402
 from tfmm.data.pipeline import make_dataset  # noqa: E402
 from tfmm.data.validation import ManifestError  # noqa: E402
 from tfmm.evaluation.evaluate import evaluate, predict  # noqa: E402
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "load_config", "save_config",
-    "Manifest", "ManifestError", "make_dataset", "read_manifest", "load_manifest",
+    "Manifest", "ManifestError", "make_dataset", "read_manifest", "write_manifest", "load_manifest",
     "build_model", "train", "evaluate", "load_run", "predict", "export_for_serving",
 ]
 

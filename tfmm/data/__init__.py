@@ -1,7 +1,8 @@
 """Data: manifests in, ``tf.data.Dataset`` out.
 
-Owns reading manifests (CSV/TSV/JSONL, DataFrames, prepared folders) and their label
-vocabularies (``manifest``), label encodings (``labels``: one-hot, index, multi-hot, pair
+Owns reading data sources and their label vocabularies (``manifest``, with one reader per
+source shape in ``readers``: tables incl. Parquet, class folders with caption files, HF
+imagefolder, COCO captions, prepared folders; local or on any ``tf.io.gfile`` filesystem), label encodings (``labels``: one-hot, index, multi-hot, pair
 ids; the tasks choose one), row checks (``validation``), image header checks and decoding
 shared by the pipeline and the serving graph (``images``), the input pipeline
 (``pipeline.make_dataset``), prepared TFRecords (``tfrecords``, ``tfmm prepare``), the core-op
