@@ -170,10 +170,17 @@ def _torch_layer_map(model: keras.Model) -> dict:
     return mapping
 
 
+def _keys(layer, prefix: str) -> list:
+    """The state-dict keys of one layer's weights, in Keras order."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [f"{prefix}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+    return [f"{prefix}.weight"] + ([f"{prefix}.bias"] if layer.use_bias else [])
+
+
 def _convert(layer, state: dict, prefix: str) -> list:
     """The layer's weights, in Keras order and layout, from the state dict's ``prefix.*`` tensors."""
     if isinstance(layer, keras.layers.BatchNormalization):
-        return [state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
+        return [state[key] for key in _keys(layer, prefix)]
     kernel = state[f"{prefix}.weight"]
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         converted = [kernel.transpose(2, 3, 0, 1)]  # [ch, 1, kh, kw] -> [kh, kw, ch, 1]
@@ -220,7 +227,7 @@ def load_torch_state_dict(model: keras.Model, state: dict, *, source: str = "sta
                 raise ValueError(f"{source}: {prefix} has shape {value.shape}, layer {layer.name!r} needs "
                                  f"{tuple(variable.shape)}: is this the state dict of {model.name}?")
         layer.set_weights([np.asarray(v, "float32") for v in values])
-        used.update(k for k in state if k.startswith(prefix + "."))
+        used.update(_keys(layer, prefix))
     has_top = any(layer.name == "predictions" for layer in model.layers)
     unused = sorted(k for k in set(state) - used
                     if not k.endswith("num_batches_tracked") and (has_top or not k.startswith("_fc.")))

@@ -98,7 +98,7 @@ class _TensorRef:
             data[self.offset:], shape=self.size, strides=[s * data.itemsize for s in self.stride],
             writeable=False,
         )
-        return np.array(view)  # a compact copy, independent of the file's buffer
+        return np.array(view, order="C")  # a compact copy, independent of the file's buffer
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
