@@ -28,7 +28,7 @@ import keras
 
 from tfmm.config import RunConfig
 from tfmm.models import fusion, pair_heads  # noqa: F401  (registers the head layers for load_model)
-from tfmm.models import freezing, text, vision
+from tfmm.models import freezing, hub_vision, text, vision  # noqa: F401  (hub_vision: registers TokenPooling)
 
 logger = logging.getLogger(__name__)
 

@@ -145,8 +145,7 @@ def freeze_encoder(encoder: keras.Model) -> keras.Model:
     encoder.trainable = False
     if isinstance(encoder, InferenceModeModel):
         return encoder
-    inputs = encoder.input if isinstance(encoder.input, dict) else encoder.inputs
-    frozen = InferenceModeModel(inputs, encoder.output, name=encoder.name)
+    frozen = InferenceModeModel(encoder.input, encoder.output, name=encoder.name)  # same input structure
     frozen.trainable = False
     return frozen
 
