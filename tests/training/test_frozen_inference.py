@@ -31,6 +31,7 @@ def _batch(n=4, size=32, length=8):
     }
 
 
+@pytest.mark.slow
 def test_frozen_model_is_deterministic_in_training_mode(tiny_bert):
     model = build_model(_frozen_config(tiny_bert))
     x = _batch()
