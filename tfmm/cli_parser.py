@@ -43,10 +43,11 @@ _CONFIG_FLAGS = [
     ("--text-lora-rank", "model", "text_lora_rank", dict(
         type=int, metavar="R", help="train LoRA adapters of rank R on the text backbone, 0: off")),
     ("--image-encoder", "model", "image_encoder", dict(
-        metavar="NAME", help="keras.applications model: vgg16, resnet50, efficientnetb0, "
-                             "mobilenetv2, ...")),
+        metavar="NAME", help="keras.applications model (vgg16, resnet50, ...), efficientnet_lite0/1/2 "
+                             "(offline ImageNet weights) or keras_hub:PRESET_OR_DIR")),
     ("--image-weights", "model", "image_weights", dict(
-        metavar="imagenet|none|PATH", help="image encoder weights (offline: a local .h5 file or none)")),
+        metavar="imagenet|none|PATH", help="image encoder weights: imagenet, none or a local file "
+                                           "(.h5/.weights.h5; .pth for efficientnet_lite*)")),
     ("--fusion", "model", "fusion", dict(choices=config.FUSIONS,
                                          help="how branches are combined")),
     ("--modalities", "model", "modalities", dict(choices=config.MODALITIES,

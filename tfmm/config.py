@@ -117,7 +117,9 @@ class ModelConfig:
             large frozen backbone's memory).
         text_lora_rank: > 0 enables LoRA of this rank on the text backbone
             (``backbone.enable_lora``): only the low-rank adapters train.
-        image_encoder: a ``keras.applications`` model name, e.g. ``vgg16``, ``resnet50``.
+        image_encoder: a ``keras.applications`` model name (``vgg16``, ``resnet50``, ...),
+            ``efficientnet_lite0``/``1``/``2`` (offline ImageNet weights) or
+            ``keras_hub:PRESET_OR_DIR`` (any KerasHub image backbone).
         image_weights: ``imagenet``, ``none`` or a path to a local weights file.
         fusion: one of ``FUSIONS``.
         modalities: ``both``, ``image`` or ``text`` (single-modality baselines).

@@ -140,6 +140,8 @@ def load_run(run_dir: str) -> LoadedRun:
             safe_mode = False
         else:
             import keras_hub  # noqa: F401  (registers the KerasHub backbone classes)
+    if config.model.uses_image and config.model.image_encoder.startswith("keras_hub:"):
+        import keras_hub  # noqa: F401,F811  (registers the KerasHub image backbone classes)
     model = keras.models.load_model(os.path.join(run_dir, MODEL_FILE), compile=False, safe_mode=safe_mode)
     preprocessor = None
     if config.model.uses_text:
