@@ -7,7 +7,9 @@ A text encoder spec names where the text branch comes from:
   or local preset / Hugging Face folder: BERT, DistilBERT, ELECTRA, RoBERTa, XLM-RoBERTa,
   DeBERTa-v3, and decoders such as GPT-2, Gemma, Llama, Qwen, Mistral
   (:mod:`tfmm.models.text_backbones`);
-- ``tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE``: a TF-Hub BERT pair (URLs or local folders).
+- ``tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE``: a TF-Hub BERT pair (URLs or local folders);
+- ``embedding-bag``: a light encoder trained from scratch, hashed words and character
+  n-grams averaged (:mod:`tfmm.models.embedding_bag`).
 
 Tokenization runs in the ``tf.data`` pipeline (the model takes numeric inputs
 ``token_ids``, ``segment_ids`` and ``padding_mask``), which keeps string tensors out of
@@ -29,7 +31,7 @@ import os
 import keras
 
 from tfmm.config import POOLINGS, TEXT_DTYPES
-from tfmm.models import text_backbones
+from tfmm.models import embedding_bag, text_backbones
 from tfmm.models.text_pooling import FirstTokenPooling, LastTokenPooling
 from tfmm.models.wordpiece_preprocessor import (  # noqa: F401  (TEXT_INPUTS: the model's text inputs)
     SAVED_TOKENIZER_CONFIG, TEXT_INPUTS, KerasHubTextPreprocessor, _from_preset,
@@ -41,7 +43,7 @@ logger = logging.getLogger(__name__)
 class TextSpec:
     """A parsed text encoder spec: ``kind`` is ``keras_hub`` or ``tfhub``."""
 
-    kind: str
+    kind: str  # keras_hub, tfhub or embedding_bag
     source: str  # keras_hub: preset name or folder; tfhub: the encoder handle
     preprocessor: str = ""  # tfhub only: the preprocessor handle
 
@@ -76,6 +78,8 @@ def parse_text_spec(spec: str) -> TextSpec:
     spec = (spec or "").strip()
     if spec == "minilm":
         return TextSpec("keras_hub", minilm_path())
+    if spec == embedding_bag.SPEC:
+        return TextSpec("embedding_bag", "")
     for prefix in ("keras_nlp:", "keras_hub:"):
         if spec.startswith(prefix) and spec[len(prefix):]:
             source = spec[len(prefix):]
@@ -91,8 +95,8 @@ def parse_text_spec(spec: str) -> TextSpec:
             f"received {spec!r}"
         )
     raise ValueError(
-        "text_encoder must be 'minilm', 'keras_nlp:PRESET_OR_DIR', 'keras_hub:PRESET_OR_DIR' "
-        f"or 'tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE'; received {spec!r}"
+        "text_encoder must be 'minilm', 'keras_hub:PRESET_OR_DIR' (or 'keras_nlp:'), "
+        f"'tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE' or '{embedding_bag.SPEC}'; received {spec!r}"
     )
 
 
@@ -111,6 +115,10 @@ def load_text_preprocessor(spec: str, sequence_length: int, *, saved_tokenizer: 
 
         # A `tfmm hub-export` folder tokenizes with core ops; other preprocessors run as they are.
         return hub.text_preprocessor(parsed.preprocessor, sequence_length)
+    if parsed.kind == "embedding_bag":
+        if saved_tokenizer and os.path.isfile(os.path.join(saved_tokenizer, embedding_bag.SAVED_CONFIG)):
+            return embedding_bag.EmbeddingBagPreprocessor.load(saved_tokenizer, sequence_length)
+        return embedding_bag.EmbeddingBagPreprocessor(sequence_length)
     if saved_tokenizer and os.path.isfile(os.path.join(saved_tokenizer, SAVED_TOKENIZER_CONFIG)):
         return KerasHubTextPreprocessor(saved_tokenizer, sequence_length)  # core-op WordPiece
     return text_backbones.hub_text_preprocessor(saved_tokenizer or parsed.source, sequence_length)
@@ -201,6 +209,14 @@ def build_text_encoder(
             seq_length=sequence_length, name="hub_text_encoder",
         )
         outputs = encoder(hub.hub_inputs_from_canonical(inputs))
+    elif parsed.kind == "embedding_bag":
+        if pooling != "mean" or dtype != "float32" or lora_rank:
+            raise ValueError(f"text encoder {spec!r} takes text_pooling 'mean', text_dtype 'float32' and no "
+                             f"LoRA; received text_pooling={pooling!r}, text_dtype={dtype!r}, "
+                             f"text_lora_rank={lora_rank}")
+        if not trainable:
+            logger.warning("text encoder %r is trained from scratch: frozen, it keeps its random vectors", spec)
+        outputs = {"sequence_output": embedding_bag.build_embedding_bag(inputs, trainable=trainable)}
     else:
         outputs = _hub_backbone_outputs(parsed.source, inputs, pooling, trainable, dtype, lora_rank)
     features = _pool(outputs, inputs["padding_mask"], pooling)
