@@ -225,3 +225,13 @@ def keras_numpy(x):
     import keras
 
     return keras.ops.convert_to_numpy(keras.ops.cast(x, "float32"))
+
+
+def test_cls_pooling_of_a_causal_decoder_is_refused(tmp_path):
+    """Under causal attention the first token sees only itself: 'cls' would be one vector for all."""
+    from tfmm.models.text import build_text_encoder
+
+    preset = make_tiny_preset("gemma", str(tmp_path / "gemma"))
+    with pytest.raises(ValueError, match=r"text_pooling 'cls' takes the first token.*\(GemmaBackbone\).*use "
+                                         r"text_pooling 'last' or 'mean'"):
+        build_text_encoder(f"keras_hub:{preset}", sequence_length=SEQ, pooling="cls")

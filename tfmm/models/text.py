@@ -241,8 +241,17 @@ def _hub_backbone_outputs(source, inputs, pooling, trainable, dtype, lora_rank) 
     if pooler is not None and pooling != "cls":
         # The [CLS] pooler gets no gradient under mean/last pooling: freeze it explicitly.
         pooler.trainable = False
+    names = list(backbone.input) if isinstance(backbone.input, dict) else []
+    if not names or any(name not in inputs for name in names):
+        raise ValueError(f"text encoder 'keras_hub:{source}' is a {type(backbone).__name__} taking inputs {names}; "
+                         f"a text encoder takes a subset of {list(inputs)} (encoder-decoder and multimodal "
+                         "backbones are not text encoders)")
+    if pooling == "cls" and pooler is None and isinstance(backbone, text_backbones.causal_backbone_classes()):
+        raise ValueError(f"text_pooling 'cls' takes the first token, which a causal decoder "
+                         f"({type(backbone).__name__}) computes from that token alone: every text would get "
+                         "the same vector; use text_pooling 'last' or 'mean'")
     # Each family takes its own subset of the text inputs (GPT-2, RoBERTa: no segment_ids).
-    outputs = backbone({name: inputs[name] for name in backbone.input})
+    outputs = backbone({name: inputs[name] for name in names})
     if not isinstance(outputs, dict):  # DistilBERT, RoBERTa, GPT-2, Gemma...: the token vectors
         outputs = {"sequence_output": outputs}
     return outputs

@@ -90,6 +90,20 @@ def hub_text_preprocessor(source: str, sequence_length: int):
     return KerasHubTokenizerPreprocessor(tokenizer, sequence_length)
 
 
+def causal_backbone_classes() -> tuple:
+    """The backbone classes of KerasHub's ``CausalLM`` tasks (GPT-2, Gemma, Llama, Qwen, ...)."""
+    import keras_hub
+
+    found, todo = set(), [keras_hub.models.CausalLM]
+    while todo:
+        task = todo.pop()
+        todo.extend(task.__subclasses__())
+        backbone_cls = getattr(task, "backbone_cls", None)
+        if isinstance(backbone_cls, type):
+            found.add(backbone_cls)
+    return tuple(sorted(found, key=lambda c: c.__name__))
+
+
 def _special_id(tokenizer, name: str):
     value = getattr(tokenizer, name, None)
     return None if value is None else int(value)
