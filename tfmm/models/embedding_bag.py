@@ -122,7 +122,7 @@ class EmbeddingBagPreprocessor(tf.Module):
         >>> pre = EmbeddingBagPreprocessor(16)
         >>> pre.adapt(["a red circle", "a blue square"])
         >>> pre(tf.constant(["a red circle"]))["padding_mask"].numpy().sum()
-        15
+        13
     """
 
     def __init__(self, sequence_length: int, vocabulary: Iterable[str] = (), ngram_widths=NGRAM_WIDTHS):
