@@ -7,6 +7,7 @@ import pytest
 from tfmm.models import pair_heads
 from tfmm.models.fusion import Fusion
 from tfmm.models.text import MaskedMeanPooling
+from tfmm.models.text_pooling import FirstTokenPooling
 from tfmm.models.vision import ImagePreprocess
 
 
@@ -87,11 +88,14 @@ _LAYER_CASES = {
                                    lambda: [keras.Input((4,)), keras.Input((4,))], _pair),
     "tfmm>ImagePreprocess": (lambda: ImagePreprocess("resnet50"), lambda: keras.Input((8, 8, 3)),
                              lambda: np.linspace(0, 255, 2 * 8 * 8 * 3, dtype="float32").reshape(2, 8, 8, 3)),
+    "tfmm>FirstTokenPooling": (FirstTokenPooling, lambda: keras.Input((3, 4)),
+                               lambda: np.linspace(-1, 1, 24, dtype="float32").reshape(2, 3, 4)),
 }
 # Registered objects whose round trip needs more than inputs, tested where that is at hand.
 _TESTED_ELSEWHERE = {
     "tfmm>HubTextEncoder": "tests/models/test_hub.py::test_config_and_keras_file_round_trip (a TF-Hub SavedModel)",
     "tfmm>MaskedMeanPooling": "test_masked_mean_pooling_ignores_padding (two inputs: sequence and mask)",
+    "tfmm>LastTokenPooling": "tests/models/test_text_pooling.py (two inputs: sequence and mask)",
     "tfmm>ContrastiveLoss": "test_registered_loss_and_metric_round_trip",
     "tfmm>in_batch_recall_at_1": "test_registered_loss_and_metric_round_trip",
 }

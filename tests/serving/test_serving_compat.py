@@ -62,3 +62,25 @@ def test_a_table_without_since_versions_is_refused(tmp_path):
     path.write_text(json.dumps({"tf_serving": {}, "tf_text_ops": {"X": {}}}))
     with pytest.raises(ValueError, match=r"tf_text_ops\['X'\] needs since_tf_text like '2.13.0'; received None"):
         serving_compat.load_table(str(path))
+
+
+def test_python_callback_ops_fail_the_ops_check():
+    """A tokenizer that runs Python (tf.py_function) fails `tfmm export`, not the server."""
+    import tensorflow as tf
+
+    from tfmm.serving.export_check import _ops_check
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def tokenize(text):
+        return tf.py_function(lambda t: tf.strings.length(t), [text], tf.int32)
+
+    graph = tokenize.get_concrete_function().graph.as_graph_def()
+    ops = {node.op for node in graph.node}
+    assert serving_compat.python_callbacks(ops) == ["EagerPyFunc"]
+    assert serving_compat.python_callbacks(["StringSplitV2", "RegexSplitWithOffsets"]) == []
+    check = _ops_check({"tensorflow": sorted(ops), "tensorflow_text": [], "unregistered": []},
+                       serving_compat.serving_verdict([]))
+    assert not check.ok and "calls back into Python (EagerPyFunc)" in check.detail
+    ok = _ops_check({"tensorflow": ["StringSplitV2"], "tensorflow_text": [], "unregistered": []},
+                    serving_compat.serving_verdict([]))
+    assert ok.ok and ok.detail == serving_compat.CORE_ONLY

