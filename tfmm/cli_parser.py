@@ -33,11 +33,13 @@ _CONFIG_FLAGS = [
         type=int, metavar="N", help="--task matching: add N negatives per positive pair (its image with "
                                     "captions of other rows, seeded)")),
     ("--text-encoder", "model", "text_encoder", dict(
-        metavar="SPEC", help="minilm (offline all-MiniLM-L6-v2), keras_nlp:PRESET_OR_DIR, "
-                             "or tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE")),
+        metavar="SPEC", help="minilm (offline all-MiniLM-L6-v2), keras_hub:PRESET_OR_DIR (any KerasHub text "
+                             "backbone: BERT, DistilBERT, RoBERTa, XLM-R, DeBERTa-v3, GPT-2, Gemma, Llama, "
+                             "Qwen...; keras_nlp: is an alias), tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE, or "
+                             "embedding-bag (light, trained from scratch)")),
     ("--text-pooling", "model", "text_pooling", dict(
-        choices=config.POOLINGS, help="pool text tokens by [CLS], mean over the padding mask, or "
-                                      "last non-padding token (decoders)")),
+        choices=config.POOLINGS, help="mean over the padding mask, cls (the pooler, else the first token), "
+                                      "or last kept token (decoders)")),
     ("--text-dtype", "model", "text_dtype", dict(
         choices=config.TEXT_DTYPES, help="text backbone compute dtype (16-bit for large frozen backbones)")),
     ("--text-lora-rank", "model", "text_lora_rank", dict(

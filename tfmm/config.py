@@ -109,8 +109,9 @@ class ModelConfig:
 
     Args:
         task: a name in ``tfmm.tasks.TASKS`` (checked when the task is looked up).
-        text_encoder: ``minilm``, ``keras_nlp:PRESET_OR_DIR`` (also ``keras_hub:``) or
-            ``tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE``.
+        text_encoder: ``minilm``, ``keras_hub:PRESET_OR_DIR`` (any KerasHub text backbone;
+            ``keras_nlp:`` is an alias), ``tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE`` or
+            ``embedding-bag`` (hashed words and character trigrams, trained from scratch).
         text_pooling: ``cls`` (the pooled [CLS] output), ``mean`` (masked mean of tokens) or
             ``last`` (the last non-padding token: decoder backbones).
         text_dtype: compute dtype of the text backbone (``bfloat16``/``float16`` halve a

@@ -69,3 +69,15 @@ def test_num_classes_required(tiny_config):
         build_model(tiny_config)
     with pytest.raises(ValueError, match="task 'binary' needs exactly 2 labels; received 3"):
         build_model(tiny_config.replace(model={"task": "binary", "num_classes": 3}))
+
+
+def test_text_dtype_and_lora_rank_reach_the_text_backbone(tiny_config):
+    config = tiny_config.replace(model={"num_classes": 3, "modalities": "text", "text_dtype": "bfloat16",
+                                        "text_lora_rank": 2})
+    model = build_model(config)
+    encoder = model.get_layer("text_encoder")
+    dtypes = {layer.dtype_policy.name for layer in encoder._flatten_layers() if "backbone" in layer.name}
+    assert dtypes == {"bfloat16"}, dtypes
+    encoder_trainable = [w.path for w in encoder.trainable_weights]
+    assert sum("lora_kernel" in p for p in encoder_trainable) == 4  # query and value: kernels a and b
+    assert all("lora_kernel" in p or p.endswith("/bias") for p in encoder_trainable), encoder_trainable

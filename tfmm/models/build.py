@@ -67,7 +67,7 @@ def assemble_model(config: RunConfig, build_head: Callable[[RunConfig, dict], ke
         _check_freezing("text", mc.freeze_text, "unfreeze_text_layers", mc.unfreeze_text_layers)
         text_encoder = text.build_text_encoder(
             mc.text_encoder, sequence_length=dc.sequence_length, pooling=mc.text_pooling,
-            trainable=not mc.freeze_text,
+            trainable=not mc.freeze_text, dtype=mc.text_dtype, lora_rank=mc.text_lora_rank,
         )
         if mc.unfreeze_text_layers:
             freezing.unfreeze_top_blocks(text_encoder, mc.unfreeze_text_layers, flag="unfreeze_text_layers")
