@@ -97,3 +97,16 @@ def test_minilm_tokenizer_equals_keras_hub_on_a_20000_string_corpus():
     assert with_nul, "the corpus must hold strings with NUL bytes"
     spaced = [corpus[i].replace(b"\x00", b" ") for i in with_nul]
     assert [got[i] for i in with_nul] == _ids(_graph(lambda t: reference(t)), spaced)
+
+
+def test_preprocessor_traces_once_for_every_dataset_and_eager_call(tiny_bert):
+    from tfmm.models.text import load_text_preprocessor
+
+    pre = load_text_preprocessor(f"keras_nlp:{tiny_bert}", 8)
+    ds = tf.data.Dataset.from_tensor_slices(["a red circle", "this thing is blue"]).batch(2)
+    batches = [next(iter(ds.map(pre)))["token_ids"].numpy() for _ in range(3)]
+    eager = pre(tf.constant(["a red circle", "this thing is blue"]))["token_ids"].numpy()
+    assert pre._pack.experimental_get_tracing_count() == 1
+    for batch in batches:
+        np.testing.assert_array_equal(batch, eager)
+    assert eager.shape == (2, 8) and (eager[:, 0] == pre._special["start_id"]).all()
