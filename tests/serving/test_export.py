@@ -464,3 +464,13 @@ def test_decision_flips_pass_only_where_the_score_rounding_crosses_the_threshold
     assert _same_decisions({"predicted": [[True, True]], "scores": [[0.7, 0.41]]}, ml, "predicted", "scores")
     assert not _same_decisions({"predicted": [[True, False]]}, ml, "predicted", "scores")
     assert not _same_decisions({"predicted": [[True]], "scores": [[0.7]]}, ml, "predicted", "scores")
+
+
+def test_read_files_reads_remote_paths():
+    from tfmm.serving.saved_model import read_files
+
+    paths = ["ram://read_files/a.png", "ram://read_files/b.png"]
+    for path, data in zip(paths, (b"\x89PNG one", b"two")):
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(data)
+    assert read_files(paths) == [b"\x89PNG one", b"two"]

@@ -178,7 +178,7 @@ def make_check_sample(run, data=None, rows: int = 8) -> dict:
     frames, sources = [], []
     if data is not None:
         manifest = data if isinstance(data, Manifest) else _read_rows(run, data, rows * 4)
-        small = manifest.frame[[os.path.getsize(p) <= MAX_SAMPLE_IMAGE_BYTES for p in manifest.frame["image"]]]
+        small = manifest.frame[[tf.io.gfile.stat(p).length <= MAX_SAMPLE_IMAGE_BYTES for p in manifest.frame["image"]]]
         small = small.head(rows)
         frames.append(small[["image", "text"]])
         sources += [f"{manifest.source} row {r}" for r in small["row"]]

@@ -112,10 +112,10 @@ def load_saved_model(path: str):
 
 
 def read_files(paths) -> list:
-    """The bytes of each file, in order."""
+    """The bytes of each file, in order (local or on any ``tf.io.gfile`` filesystem)."""
     out = []
     for path in paths:
-        with open(path, "rb") as f:
+        with tf.io.gfile.GFile(path, "rb") as f:
             out.append(f.read())
     return out
 
