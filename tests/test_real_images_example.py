@@ -44,6 +44,8 @@ def stamps_dir(tmp_path):
     _write_stamp(str(root / "animals" / "sub" / "animals_0_mirror"), None, (1, 2, 3))  # no .txt
     _write_stamp(str(root / "symbols" / "alphabets" / "a"), ["The letter a."], (9, 9, 9))
     _write_stamp(str(root / "food" / "only_translations"), ["de.utf8=Nur Deutsch."], (5, 5, 5))
+    (root / "town" / "vector_only.svg").write_text("<svg/>", encoding="utf-8")
+    (root / "town" / "vector_only.txt").write_text("A vector drawing.", encoding="utf-8")
     return str(root)
 
 
@@ -86,7 +88,8 @@ def test_prepare_dataset_splits_stratified_and_disjoint(stamps_dir, tmp_path):
 
     source = json.loads(open(paths["source"], encoding="utf-8").read())
     assert source["classes"] == {"animals": 20, "food": 15, "town": 10}
-    assert source["left_out"] == {"excluded folder": 1, "no description": 2, "topic with < 10 stamps": 3}
+    assert source["left_out"] == {"excluded folder": 1, "no description": 2,
+                                  "SVG only (not rasterized)": 1, "topic with < 10 stamps": 3}
 
     # Seeded: the same seed gives the same split, another seed another one.
     again = stamps_mod.prepare_dataset(stamps_dir, str(tmp_path / "again"), seed=3, min_per_class=10)

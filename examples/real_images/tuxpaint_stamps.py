@@ -168,6 +168,9 @@ def collect_stamps(
             counts["no description"] += 1
             continue
         found.append(Stamp(image=rel, text=text, label=rel.split("/", 1)[0]))
+    for path in glob.glob(os.path.join(stamps_dir, "**", "*.svg"), recursive=True):
+        if not os.path.exists(os.path.splitext(path)[0] + ".png"):
+            counts["SVG only (not rasterized)"] += 1
     per_class = collections.Counter(s.label for s in found)
     small = {label for label, n in per_class.items() if n < min_per_class}
     stamps = [s for s in found if s.label not in small]
