@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 import train_tuxpaint  # noqa: E402
 
-C_GRID = tuple(float(c) for c in np.logspace(-4, 1, 11))  # 1e-4 ... 10, half-decade steps
+C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 13))  # 1e-4 ... 100, half-decade steps
 FEATURE_SETS = {"fused": ("image", "text"), "image-only": ("image",), "text-only": ("text",)}
 
 
