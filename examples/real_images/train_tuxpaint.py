@@ -5,14 +5,16 @@ drawings, each with the one-line description its author wrote ("A dingo.", "Swee
 corn.", "A European coin of 50 cents (0.50 €).") and its topic folder (animals, food, town,
 vehicles, ... 12 topics) as the label. See ``tuxpaint_stamps.py`` for how rows are made.
 
-Get the package once (either command; the script runs the second itself when neither was
-done):
+Get the package with Debian's client. Installed (root):
 
     sudo apt-get update && sudo apt-get install tuxpaint-stamps-default
-    apt-get download tuxpaint-stamps-default        # no root: the script unpacks the .deb
+
+or, when it is not installed, the script fetches it itself without root, as
+``apt-get download tuxpaint-stamps-default`` + ``dpkg-deb -x`` into ``OUTPUT_DIR/package/``
+(``--stamps-dir`` points at any other copy of the stamps folder).
 
 Then train with the offline pretrained encoders, both frozen (features are computed once and
-cached; the head trains in seconds), and score the test split:
+cached; only the fusion head trains), and score the test split:
 
     python examples/real_images/train_tuxpaint.py                          # fused, Lite0 + MiniLM
     python examples/real_images/train_tuxpaint.py --modalities image       # image only, pretrained
