@@ -84,4 +84,12 @@ def test_learning_rate_and_epochs_defaults():
     assert not feature_cache.head_only_cached(both.replace(train={"cache_features": False}))
     with pytest.raises(ValueError, match="learning_rate must be > 0; received 0"):
         TrainConfig(learning_rate=0)
+    from tfmm.cli_parser import build_parser, config_from_args
+
+    parse = build_parser().parse_args
+    tc = config_from_args(parse(["train", "--data", "d", "--output-dir", "r"])).train
+    assert (tc.learning_rate, tc.epochs, tc.encoder_lr_scale) == (None, None, 0.1)
+    tc = config_from_args(parse(["train", "--data", "d", "--output-dir", "r", "--learning-rate", "3e-3",
+                                 "--epochs", "7", "--encoder-lr-scale", "0.5"])).train
+    assert (tc.learning_rate, tc.epochs, tc.encoder_lr_scale) == (3e-3, 7, 0.5)
 
