@@ -39,10 +39,12 @@ ENCODER_LAYERS = ("image_encoder", "text_encoder")
 
 
 def all_encoders_frozen(config: RunConfig) -> bool:
-    """Whether every encoder the model uses is frozen (only the layers after them learn)."""
+    """Whether every encoder the model uses is frozen (only the layers after them learn); an
+    encoder with top blocks unfrozen for partial fine-tuning is not."""
     mc = config.model
     used = [m for m in ("image", "text") if getattr(mc, f"uses_{m}")]
-    return all(getattr(mc, f"freeze_{m}") for m in used)
+    unfrozen = {"image": getattr(mc, "unfreeze_image_blocks", 0), "text": getattr(mc, "unfreeze_text_layers", 0)}
+    return all(getattr(mc, f"freeze_{m}") and not unfrozen[m] for m in used)
 
 
 def resolve_train_defaults(config: RunConfig, *, head_only_cached: bool = False) -> RunConfig:
