@@ -12,7 +12,15 @@
    (Frozen MiniLM still applies its dropout in uncached Keras training, the cached features
    are dropout-free, so the two runs differ by that noise; see tfmm.cache.)
 
-Run: ``python benchmarks/bench_train.py`` (about 3-6 minutes on 2 CPU cores).
+3. Head-only training on cached features (both encoders frozen, default flags): the
+   per-step cost inside ``tfmm.train`` (steps 2..N of each epoch: trainer model, metrics,
+   callbacks, the cached ``tf.data`` pipeline) and the marginal epoch per step (whole epoch
+   with validation and every callback, divided by its steps) vs a bare ``train_on_batch`` of
+   the same head (``adam``, loss + accuracy) on in-memory arrays of the same shapes
+   (``[32, 512 + 384]``: VGG16 + MiniLM features). Goal: <= 2x.
+
+Run: ``python benchmarks/bench_train.py`` (about 4-8 minutes on 2 CPU cores; ``--only 3`` for
+part 3 alone).
 """
 
 from __future__ import annotations
@@ -34,8 +42,7 @@ def fit_vs_bare(steps: int, rounds: int, batch_size: int) -> tuple:
     import numpy as np
     import tensorflow as tf
 
-    from tfmm.models import heads
-    from tfmm.tasks import build_model
+    from tfmm.tasks import build_model, get_task
     from tfmm.training.train import compile_model, make_optimizer
 
     config = default_config().replace(model={"num_classes": 9})
@@ -51,7 +58,7 @@ def fit_vs_bare(steps: int, rounds: int, batch_size: int) -> tuple:
     y = tf.one_hot(rng.integers(0, 9, batch_size), 9)
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
 
-    loss_fn = heads.loss_for(config.model.task)
+    loss_fn = get_task(config.model.task).loss(config)
     optimizer = make_optimizer(config, 100)
     optimizer.build(model.trainable_variables)
 
@@ -109,6 +116,96 @@ def cache_vs_recompute(work: str, n_train: int, n_val: int, epochs: int) -> dict
     return out
 
 
+class StepClock(keras.callbacks.Callback):
+    """Per epoch: the seconds between consecutive training steps (2..N) and the whole epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self.epochs = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._begin, self._ends = time.perf_counter(), []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._ends.append(time.perf_counter())
+
+    def on_epoch_end(self, epoch, logs=None):
+        ends = self._ends
+        self.steps.append([b - a for a, b in zip(ends, ends[1:])])
+        self.epochs.append((time.perf_counter() - self._begin, len(ends)))
+
+
+def bare_head_step_seconds(head, batch_size: int, steps: int, num_classes: int) -> float:
+    """Median seconds of ``train_on_batch`` of a clone of ``head`` on in-memory batches."""
+    import numpy as np
+
+    bare = keras.models.clone_model(head)
+    bare.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    n = batch_size * 8
+    x = {i.name: rng.normal(size=(n, i.shape[-1])).astype("float32") for i in bare.inputs}
+    y = np.eye(num_classes, dtype="float32")[rng.integers(0, num_classes, n)]
+    times = []
+    for step in range(steps + 3):
+        k = slice((step % 8) * batch_size, (step % 8 + 1) * batch_size)
+        start = time.perf_counter()
+        bare.train_on_batch({name: v[k] for name, v in x.items()}, y[k])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[3:])  # the first calls trace the train function
+
+
+def cached_head_vs_bare(work: str, n_train: int, n_val: int, epochs: int) -> dict:
+    from tfmm.data.demo_data import write_demo_dataset
+    from tfmm.training.train import train
+
+    paths = write_demo_dataset(os.path.join(work, "head_data"), n_train=n_train, n_val=n_val, n_test=9,
+                               image_size=32)
+    # The issue's shapes: VGG16 (512) + MiniLM (384) features, batch 32; small images keep the
+    # one-time extraction short (the head's step does not depend on them).
+    config = default_config(freeze_image=True, freeze_text=True).replace(
+        data={"image_size": 32, "sequence_length": 16}, train={"epochs": epochs, "seed": 0})
+    clock = StepClock()
+    bare_before = bare_head_step_seconds(_demo_head(config), 32, 40, 9)
+    seconds, result = timed(train, config, paths["train"], paths["val"], os.path.join(work, "head_run"),
+                            callbacks=[clock], verbose=0)
+    head = result.model.get_layer("fusion_head")
+    bare_after = bare_head_step_seconds(head, 32, 40, len(result.labels))
+    later = range(1, len(clock.steps)) if len(clock.steps) > 1 else range(len(clock.steps))
+    step = statistics.median([t for e in later for t in clock.steps[e]])
+    epoch = statistics.median([clock.epochs[e][0] / clock.epochs[e][1] for e in later])
+    return {"total_s": seconds, "fit_step_s": step, "epoch_per_step_s": epoch,
+            "bare_step_s": min(bare_before, bare_after), "bare_rounds": (bare_before, bare_after),
+            "epochs": len(clock.epochs), "steps": clock.epochs[0][1], "history": result.history,
+            "learning_rate": result.config.train.learning_rate}
+
+
+def _demo_head(config):
+    """A fusion head of ``config``'s shapes (for the bare side's first round)."""
+    from tfmm.tasks import get_task
+
+    return get_task("classification").build_head(config.replace(model={"num_classes": 9}),
+                                                 {"image_features": 512, "text_features": 384})
+
+
+def report_cached_head(args, work: str) -> None:
+    """Part 3: runs :func:`cached_head_vs_bare` and prints its table and ratios."""
+    head = cached_head_vs_bare(work, args.head_rows, args.head_rows // 4, args.head_epochs)
+    print(f"\n3. head-only training on cached VGG16 + MiniLM features ([32, 896]), default flags "
+          f"(learning rate {head['learning_rate']:g}), {args.head_rows} train rows, {head['steps']} steps "
+          f"x {head['epochs']} epochs (median of epochs 2..{head['epochs']}); bare: median of 40 calls, "
+          "best of a round before and one after the run")
+    print_table(["step", "ms per step"], [
+        ["tfmm.train, inside fit (steps 2..N)", 1000 * head["fit_step_s"]],
+        ["tfmm.train, whole epoch / steps", 1000 * head["epoch_per_step_s"]],
+        ["bare head.train_on_batch (in-memory)", 1000 * head["bare_step_s"]],
+    ])
+    print(f"bare rounds (ms): {' '.join(f'{1000 * t:.2f}' for t in head['bare_rounds'])}; "
+          f"run total {head['total_s']:.1f} s, final val_accuracy {head['history']['val_accuracy'][-1]:.3f}")
+    print_ratio("cached_head_step_vs_bare_train_on_batch", head["fit_step_s"] / head["bare_step_s"], "<= 2")
+    print_ratio("cached_head_epoch_per_step_vs_bare", head["epoch_per_step_s"] / head["bare_step_s"],
+                "(reported: adds validation and the per-epoch callbacks)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1, help="timed steps per round (default: 1)")
@@ -117,8 +214,16 @@ def main(argv=None) -> None:
     parser.add_argument("--train-rows", type=int, default=54, help="rows for part 2 (default: 54)")
     parser.add_argument("--val-rows", type=int, default=18, help="validation rows for part 2 (default: 18)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs for part 2 (default: 3)")
+    parser.add_argument("--head-rows", type=int, default=720, help="training rows for part 3 (default: 720)")
+    parser.add_argument("--head-epochs", type=int, default=5, help="epochs for part 3 (default: 5)")
+    parser.add_argument("--only", type=int, choices=(3,), help="run part 3 only")
     args = parser.parse_args(argv)
-    print_header("bench_train: fit overhead, and feature cache vs recomputing frozen encoders")
+    print_header("bench_train: fit overhead, feature cache vs recomputing frozen encoders, cached head step")
+    work = tempfile.mkdtemp(prefix="tfmm_bench_train_")
+    report_cached_head(args, work)  # part 3 first: it is the quickest
+    if args.only == 3:
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     rates, times = fit_vs_bare(args.steps, args.rounds, args.batch_size)
     print(f"\n1. default model (VGG16 224 + MiniLM 64 tokens, trainable), batch {args.batch_size}, "
@@ -127,7 +232,6 @@ def main(argv=None) -> None:
                 [[k, rates[k], " ".join(f"{t:.2f}" for t in times[k])] for k in ("bare_step", "fit")])
     overhead = rates["bare_step"] / rates["fit"] - 1.0
 
-    work = tempfile.mkdtemp(prefix="tfmm_bench_train_")
     runs = cache_vs_recompute(work, args.train_rows, args.val_rows, args.epochs)
     print(f"\n2. tfmm.train, VGG16 224 + MiniLM both frozen, {args.train_rows} train + {args.val_rows} val rows, "
           f"{args.epochs} epochs, batch 8, seed 0 (epoch time: median of epochs 2..{args.epochs})")

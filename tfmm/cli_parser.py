@@ -88,11 +88,14 @@ _CONFIG_FLAGS = [
     ("--skip-bad-rows", "data", "skip_bad_rows", dict(
         action="store_true", default=None,
         help="skip invalid rows (written to RUN/skipped_rows.csv) instead of stopping")),
-    ("--epochs", "train", "epochs", dict(type=int, metavar="N", help="passes over the data")),
+    ("--epochs", "train", "epochs", dict(
+        type=int, metavar="N", help="passes over the data (default: 10; 50 when only a head trains on "
+                                    "cached features, stopped early by validation)")),
     ("--batch-size", "train", "batch_size", dict(type=int, metavar="N",
                                                  help="examples per device per step")),
-    ("--learning-rate", "train", "learning_rate", dict(type=float, metavar="X",
-                                                       help="peak AdamW learning rate")),
+    ("--learning-rate", "train", "learning_rate", dict(
+        type=float, metavar="X", help="peak AdamW learning rate (default: 1e-3 when every encoder is "
+                                      "frozen, else 1e-4)")),
     ("--encoder-lr-scale", "train", "encoder_lr_scale", dict(
         type=float, metavar="X", help="encoders train at --learning-rate x X, the head at --learning-rate")),
     ("--weight-decay", "train", "weight_decay", dict(type=float, metavar="X", help="AdamW weight decay")),

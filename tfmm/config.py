@@ -184,9 +184,13 @@ class TrainConfig:
     """How the model is fit.
 
     Args:
-        epochs: number of passes over the training data.
+        epochs: number of passes over the training data (``None``: 10, or 50 when only a
+            head trains on cached features, where epochs take milliseconds; early stopping
+            on the validation loss ends such runs when they stop improving).
         batch_size: examples per replica per step (global batch = this x replicas).
-        learning_rate: peak learning rate of AdamW.
+        learning_rate: peak learning rate of AdamW (``None``: 1e-3 when every used encoder is
+            frozen and only a fresh head learns, else the fine-tuning rate 1e-4; the value used
+            is written into the run's ``config.yaml``).
         weight_decay: AdamW weight decay.
         warmup_fraction: share of the steps spent warming the learning rate up from 0.
         early_stopping_patience: epochs without val improvement before stopping (0: off).
@@ -208,9 +212,9 @@ class TrainConfig:
             head at ``learning_rate``.
     """
 
-    epochs: int = 10
+    epochs: Optional[int] = None
     batch_size: int = 32
-    learning_rate: float = 1e-4
+    learning_rate: Optional[float] = None
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.1
     early_stopping_patience: int = 3
@@ -227,9 +231,11 @@ class TrainConfig:
     encoder_lr_scale: float = 0.1
 
     def __post_init__(self):
-        _check_positive("epochs", self.epochs)
+        if self.epochs is not None:
+            _check_positive("epochs", self.epochs)
         _check_positive("batch_size", self.batch_size)
-        _check_positive("learning_rate", self.learning_rate)
+        if self.learning_rate is not None:
+            _check_positive("learning_rate", self.learning_rate)
         _check_positive("weight_decay", self.weight_decay, allow_zero=True)
         _check_positive("early_stopping_patience", self.early_stopping_patience, allow_zero=True)
         _check_positive("shuffle_buffer", self.shuffle_buffer)

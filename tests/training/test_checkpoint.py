@@ -82,3 +82,25 @@ def test_atomic_save_model_and_free_space(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 0))
     with pytest.raises(OSError, match="not enough free disk space .* MiB free"):
         check_free_space(model, str(tmp_path))
+
+
+def test_best_checkpoint_writes_at_most_every_interval_and_records_what_it_holds(tmp_path):
+    from tfmm.training.checkpoint import read_best_info
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = str(tmp_path / "b.weights.h5")
+    cb = AtomicBestCheckpoint(path, monitor="val_loss", min_interval=3600)
+    cb.set_model(model)
+    cb.on_epoch_end(0, {"val_loss": 1.0})  # the first better epoch is written at once
+    assert read_best_info(path) == {"epoch": 1, "monitor": "val_loss", "value": 1.0}
+    model.layers[0].kernel.assign(np.full((2, 1), 3.0))
+    cb.on_epoch_end(1, {"val_loss": 0.5})  # better, but within the interval: kept in memory
+    assert read_best_info(path)["epoch"] == 1
+    model.layers[0].kernel.assign(np.full((2, 1), 7.0))
+    cb.on_epoch_end(2, {"val_loss": 0.9})
+    cb.on_train_end()  # writes epoch 2's weights, and leaves the model as it was
+    assert read_best_info(path) == {"epoch": 2, "monitor": "val_loss", "value": 0.5}
+    loaded = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    loaded.load_weights(path)
+    np.testing.assert_allclose(loaded.layers[0].kernel.numpy(), 3.0)
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), 7.0)

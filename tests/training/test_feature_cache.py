@@ -6,9 +6,11 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from tfmm.cli_parser import build_parser, config_from_args
+from tfmm.config import load_config
 from tfmm.data.images import decode_image
 from tfmm.data.manifest import Manifest, read_manifest
 from tfmm.tasks import build_model
@@ -144,26 +146,70 @@ def _head_weights(model):
     return model.get_layer("fusion_head").get_weights()
 
 
+def _tiny_bert_without_dropout(folder):
+    import keras_hub
+
+    from tests.conftest import WORDS
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [",", "."]
+    keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,
+                                  intermediate_dim=32, max_sequence_length=16, dropout=0.0).save_to_preset(folder)
+    keras_hub.models.BertTokenizer(vocabulary=vocab, lowercase=True).save_to_preset(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def image_frozen_runs(tiny_bert, demo_data, tmp_path_factory):
-    """The same seeded run with the image encoder frozen, with and without the feature_cache."""
+def frozen_runs(tiny_bert, demo_data, tmp_path_factory):
+    """Four seeded runs sharing one cache folder, each trained once for every test here:
+
+    - ``image_cached`` / ``image_plain``: the image encoder frozen (the text encoder trains),
+      with and without the feature cache;
+    - ``both_cached`` / ``both_plain``: both encoders frozen (a BERT without dropout, so the
+      uncached run computes the same features), default learning rate. ``both_cached`` uses
+      ``image_cached``'s cache folder (``RUN/feature_cache``) as its ``--cache-dir``, with
+      image extraction forbidden: it must reuse the image features stored there (same VGG16
+      weights, images and size).
+    """
     from tfmm.config import RunConfig
 
-    cfg = RunConfig().replace(
+    root = tmp_path_factory.mktemp("runs")
+    shared = str(root / "image_cached" / "feature_cache")
+    image_cfg = RunConfig().replace(
         data={"image_size": 32, "sequence_length": 8},
         model={"text_encoder": f"keras_nlp:{tiny_bert}", "image_weights": "none", "projection_dim": 16,
                "hidden_dim": 16, "dropout": 0.1, "freeze_image": True},
         train={"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "seed": 7},
     )
-    root = tmp_path_factory.mktemp("runs")
-    return {name: train(cfg.replace(train={"cache_features": flag}), demo_data["train"], demo_data["val"],
-                        str(root / name), verbose=0)
-            for name, flag in (("cached", None), ("plain", False))}
+    bert = _tiny_bert_without_dropout(str(root / "bert"))
+    both_cfg = image_cfg.replace(
+        model={"text_encoder": f"keras_nlp:{bert}", "hidden_dim": 0, "dropout": 0.0, "fusion": "gated",
+               "freeze_text": True},
+        train={"learning_rate": None, "cache_dir": shared},  # the default rate: every encoder is frozen
+    )
+    runs = {}
+
+    def run(name, cfg):
+        runs[name] = train(cfg, demo_data["train"], demo_data["val"], str(root / name), verbose=0)
+
+    run("image_cached", image_cfg)
+    run("image_plain", image_cfg.replace(train={"cache_features": False}))
+    extract = feature_cache.extract_features
+
+    def text_only_extraction(encoder, modality, *args, **kwargs):
+        if modality == "image":
+            raise AssertionError("a run with the same --cache-dir should reuse the image features")
+        return extract(encoder, modality, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(feature_cache, "extract_features", text_only_extraction)
+        run("both_cached", both_cfg)
+    run("both_plain", both_cfg.replace(train={"cache_features": False}))
+    return {**runs, "shared_cache": shared}
 
 
 @pytest.mark.slow
-def test_cached_and_uncached_runs_match(image_frozen_runs):
-    cached, plain = image_frozen_runs["cached"], image_frozen_runs["plain"]
+def test_cached_and_uncached_runs_match(frozen_runs):
+    cached, plain = frozen_runs["image_cached"], frozen_runs["image_plain"]
     assert os.listdir(os.path.join(cached.run_dir, "feature_cache"))
     assert not os.path.exists(os.path.join(plain.run_dir, "feature_cache"))
     # Same rows in the same order, same dropout masks: same weights (VGG16 has no dropout).
@@ -177,53 +223,78 @@ def test_cached_and_uncached_runs_match(image_frozen_runs):
 
 
 @pytest.mark.slow
-def test_cached_run_saves_the_full_model(image_frozen_runs, demo_data):
-    cached = image_frozen_runs["cached"]
+def test_cached_run_saves_the_full_model(frozen_runs, demo_data):
+    cached = frozen_runs["image_cached"]
     run = load_run(cached.run_dir)
     assert set(run.model.input) == {"image", "token_ids", "segment_ids", "padding_mask"}
     manifest = read_manifest(demo_data["test"])
-    expected = image_frozen_runs["plain"].model.predict(run.dataset(manifest), verbose=0)
+    expected = frozen_runs["image_plain"].model.predict(run.dataset(manifest), verbose=0)
     np.testing.assert_allclose(run.predict_scores(manifest), expected, rtol=1e-4, atol=1e-5)
     # The best checkpoint has the full model's layout, as without the feature_cache.
     fresh = build_model(cached.config)
     fresh.load_weights(os.path.join(cached.run_dir, "checkpoints", "best.weights.h5"))
 
 
-def _tiny_bert_without_dropout(folder):
-    import keras_hub
-
-    from tests.conftest import WORDS
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(WORDS)) + [",", "."]
-    keras_hub.models.BertBackbone(vocabulary_size=len(vocab), num_layers=1, num_heads=2, hidden_dim=16,
-                                  intermediate_dim=32, max_sequence_length=16, dropout=0.0).save_to_preset(folder)
-    keras_hub.models.BertTokenizer(vocabulary=vocab, lowercase=True).save_to_preset(folder)
-    return folder
+@pytest.mark.slow
+def test_both_frozen_cached_matches_uncached_and_is_reused(frozen_runs):
+    cached, plain = frozen_runs["both_cached"], frozen_runs["both_plain"]
+    # image_cached stored the image features, both_cached reused them and added the text ones.
+    assert sorted(name.split("-")[0] for name in os.listdir(frozen_runs["shared_cache"])) == [
+        "image", "image", "text", "text"]
+    for a, b in zip(_head_weights(cached.model), _head_weights(plain.model)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # The default learning rate of a head on frozen encoders, written into config.yaml.
+    for result in (cached, plain):
+        saved = load_config(os.path.join(result.run_dir, "config.yaml")).train
+        assert (saved.learning_rate, saved.epochs) == (1e-3, 2)
 
 
 @pytest.mark.slow
-def test_both_frozen_cached_matches_uncached_and_is_reused(demo_data, tmp_path, monkeypatch):
+def test_cached_run_reports_validation_images_and_projector(frozen_runs, demo_data):
+    """TensorBoard's per-epoch images and the projector, scored on the cached features, show
+    what the full model computes from the raw rows."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from tfmm.training import callbacks
+
+    cached = frozen_runs["image_cached"]
+    logs = os.path.join(cached.run_dir, "logs", "validation")
+    events = event_accumulator.EventAccumulator(logs, size_guidance={event_accumulator.TENSORS: 0})
+    events.Reload()
+    for tag in ("confusion_matrix", "validation_examples"):
+        assert [e.step for e in events.Tensors(tag)] == [0, 1]
+    run = load_run(cached.run_dir)
+    val = read_manifest(demo_data["val"])
+    expected, _ = callbacks.fused_embedding_model(run.model).predict(run.dataset(val), verbose=0)
+    vectors = tf.train.load_checkpoint(logs).get_tensor(callbacks.PROJECTOR_TENSOR)
+    np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_head_on_cached_features_stops_early_and_keeps_the_best_epoch(demo_data, tmp_path):
+    """Default epochs on the cached path (50), ended by early stopping; the saved model and the
+    best checkpoint hold the best epoch's weights."""
     from tfmm.config import RunConfig
+    from tfmm.training import resume
 
-    bert = _tiny_bert_without_dropout(str(tmp_path / "bert"))
-    shared = str(tmp_path / "shared_cache")
     cfg = RunConfig().replace(
-        data={"image_size": 32, "sequence_length": 8},
-        model={"text_encoder": f"keras_nlp:{bert}", "image_weights": "none", "projection_dim": 16,
-               "hidden_dim": 0, "dropout": 0.0, "fusion": "gated", "freeze_image": True, "freeze_text": True},
-        train={"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "cache_dir": shared},
+        data={"image_size": 32}, model={"modalities": "image", "image_weights": "none", "freeze_image": True,
+                                        "projection_dim": 8, "hidden_dim": 0},
+        # A rate far too high: the validation loss stops improving within a few epochs.
+        train={"batch_size": 8, "learning_rate": 1.0, "early_stopping_patience": 1, "seed": 3},
     )
-    cached = train(cfg, demo_data["train"], demo_data["val"], str(tmp_path / "cached"), verbose=0)
-    plain = train(cfg.replace(train={"cache_features": False}), demo_data["train"], demo_data["val"],
-                  str(tmp_path / "plain"), verbose=0)
-    assert sorted(name.split("-")[0] for name in os.listdir(shared)) == ["image", "image", "text", "text"]
-    for a, b in zip(_head_weights(cached.model), _head_weights(plain.model)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-
-    def no_extraction(*args, **kwargs):
-        raise AssertionError("a second run with the same --cache-dir should reuse the features")
-
-    monkeypatch.setattr(feature_cache, "extract_features", no_extraction)
-    again = train(cfg, demo_data["train"], demo_data["val"], str(tmp_path / "again"), verbose=0)
-    for a, b in zip(_head_weights(again.model), _head_weights(cached.model)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    result = train(cfg, demo_data["train"], demo_data["val"], str(tmp_path / "run"), verbose=0)
+    assert result.config.train.epochs == 50
+    assert load_config(os.path.join(result.run_dir, "config.yaml")).train.epochs == 50
+    val_loss = result.history["val_loss"]
+    assert 2 <= len(val_loss) < 50
+    assert resume.read_state(result.run_dir)["stopped_early"] is True
+    run = load_run(result.run_dir)
+    val = read_manifest(demo_data["val"])
+    loss = keras.losses.CategoricalCrossentropy()
+    targets = np.eye(len(run.labels))[[run.labels.index(v) for v in val.frame["label"]]]
+    assert float(loss(targets, run.predict_scores(val))) == pytest.approx(min(val_loss), rel=1e-4)
+    best = build_model(result.config)
+    best.load_weights(os.path.join(result.run_dir, "checkpoints", "best.weights.h5"))
+    np.testing.assert_allclose(best.predict(run.dataset(val), verbose=0), run.predict_scores(val),
+                               rtol=1e-4, atol=1e-6)

@@ -93,6 +93,10 @@ def test_prepare_run_fresh_resume_finished_overwrite(tmp_path):
     assert (start.initial_epoch, start.attempt) == (2, 2)
     assert start.prior_history == {"loss": [2.0, 1.5], "val_loss": [2.1, 1.9]}
     assert start.best == {"val_loss": 1.9, "loss": 1.5}  # the checkpoint to beat, from epochs 1-2 only
+    # A checkpoint that records holding epoch 1 (written at most every N seconds): beat that.
+    with open(os.path.join(run_dir, "checkpoints", "best.json"), "w") as f:
+        f.write('{"epoch": 1, "monitor": "val_loss", "value": 2.1}')
+    assert resume.prepare_run(run_dir, config, strategy).best == {"val_loss": 2.1, "loss": 1.5}
 
     with pytest.raises(ValueError, match=r"different config \(train.epochs: 4 -> 6\)"):
         resume.prepare_run(run_dir, config.replace(train={"epochs": 6}), strategy)

@@ -156,9 +156,12 @@ def fit_with_cached_features(
     for callback in callbacks:
         if isinstance(callback, keras.callbacks.ModelCheckpoint):
             _save_with(callback, model)  # checkpoints hold the full model, as without the cache
-        if hasattr(callback, "full_model"):  # tfmm callbacks that save or score the full model
+        if hasattr(callback, "full_model"):  # tfmm callbacks that save the full model
             callback.full_model = model
+        if hasattr(callback, "scoring_ds"):  # tfmm callbacks that score the validation rows:
+            callback.scoring_ds = val_ds  # the trainer scores their cached features
     logger.info("training %s on cached %s features (%d trainable weights)", trainer.name,
                 "+".join(cached), len(trainer.trainable_weights))
+    # shuffle=False: train_ds is shuffled already (seeded, as without the cache).
     return trainer.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
-                       callbacks=list(callbacks), verbose=verbose)
+                       callbacks=list(callbacks), verbose=verbose, shuffle=False)

@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import math
 import os
+import weakref
 from typing import Optional, Sequence
 
 import keras
@@ -45,6 +46,7 @@ PROJECTOR_METADATA = "projector_metadata.tsv"
 PROJECTOR_SPRITE = "projector_sprite.png"
 # The variable's key in the checkpoint written by tf.train.Checkpoint(embedding=...).
 PROJECTOR_TENSOR = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+MAX_IMAGE_LOGS = 10  # validation images drawn per run, at most (about)
 
 
 def _png_summary(name: str, png: bytes, step: int) -> None:
@@ -69,7 +71,12 @@ class ValidationSummaries(keras.callbacks.Callback):
         labels: the label vocabulary.
         task: a task name or object (:mod:`tfmm.tasks`) with ``validation_summaries``.
         num_examples: how many examples the grid shows.
-        freq: log every ``freq`` epochs (and always the last one).
+        freq: log every ``freq`` epochs (and always the last one); see :func:`image_log_freq`.
+
+    On cached features (:mod:`tfmm.training.cached_fit`), ``scoring_ds`` is set to the
+    validation features as the fitted model reads them, and the fitted model scores them
+    (the frozen encoders' outputs are the cached ones), instead of running the encoders
+    over ``val_ds`` again each epoch.
 
     Example:
         >>> cb = ValidationSummaries("runs/a/logs", val_ds, val_manifest, labels, task="classification")
@@ -80,7 +87,7 @@ class ValidationSummaries(keras.callbacks.Callback):
                  labels: Sequence[str], *, task="classification", num_examples: int = 8,
                  freq: int = 1):
         super().__init__()
-        self.full_model = None  # set when fit trains a part of the model (feature cache)
+        self.scoring_ds = None  # set when fit trains on cached features (see the class doc)
         if freq < 1:
             raise ValueError(f"freq must be >= 1; received {freq}")
         self.log_dir = log_dir
@@ -109,7 +116,7 @@ class ValidationSummaries(keras.callbacks.Callback):
         last = self.params.get("epochs") if self.params else None
         if (epoch + 1) % self.freq and epoch + 1 != last:
             return
-        scores = np.asarray((self.full_model or self.model).predict(self.val_ds, verbose=0))
+        scores = np.asarray(scoring_embedder(self.model).predict(self.scoring_ds or self.val_ds, verbose=0)[1])
         if self._targets is None:  # the manifest does not change between epochs
             self._targets = self.task.encode_targets(self.manifest, self.labels)
         targets = self._targets
@@ -166,7 +173,9 @@ def fused_embedding_model(model: keras.Model) -> keras.Model:
 
     The embedding is the output of the ``fusion`` layer inside the nested ``fusion_head``
     model (before dropout and the dense head); the encoders and head share the trained
-    weights.
+    weights. ``model`` may also be a trainer on cached features
+    (:func:`tfmm.training.cached_fit.build_cached_trainer`): its ``image_features`` /
+    ``text_features`` inputs go straight into the head.
 
     Raises:
         ValueError: ``model`` is not a model from :func:`tfmm.models.build.build_model`.
@@ -182,11 +191,27 @@ def fused_embedding_model(model: keras.Model) -> keras.Model:
     head_outputs = keras.Model(head.input, [fusion.output, head.output], name="fusion_head_embedding")
     inputs = model.input
     features = {}
-    if "image_features" in head.input:
-        features["image_features"] = model.get_layer("image_encoder")(inputs["image"])
-    if "text_features" in head.input:
-        features["text_features"] = model.get_layer("text_encoder")({k: inputs[k] for k in text.TEXT_INPUTS})
+    for name in head.input:
+        if name in inputs:  # a cached feature
+            features[name] = inputs[name]
+        elif name == "image_features":
+            features[name] = model.get_layer("image_encoder")(inputs["image"])
+        else:
+            features[name] = model.get_layer("text_encoder")({k: inputs[k] for k in text.TEXT_INPUTS})
     return keras.Model(inputs, head_outputs(features), name="fused_embedding")
+
+
+_EMBEDDERS = weakref.WeakKeyDictionary()  # fitted model -> its fused_embedding_model
+
+
+def scoring_embedder(model: keras.Model) -> keras.Model:
+    """``fused_embedding_model(model)``, built once per model: :class:`ValidationSummaries`
+    (scores, each epoch) and :class:`EmbeddingProjector` (embeddings, at the end) share it,
+    so TensorFlow traces one prediction graph for both instead of two."""
+    embedder = _EMBEDDERS.get(model)
+    if embedder is None:
+        embedder = _EMBEDDERS[model] = fused_embedding_model(model)
+    return embedder
 
 
 def _clean(value: str) -> str:
@@ -218,7 +243,8 @@ class EmbeddingProjector(keras.callbacks.Callback):
     metadata (``label``, ``predicted``, ``caption`` per row), an image sprite and
     ``projector_config.pbtxt`` linking them. (The Projector looks for a checkpoint in each
     run folder and its parent, so only the ``validation`` run lists it.) Placed after
-    EarlyStopping in the callback list, it embeds with the restored best weights.
+    EarlyStopping in the callback list, it embeds with the restored best weights. On cached
+    features, the fitted model embeds ``scoring_ds`` (see :class:`ValidationSummaries`).
 
     Args:
         log_dir: the TensorBoard folder (``RUN/logs``).
@@ -234,7 +260,7 @@ class EmbeddingProjector(keras.callbacks.Callback):
                  labels: Sequence[str], *, task="classification", max_points: int = 2000,
                  sprite_size: int = 32):
         super().__init__()
-        self.full_model = None  # set when fit trains a part of the model (feature cache)
+        self.scoring_ds = None  # set when fit trains on cached features (see ValidationSummaries)
         self.log_dir = log_dir
         self.val_ds = val_ds
         self.manifest = val_manifest
@@ -247,11 +273,12 @@ class EmbeddingProjector(keras.callbacks.Callback):
         from tensorboard.plugins import projector
 
         n = min(self.max_points, len(self.manifest))
-        embedder = fused_embedding_model(self.full_model or self.model)
-        # Exact cardinality: with an unknown one Keras warns that the input "ran out of data".
-        ds = self.val_ds.unbatch().take(n).batch(64).apply(
-            tf.data.experimental.assert_cardinality(math.ceil(n / 64)))
-        embeddings, scores = embedder.predict(ds.map(lambda f, *_: f), verbose=0)
+        ds = self.scoring_ds or self.val_ds
+        if n < len(self.manifest):
+            # Exact cardinality: with an unknown one Keras warns that the input "ran out of data".
+            ds = ds.unbatch().take(n).batch(64).apply(tf.data.experimental.assert_cardinality(math.ceil(n / 64)))
+        # The same elements as ValidationSummaries' predictions: the same graph, traced once.
+        embeddings, scores = scoring_embedder(self.model).predict(ds, verbose=0)
         embeddings = np.asarray(embeddings, dtype=np.float32)[:n]
         predicted, _ = self.task.decisions(np.asarray(scores)[:n], self.labels)
         frame = self.manifest.frame.iloc[:n]
@@ -278,6 +305,14 @@ class EmbeddingProjector(keras.callbacks.Callback):
         logger.info("projector: %d fused embeddings of width %d in %s", n, embeddings.shape[1], out_dir)
 
 
+def image_log_freq(epochs: int, max_logs: int = MAX_IMAGE_LOGS) -> int:
+    """Every how many epochs :class:`ValidationSummaries` draws its images: every epoch for
+    runs of up to ``max_logs`` epochs, so that a run draws them at most about ``max_logs``
+    times (a 20-label confusion matrix takes seconds to draw; a head's epoch on cached
+    features, milliseconds)."""
+    return max(1, math.ceil(epochs / max_logs))
+
+
 def reporting_callbacks(run_dir: str, config: RunConfig, val_ds: Optional[tf.data.Dataset] = None,
                         val_manifest: Optional[Manifest] = None,
                         labels: Optional[Sequence[str]] = None) -> list:
@@ -285,7 +320,8 @@ def reporting_callbacks(run_dir: str, config: RunConfig, val_ds: Optional[tf.dat
 
     Always the HParams callback; with validation data and a task with
     ``validation_summaries`` (classification, binary, multilabel), also
-    :class:`ValidationSummaries` and :class:`EmbeddingProjector`. Append them after
+    :class:`ValidationSummaries` (every :func:`image_log_freq` epochs) and
+    :class:`EmbeddingProjector`. Append them after
     ``default_callbacks`` (after EarlyStopping, so the projector sees the restored best weights).
 
     Example:
@@ -298,7 +334,8 @@ def reporting_callbacks(run_dir: str, config: RunConfig, val_ds: Optional[tf.dat
     task = get_task(config.model.task)
     if has_val and task.validation_summaries:  # else scalars and hparams only
         callbacks += [
-            ValidationSummaries(log_dir, val_ds, val_manifest, labels, task=task),
+            ValidationSummaries(log_dir, val_ds, val_manifest, labels, task=task,
+                                freq=image_log_freq(config.train.epochs or 1)),
             EmbeddingProjector(log_dir, val_ds, val_manifest, labels, task=task),
         ]
     return callbacks

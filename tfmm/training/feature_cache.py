@@ -112,6 +112,15 @@ def cached_modalities(
     return frozen
 
 
+def head_only_cached(config: RunConfig, strategy: Optional[tf.distribute.Strategy] = None) -> bool:
+    """Whether :func:`tfmm.training.train.train` trains only a head, on cached features of every
+    used encoder (so epochs take milliseconds): every used encoder frozen, the cache not turned
+    off, and not under ``MultiWorkerMirroredStrategy`` (see :func:`cached_modalities`)."""
+    used = used_modalities(config)
+    return (bool(used) and frozen_modalities(config) == used and config.train.cache_features is not False
+            and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
+
+
 def _weights_digest(layer: keras.Layer) -> str:
     digest = hashlib.sha256()
     for weight in layer.weights:

@@ -36,6 +36,7 @@ from tfmm.run_dir import (
     ROC_CURVE_FILE, SKIPPED_FILE, STATE_FILE, THRESHOLDS_FILE, TOKENIZER_DIR, TRAINING_CURVES_FILE,
 )
 from tfmm.training import distribute
+from tfmm.training.checkpoint import read_best_info
 
 logger = logging.getLogger(__name__)
 
@@ -209,14 +210,18 @@ def trim_history_csv(path: str, epochs: int) -> dict:
 
 
 def _best_so_far(run_dir: str, epochs: int) -> list:
-    """``[best val_loss, best loss]`` over the first ``epochs`` logged epochs (NaN: none, or
-    no readable best checkpoint to beat)."""
+    """``[best val_loss, best loss]``: the value the best checkpoint records holding, else the
+    best of the first ``epochs`` logged epochs (NaN: none, or no readable best checkpoint to beat)."""
     best = os.path.join(run_dir, BEST_CHECKPOINT)
     if not (os.path.exists(best) and _h5_readable(best)):
         return [math.nan, math.nan]
     _, rows = _history_rows(os.path.join(run_dir, HISTORY_CSV), epochs)
+    info = read_best_info(best)  # what the file holds (it may lag the log: see AtomicBestCheckpoint)
     out = []
     for key in MONITORS:
+        if info is not None and info.get("monitor") == key:
+            out.append(float(info["value"]))
+            continue
         values = [float(r[key]) for r in rows.values() if r.get(key) not in (None, "")]
         values = [v for v in values if not math.isnan(v)]
         out.append(min(values) if values else math.nan)

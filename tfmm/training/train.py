@@ -36,8 +36,15 @@ from tfmm.tasks import build_model, get_task
 from tfmm.training import cached_fit, distribute, feature_cache, keras_patches, precision, resume
 from tfmm.training.callbacks import reporting_callbacks
 from tfmm.training.checkpoint import AtomicBestCheckpoint, check_free_space
+from tfmm.training.optimizer import (  # noqa: F401 (make_optimizer: public, used by callers)
+    all_encoders_frozen, make_optimizer, resolve_train_defaults,
+)
 
 logger = logging.getLogger(__name__)
+
+# The best checkpoint is written at most this often (and when training ends): a head's epoch on
+# cached features takes milliseconds, rewriting the frozen encoders' weights takes seconds.
+BEST_WRITE_INTERVAL_S = 30.0
 
 
 @dataclasses.dataclass
@@ -52,26 +59,16 @@ class TrainResult:
     initial_epoch: int = 0
 
 
-def make_optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """AdamW with linear warmup then cosine decay over the whole run."""
-    tc = config.train
-    total = max(1, steps_per_epoch * tc.epochs)
-    warmup = int(total * tc.warmup_fraction)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else tc.learning_rate,
-        decay_steps=max(1, total - warmup),
-        warmup_target=tc.learning_rate if warmup else None,
-        warmup_steps=warmup,
-        alpha=0.01,
-    )
-    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=tc.weight_decay)
-
-
 def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -> None:
-    """Compiles ``model`` with the task's loss and metrics (call inside the strategy scope)."""
+    """Compiles ``model`` with the task's loss and metrics (call inside the strategy scope).
+
+    The optimizer is :func:`tfmm.training.optimizer.make_optimizer`'s: ``model``'s encoder
+    sub-models train at ``learning_rate x train.encoder_lr_scale``, the rest at
+    ``learning_rate`` (``None``: resolved by :func:`~tfmm.training.optimizer.resolve_train_defaults`).
+    """
     task = get_task(config.model.task)
     model.compile(
-        optimizer=make_optimizer(config, steps_per_epoch),
+        optimizer=make_optimizer(config, steps_per_epoch, model),
         loss=task.loss(config),
         metrics=task.metrics(config),
         jit_compile=precision.jit_compile_arg(config.train.jit_compile),
@@ -102,7 +99,8 @@ def default_callbacks(run_dir: str, config: RunConfig, has_val: bool, resumed: O
     log append and the best checkpoint only improve on that value.
     """
     monitor = "val_loss" if has_val else "loss"
-    best = AtomicBestCheckpoint(os.path.join(run_dir, "checkpoints", "best.weights.h5"), monitor=monitor)
+    best = AtomicBestCheckpoint(os.path.join(run_dir, "checkpoints", "best.weights.h5"), monitor=monitor,
+                                min_interval=BEST_WRITE_INTERVAL_S)
     best.best = (resumed or {}).get(monitor)  # a resumed run's checkpoint only improves on it
     callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs")),
@@ -164,6 +162,7 @@ def train(
         strategy = distribute.select_strategy(config.train.strategy, config.train.devices)
     if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
         keras_patches.apply_distribute_fixes()
+    config = _resolved(config, strategy)
     run_dir = os.path.abspath(output_dir)
     _check_writable(run_dir)
     start = resume.prepare_run(run_dir, config, strategy, overwrite=overwrite)
@@ -294,9 +293,9 @@ def _fit(model, run_dir, start, strategy, inputs: _Inputs, optimizer_config, cal
             preprocessor=inputs.preprocessor, strategy=strategy, batch_size=inputs.global_batch,
             callbacks=fit_callbacks, verbose=verbose,
         )
-    return model.fit(
+    return model.fit(  # shuffle=False: train_ds is shuffled already (seeded)
         inputs.train_ds, validation_data=inputs.val_ds, epochs=config.train.epochs,
-        callbacks=fit_callbacks, verbose=verbose,
+        callbacks=fit_callbacks, verbose=verbose, shuffle=False,
     )
 
 
@@ -315,6 +314,21 @@ def _write_run(model, run_dir, start, inputs: _Inputs, history) -> dict:
     resume.finish_run(start, epochs_completed=completed, stopped_early=completed < config.train.epochs)
     logger.info("saved run to %s", run_dir)
     return hist
+
+
+def _resolved(config: RunConfig, strategy: tf.distribute.Strategy) -> RunConfig:
+    """``config`` with the learning rate and the epochs its defaults (``None``) stand for,
+    logged; ``config.yaml`` keeps these values, so a resumed run compares like with like."""
+    head_only = feature_cache.head_only_cached(config, strategy)
+    resolved = resolve_train_defaults(config, head_only_cached=head_only)
+    tc, rc = config.train, resolved.train
+    if tc.learning_rate is None:
+        logger.info("learning rate %g (the default when %s)", rc.learning_rate,
+                    "every encoder is frozen" if all_encoders_frozen(config) else "encoders are fine-tuned")
+    if tc.epochs is None:
+        logger.info("epochs %d (default%s)", rc.epochs,
+                    ", a head on cached features: early stopping ends it" if head_only else "")
+    return resolved
 
 
 def _scaled_learning_rate(config: RunConfig, strategy: tf.distribute.Strategy) -> RunConfig:
