@@ -58,7 +58,7 @@ model.summary(expand_nested=False)
 
 # 4. Train with plain model.fit and any Keras callbacks you like.
 os.makedirs(args.out, exist_ok=True)
-model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
+model.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs, shuffle=False,  # shuffled by tf.data
           callbacks=[keras.callbacks.TensorBoard(os.path.join(args.out, "logs"))])
 
 # 5. Save: a standard .keras file (reload with keras.models.load_model after `import tfmm`).

@@ -113,7 +113,7 @@ def keras_bug() -> int:
             model = keras.Model({"a": a, "b": b}, keras.layers.Dense(1)(h))
             model.compile("adam", "mse", metrics=["mae"])
         try:
-            model.fit(ds, epochs=1, verbose=0)
+            model.fit(ds, epochs=1, verbose=0, shuffle=False)
             print(json.dumps({"fixes": fixes, "ok": True, "error": ""}), flush=True)
         except Exception as e:  # noqa: BLE001 - the point is to report it
             print(json.dumps({"fixes": fixes, "ok": False, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)

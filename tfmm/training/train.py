@@ -229,6 +229,8 @@ def _text_preprocessor(run_dir, config: RunConfig, train_m: Manifest):
         return None
     dc = config.data
     preprocessor = text.load_text_preprocessor(config.model.text_encoder, dc.sequence_length)
+    if hasattr(preprocessor, "adapt"):  # embedding-bag: frequent training words get their own ids
+        preprocessor.adapt(train_m.frame["text"].tolist())
     if hasattr(preprocessor, "save"):
         preprocessor.save(os.path.join(run_dir, TOKENIZER_DIR))
     truncated = count_truncated(train_m.frame["text"].tolist(), preprocessor)
