@@ -25,8 +25,10 @@ def main(argv=None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
-    if not args.verbose:  # tf.distribute logs every collective it builds at INFO
-        logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    if not args.verbose:  # tf.distribute logs every collective it builds at INFO; absl (the
+        # checkpoint writer of TensorBoard's projector) logs its sharding callback at INFO
+        for name in ("tensorflow", "absl"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     from tfmm.data.validation import ManifestError
 
     try:
