@@ -38,24 +38,10 @@ import time
 import common  # noqa: F401  (sets the environment and sys.path first)
 import keras
 import numpy as np
-from common import print_header, print_ratio, print_table, timed
+from common import EpochTimer, print_header, print_ratio, print_table, timed
 
 COLOURS = ("red", "blue")
 INK_TEMPLATES = ("written in {c} ink", "the ink is {c}", "a digit drawn in {c}", "{c} pen")
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Each epoch's wall time (training, validation and the callbacks before this one)."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
 
 
 def write_digits_dataset(folder: str, *, image_size: int = 32, seed: int = 0) -> dict:

@@ -22,23 +22,9 @@ import argparse
 import shutil
 import statistics
 import tempfile
-import time
 
 import common  # noqa: F401  (sets the environment and sys.path first)
-import keras
-from common import print_header, print_ratio, print_table
-
-
-class _EpochClock(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
+from common import EpochTimer, print_header, print_ratio, print_table
 
 
 def run_one(name: str, data: dict, root: str, epochs: int, **model) -> list:
@@ -53,12 +39,12 @@ def run_one(name: str, data: dict, root: str, epochs: int, **model) -> list:
         model={"modalities": "text", "projection_dim": 64, "hidden_dim": 0, **model},
         train={"epochs": epochs, "batch_size": 32, "learning_rate": lr, "seed": 0},
     )
-    clock = _EpochClock()
+    clock = EpochTimer()
     out = f"{root}/{name.replace(' ', '_')}"
     train(config, data["train"], data["val"], out, callbacks=[clock], verbose=0)
     accuracy = evaluate(load_run(out), data["test"])["accuracy"]
-    later = clock.seconds[1:] or clock.seconds
-    return [name, epochs, clock.seconds[0], statistics.mean(later), accuracy]
+    later = clock.times[1:] or clock.times
+    return [name, epochs, clock.times[0], statistics.mean(later), accuracy]
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import time
 
 import common  # noqa: F401  (sets the environment and sys.path first)
 import keras
-from common import (alternate, best, default_config, fit_step_seconds, print_header, print_ratio, print_table,
+from common import (EpochTimer, alternate, best, default_config, fit_step_seconds, print_header, print_ratio, print_table,
                     timed)
 
 
@@ -82,20 +82,6 @@ def fit_vs_bare(steps: int, rounds: int, batch_size: int) -> tuple:
     times = alternate(rounds, bare_step=bare, fit=fit)
     times["fit"] = fit_seconds
     return {k: steps * batch_size / best(v) for k, v in times.items()}, times
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Records each epoch's wall time (training + validation)."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.times.append(time.perf_counter() - self._start)
 
 
 def cache_vs_recompute(work: str, n_train: int, n_val: int, epochs: int) -> dict:
