@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Optional
 
 import keras
 
@@ -117,14 +118,15 @@ def _pool(outputs, backbone):
     raise ValueError(f"KerasHub backbone {backbone.name!r} has an output of rank {rank}; expected 2, 3 or 4")
 
 
-def build_hub_image_encoder(preset: str, *, weights: str = "imagenet", image_size: int = 224,
+def build_hub_image_encoder(preset: str, *, weights: Optional[str] = "imagenet", image_size: int = 224,
                             trainable: bool = True) -> keras.Model:
     """Builds ``keras.Model`` named ``image_encoder`` around a KerasHub image backbone.
 
     Args:
         preset: a KerasHub preset name or a local preset folder.
-        weights: ``imagenet`` (any value but the two below: the preset's weights), ``none``
-            (random initialization) or a path to a ``.weights.h5`` file of the backbone.
+        weights: as resolved by :func:`tfmm.models.vision.resolve_image_weights`:
+            ``"imagenet"`` (the preset's weights), ``None`` (random initialization) or the
+            path of a ``.weights.h5`` file of the backbone.
         image_size: side of the square input images (the converter resizes to the
             backbone's size when it has one).
         trainable: ``False`` freezes the backbone.
@@ -134,14 +136,11 @@ def build_hub_image_encoder(preset: str, *, weights: str = "imagenet", image_siz
 
     Raises:
         ValueError: the preset cannot be loaded or is not an image backbone.
-        FileNotFoundError: ``weights`` is a path with no file.
 
     Example:
-        >>> enc = build_hub_image_encoder("/models/tiny_vit", weights="none", image_size=32)
+        >>> enc = build_hub_image_encoder("/models/tiny_vit", weights=None, image_size=32)
     """
-    from tfmm.models.vision import resolve_image_weights
-
-    resolved = resolve_image_weights(weights)
+    resolved = weights
     backbone = load_backbone(preset, load_weights=resolved == "imagenet")
     if resolved not in (None, "imagenet"):
         backbone.load_weights(resolved)
@@ -155,6 +154,6 @@ def build_hub_image_encoder(preset: str, *, weights: str = "imagenet", image_siz
     features = _pool(backbone(x), backbone)
     logger.info(
         "image encoder keras_hub:%s (weights=%s, %dx%d, trainable=%s): %d features",
-        preset, weights, image_size, image_size, trainable, features.shape[-1],
+        preset, resolved or "none", image_size, image_size, trainable, features.shape[-1],
     )
     return keras.Model(image, features, name="image_encoder")

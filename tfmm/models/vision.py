@@ -156,7 +156,8 @@ def build_image_encoder(
         from tfmm.models import hub_vision
 
         return hub_vision.build_hub_image_encoder(
-            name[len(HUB_PREFIX):], weights=weights, image_size=image_size, trainable=trainable)
+            name[len(HUB_PREFIX):], weights=resolve_image_weights(weights), image_size=image_size,
+            trainable=trainable)
     lite = _lite_name(name)
     if lite:
         return _build_lite_encoder(lite, weights=weights, image_size=image_size, trainable=trainable)
