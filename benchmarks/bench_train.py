@@ -9,8 +9,8 @@
 2. Epoch time of ``tfmm.train`` with both encoders frozen, with the feature cache (the
    default) vs ``--no-cache-features`` (both encoders recomputed every epoch), same seed,
    and their validation metrics. Goal: >= 20x faster epochs, same metrics within noise.
-   (Frozen MiniLM still applies its dropout in uncached Keras training, the cached features
-   are dropout-free, so the two runs differ by that noise; see tfmm.cache.)
+   (Frozen encoders run in inference mode, so without head dropout the two runs give the
+   same metrics; tests/training/test_frozen_inference.py checks it.)
 
 3. Head-only training on cached features (both encoders frozen, default flags): the
    per-step cost inside ``tfmm.train`` (steps 2..N of each epoch: trainer model, metrics,

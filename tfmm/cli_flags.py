@@ -142,7 +142,7 @@ CONFIG_FLAGS += [
     ("--tf-data-autotune", "data", "tf_data_autotune", dict(
         action=argparse.BooleanOptionalAction, default=None,
         help="run tf.data's background autotuner (default: off; in TF 2.21 it can stall "
-             "every epoch's end, see docs_perf.md)")),
+             "every epoch's end, see README, Speed)")),
 ]
 
 # The flags that say how a source is read, for the commands that read data without training.
