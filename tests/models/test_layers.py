@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from tfmm.models import pair_heads
+from tfmm.models.freezing import InferenceModeModel
 from tfmm.models.fusion import Fusion
+from tfmm.models.hub_vision import TokenPooling
 from tfmm.models.text import MaskedMeanPooling
 from tfmm.models.text_pooling import FirstTokenPooling
 from tfmm.models.vision import ImagePreprocess
@@ -90,7 +92,26 @@ _LAYER_CASES = {
                              lambda: np.linspace(0, 255, 2 * 8 * 8 * 3, dtype="float32").reshape(2, 8, 8, 3)),
     "tfmm>FirstTokenPooling": (FirstTokenPooling, lambda: keras.Input((3, 4)),
                                lambda: np.linspace(-1, 1, 24, dtype="float32").reshape(2, 3, 4)),
+    "tfmm>TokenPooling": (lambda: TokenPooling("mean"), lambda: keras.Input((3, 4)),
+                          lambda: np.linspace(-1, 1, 24, dtype="float32").reshape(2, 3, 4)),
+    "tfmm>InferenceModeModel": (lambda: _inference_mode_encoder(), lambda: keras.Input((4,)),
+                                lambda: np.linspace(-1, 1, 8, dtype="float32").reshape(2, 4)),
 }
+
+
+def _inference_mode_encoder():
+    """A small encoder with dropout, wrapped to run in inference mode."""
+    x = keras.Input((4,))
+    return InferenceModeModel(x, keras.layers.Dropout(0.5)(keras.layers.Dense(3)(x)), name="encoder")
+
+
+def test_inference_mode_model_ignores_the_training_flag():
+    encoder = _inference_mode_encoder()
+    x = np.linspace(-1, 1, 8, dtype="float32").reshape(2, 4)
+    np.testing.assert_array_equal(encoder(x, training=True), encoder(x, training=False))
+    plain = keras.Model(encoder.input, encoder.output)  # the same layers, without the wrapper
+    assert not np.allclose(plain(np.ones((64, 4), "float32"), training=True),
+                           plain(np.ones((64, 4), "float32"), training=False))
 # Registered objects whose round trip needs more than inputs, tested where that is at hand.
 _TESTED_ELSEWHERE = {
     "tfmm>HubTextEncoder": "tests/models/test_hub.py::test_config_and_keras_file_round_trip (a TF-Hub SavedModel)",
@@ -98,6 +119,8 @@ _TESTED_ELSEWHERE = {
     "tfmm>LastTokenPooling": "tests/models/test_text_pooling.py (two inputs: sequence and mask)",
     "tfmm>ContrastiveLoss": "test_registered_loss_and_metric_round_trip",
     "tfmm>in_batch_recall_at_1": "test_registered_loss_and_metric_round_trip",
+    "tfmm>EncoderScaledAdamW": "tests/training/test_optimizer.py::test_scaling_holds_under_mirrored_strategy_"
+                               "and_after_a_checkpoint (an optimizer, saved with its model)",
 }
 
 
