@@ -132,16 +132,15 @@ def load_run(run_dir: str) -> LoadedRun:
     labels = load_labels(os.path.join(run_dir, LABELS_FILE))
     import tfmm.models.build  # noqa: F401  (registers tfmm layers)
     safe_mode = True
-    if config.model.uses_text:
-        if text.parse_text_spec(config.model.text_encoder).kind == "tfhub":
-            import tfmm.models.hub  # noqa: F401  (registers HubTextEncoder)
-            # HubTextEncoder reloads its SavedModel handles, which Keras safe mode refuses;
-            # only the handles recorded by this run's own config.yaml are loaded.
-            safe_mode = False
-        else:
-            import keras_hub  # noqa: F401  (registers the KerasHub backbone classes)
-    if config.model.uses_image and config.model.image_encoder.startswith("keras_hub:"):
-        import keras_hub  # noqa: F401,F811  (registers the KerasHub image backbone classes)
+    hub_text = config.model.uses_text and text.parse_text_spec(config.model.text_encoder).kind == "tfhub"
+    if hub_text:
+        import tfmm.models.hub  # noqa: F401  (registers HubTextEncoder)
+        # HubTextEncoder reloads its SavedModel handles, which Keras safe mode refuses;
+        # only the handles recorded by this run's own config.yaml are loaded.
+        safe_mode = False
+    if (config.model.uses_text and not hub_text) or (
+            config.model.uses_image and config.model.image_encoder.startswith("keras_hub:")):
+        import keras_hub  # noqa: F401  (registers the KerasHub text and image backbone classes)
     model = keras.models.load_model(os.path.join(run_dir, MODEL_FILE), compile=False, safe_mode=safe_mode)
     preprocessor = None
     if config.model.uses_text:

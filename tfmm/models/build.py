@@ -10,8 +10,8 @@ The model is three nested parts, each usable alone:
 so frozen encoders can be run once and cached, and a single modality can be dropped
 (``modalities="image"`` or ``"text"``) with the same code.
 
-A frozen encoder (``freeze_image`` / ``freeze_text``) is called with ``training=False``: it
-runs in inference mode during ``fit`` too (no dropout, BatchNorm on its moving statistics),
+A frozen encoder (``freeze_image`` / ``freeze_text``) is wrapped to ignore the ``training``
+flag (:func:`call_encoder`): it runs in inference mode during ``fit`` too (no dropout, BatchNorm on its moving statistics),
 so training on cached features and training through the frozen encoder are the same
 computation. ``unfreeze_image_blocks`` / ``unfreeze_text_layers`` train only the top blocks
 (:mod:`tfmm.models.freezing`). Encoder variables live under the ``image_encoder`` and

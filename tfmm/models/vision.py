@@ -50,8 +50,13 @@ IMAGE_ENCODERS = tuple(sorted(_APPLICATIONS)) + tuple(sorted(efficientnet_lite.V
 HUB_PREFIX = "keras_hub:"
 
 
+def _key(name: str) -> str:
+    """``name`` lowercased without ``_`` and ``-``: every spelling of an encoder name."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
 def _normalize_name(name: str) -> str:
-    key = name.lower().replace("_", "").replace("-", "")
+    key = _key(name)
     if key not in _APPLICATIONS:
         raise ValueError(
             f"image_encoder must be one of {list(IMAGE_ENCODERS)} or 'keras_hub:PRESET_OR_DIR'; "
@@ -62,11 +67,7 @@ def _normalize_name(name: str) -> str:
 
 def _lite_name(name: str):
     """``efficientnet_lite0`` for any spelling of an EfficientNet-Lite variant, else ``None``."""
-    key = name.lower().replace("-", "").replace("_", "")
-    for variant in efficientnet_lite.VARIANTS:
-        if key == variant.replace("_", ""):
-            return variant
-    return None
+    return next((variant for variant in efficientnet_lite.VARIANTS if _key(variant) == _key(name)), None)
 
 
 @keras.saving.register_keras_serializable(package="tfmm")
@@ -183,12 +184,18 @@ def build_image_encoder(
             "--image-weights none to train from random weights."
         ) from e
     backbone.trainable = trainable
+    preprocess = ImagePreprocess(key, name="image_preprocess")
+    return _encoder_model(key, lambda image: backbone(preprocess(image)), weights=weights,
+                          image_size=image_size, trainable=trainable)
+
+
+def _encoder_model(name: str, body, *, weights, image_size: int, trainable: bool) -> keras.Model:
+    """The ``image_encoder`` model: raw pixels ``[B, S, S, 3]`` through ``body`` to features, logged."""
     image = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
-    x = ImagePreprocess(key, name="image_preprocess")(image)
-    features = backbone(x)
+    features = body(image)
     logger.info(
         "image encoder %s (weights=%s, %dx%d, trainable=%s): %d features",
-        key, weights, image_size, image_size, trainable, features.shape[-1],
+        name, weights, image_size, image_size, trainable, features.shape[-1],
     )
     return keras.Model(image, features, name="image_encoder")
 
@@ -207,10 +214,5 @@ def _build_lite_encoder(name: str, *, weights, image_size: int, trainable: bool)
         else:
             backbone.load_weights(path)
     backbone.trainable = trainable
-    image = keras.Input(shape=(image_size, image_size, 3), dtype="float32", name="image")
-    features = backbone(image)  # (x - 127) / 128 happens inside the backbone
-    logger.info(
-        "image encoder %s (weights=%s, %dx%d, trainable=%s): %d features",
-        name, weights, image_size, image_size, trainable, features.shape[-1],
-    )
-    return keras.Model(image, features, name="image_encoder")
+    # (x - 127) / 128 happens inside the backbone
+    return _encoder_model(name, backbone, weights=weights, image_size=image_size, trainable=trainable)

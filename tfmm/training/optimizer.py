@@ -42,9 +42,9 @@ def all_encoders_frozen(config: RunConfig) -> bool:
     """Whether every encoder the model uses is frozen (only the layers after them learn); an
     encoder with top blocks unfrozen for partial fine-tuning is not."""
     mc = config.model
-    used = [m for m in ("image", "text") if getattr(mc, f"uses_{m}")]
-    unfrozen = {"image": getattr(mc, "unfreeze_image_blocks", 0), "text": getattr(mc, "unfreeze_text_layers", 0)}
-    return all(getattr(mc, f"freeze_{m}") and not unfrozen[m] for m in used)
+    image_frozen = mc.freeze_image and not mc.unfreeze_image_blocks
+    text_frozen = mc.freeze_text and not mc.unfreeze_text_layers
+    return (image_frozen or not mc.uses_image) and (text_frozen or not mc.uses_text)
 
 
 def resolve_train_defaults(config: RunConfig, *, head_only_cached: bool = False) -> RunConfig:
