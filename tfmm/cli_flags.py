@@ -145,6 +145,28 @@ CONFIG_FLAGS += [
              "every epoch's end, see README, Speed)")),
 ]
 
+# Quality options (issue: presets, imbalance, calibration, augmentation): see README, Getting the best accuracy.
+CONFIG_FLAGS += [
+    ("--preset", "train", "preset", dict(
+        choices=config.PRESETS, help="a named recipe for the options not given (fast, balanced, best; "
+                                     "none: every option at its own default)")),
+    ("--loss", "train", "loss", dict(choices=config.LOSSES,
+                                     help="auto: the task's loss; focal: focal cross-entropy (imbalance)")),
+    ("--focal-gamma", "train", "focal_gamma", dict(type=float, metavar="X",
+                                                   help="focusing parameter of --loss focal")),
+    ("--class-weight", "train", "class_weight", dict(
+        choices=config.CLASS_WEIGHTS, help="balanced: weight each class by n / (classes x count)")),
+    ("--calibrate", "train", "calibrate", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="fit a temperature on the validation data after training and apply it to the scores "
+             "(classification, binary, matching; default: on)")),
+    ("--augment", "model", "augment", dict(
+        choices=config.AUGMENTS, help="random image augmentation while training (none, light, strong)")),
+    ("--encoder", "model", "encoder", dict(
+        metavar="clip:SPEC|siglip:SPEC", help="one KerasHub dual encoder (CLIP, SigLIP) for both branches, "
+                                              "preset name or folder; replaces --image-encoder/--text-encoder")),
+]
+
 # The flags that say how a source is read, for the commands that read data without training.
 READ_FLAGS = ("--data-format", "--label-depth", "--text-from", "--image-col", "--text-col", "--label-col")
 CHECK_FLAGS = ("--max-image-pixels", "--allow-outside-root")

@@ -24,6 +24,10 @@ DATA_FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet", "class_folders", "imag
 TEXT_SOURCES = ("sidecar", "filename")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
+AUGMENTS = ("none", "light", "strong")
+PRESETS = ("none", "fast", "balanced", "best")
+LOSSES = ("auto", "focal")
+CLASS_WEIGHTS = ("none", "balanced")
 
 
 def _check_choice(name: str, value: Any, allowed) -> None:
@@ -131,6 +135,12 @@ class ModelConfig:
             inference mode: no dropout, BatchNorm on its moving statistics).
         unfreeze_image_blocks / unfreeze_text_layers: > 0 trains only the top N blocks of
             the image encoder / layers of the text encoder; the rest stays frozen.
+        augment: random image augmentation in training only (``none``, ``light``,
+            ``strong``: Keras preprocessing layers in the image branch; exported graphs and
+            inference are unaffected).
+        encoder: ``clip:PRESET_OR_DIR`` or ``siglip:PRESET_OR_DIR``: one KerasHub dual
+            encoder provides both branches (its towers and its own preprocessing);
+            ``text_encoder``/``image_encoder`` are then not used. Empty: separate encoders.
         num_classes: set from the label vocabulary when training starts.
     """
 
@@ -150,6 +160,8 @@ class ModelConfig:
     freeze_text: bool = False
     unfreeze_image_blocks: int = 0
     unfreeze_text_layers: int = 0
+    augment: str = "none"
+    encoder: str = ""
     num_classes: int = 0
 
     def __post_init__(self):
@@ -157,6 +169,7 @@ class ModelConfig:
         _check_choice("modalities", self.modalities, MODALITIES)
         _check_choice("text_pooling", self.text_pooling, POOLINGS)
         _check_choice("text_dtype", self.text_dtype, TEXT_DTYPES)
+        _check_choice("augment", self.augment, AUGMENTS)
         _check_positive("text_lora_rank", self.text_lora_rank, allow_zero=True)
         _check_positive("unfreeze_image_blocks", self.unfreeze_image_blocks, allow_zero=True)
         _check_positive("unfreeze_text_layers", self.unfreeze_text_layers, allow_zero=True)
@@ -210,6 +223,12 @@ class TrainConfig:
         jit_compile: compile train steps with XLA (``None``: Keras' ``"auto"``).
         encoder_lr_scale: the encoders' weights train at ``learning_rate x`` this; the
             head at ``learning_rate``.
+        preset: a named recipe (one of ``PRESETS``) that fills in the options not given.
+        loss: ``auto`` (the task's loss) or ``focal`` (focal cross-entropy, for imbalance).
+        focal_gamma: the focusing parameter of ``loss: focal``.
+        class_weight: ``balanced`` weights each class by ``n / (k x count)`` in the loss.
+        calibrate: fit a softmax/sigmoid temperature on the validation data after training
+            (classification, binary, matching) and apply it in evaluate, predict and export.
     """
 
     epochs: Optional[int] = None
@@ -229,6 +248,11 @@ class TrainConfig:
     mixed_precision: str = "none"
     jit_compile: Optional[bool] = None
     encoder_lr_scale: float = 0.1
+    preset: str = "none"
+    loss: str = "auto"
+    focal_gamma: float = 2.0
+    class_weight: str = "none"
+    calibrate: bool = True
 
     def __post_init__(self):
         if self.epochs is not None:
@@ -242,6 +266,10 @@ class TrainConfig:
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_positive("save_every", self.save_every, allow_zero=True)
         _check_positive("encoder_lr_scale", self.encoder_lr_scale)
+        _check_choice("preset", self.preset, PRESETS)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("class_weight", self.class_weight, CLASS_WEIGHTS)
+        _check_positive("focal_gamma", self.focal_gamma, allow_zero=True)
         if isinstance(self.devices, (list, tuple)):  # YAML list -> the flag's string form
             object.__setattr__(self, "devices", ",".join(str(d).strip() for d in self.devices))
         if not isinstance(self.devices, str) or (self.devices and not all(d.strip() for d in self.devices.split(","))):
