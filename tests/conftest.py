@@ -138,3 +138,34 @@ def demo_run(tmp_path_factory) -> dict:
     output_dir = str(root / "demo")
     results = run_demo(output_dir, epochs=1, n_train=90, export_dir=str(root / "saved_models" / "demo"))
     return {**results, "output_dir": output_dir}
+
+
+# --- parallel runs (pytest-xdist, `-n 2 --dist loadgroup` in setup.cfg) ---------------------------
+
+# Session fixtures that train or export: every test that uses one of a family runs on the same
+# worker, so each is made once per suite, not once per worker.
+SHARED_FIXTURE_GROUPS = {
+    "cli_trained_run": "tiny_run", "trained_run": "tiny_run", "export_root": "tiny_run",
+    "exported": "tiny_run", "serving_fn": "tiny_run", "loaded_run": "tiny_run",
+    "task_run": "task_runs", "task_export": "task_runs",
+    "demo_run": "demo_run",
+}
+
+
+def xdist_group_of(item) -> str:
+    """The worker group of a test: its shared session fixture's family, else its module when it
+    uses a module-scoped fixture (made once per module), else ``""`` (any worker)."""
+    for name in item.fixturenames:
+        if name in SHARED_FIXTURE_GROUPS:
+            return SHARED_FIXTURE_GROUPS[name]
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    if any(d[-1].scope in ("module", "class", "package") for d in defs.values() if d):
+        return item.nodeid.split("::")[0]
+    return ""
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = xdist_group_of(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
