@@ -8,7 +8,7 @@ optimization, seeded) picks the values and keeps the trial records in ``DIR/kera
 so a search rerun with the same ``DIR`` continues where it stopped: a trial that was
 interrupted is run again, and its tfmm run resumes from its last finished epoch.
 
-This module imports KerasTuner; :mod:`tfmm.tuning.search` imports it only when a search runs.
+This module imports KerasTuner; :mod:`tfmm.tuning.runner` imports it only when a search runs.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import io
 import json
 import logging
@@ -56,12 +57,11 @@ class TuneResult:
 
 def _tuner_module():
     try:
-        from tfmm.tuning import tuner
+        return importlib.import_module("tfmm.tuning.tuner")
     except ImportError as e:
-        if "keras_tuner" not in str(e):
+        if (e.name or "").split(".")[0] != "keras_tuner":
             raise
         raise ImportError(INSTALL_HINT) from e
-    return tuner
 
 
 def parse_objective(spec: str):
