@@ -247,3 +247,75 @@ def test_tune_rerun_continues_the_finished_search_without_training(tuned, tiny_b
     # a different search in the same folder is refused
     code, _, _ = _run_cli(_tune_args(tiny_bert, demo_data, tuned["dir"])[:-1] + ["8,16"])
     assert code == 2
+
+
+# --- the search loop with a stand-in for training (no model is built) -------------------------
+
+class _FakeRun:
+    def __init__(self, history):
+        self.history = history
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Replaces `tfmm.train` for the tuner: writes config.yaml, returns a val_loss made from the
+    trial's values (lowest for gated fusion and dropout 0.2); fusion 'sum' fails the trial."""
+    from tfmm.config import save_config
+
+    calls = []
+
+    def train(config, train_data, val_data, run_dir, verbose=0):
+        calls.append(run_dir)
+        if config.model.fusion == "sum":
+            raise ValueError("sum needs equal widths")
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(config, os.path.join(run_dir, "config.yaml"))
+        loss = abs(config.model.dropout - 0.2) + (0.0 if config.model.fusion == "gated" else 0.5)
+        return _FakeRun({"val_loss": [loss + 0.1, loss], "val_accuracy": [0.5, 1 - loss]})
+
+    monkeypatch.setattr("tfmm.training.train.train", train)
+    return calls
+
+
+@pytest.mark.parametrize("algorithm", ["random", "bayesian"])
+def test_search_loop_records_failed_trials_and_picks_the_best(fake_train, tmp_path, algorithm):
+    space = SearchSpace(dropout=(0.0, 0.5), fusion=("sum", "gated", "mean"))
+    result = tfmm.tuning.search(FROZEN, "train.csv", "val.csv", str(tmp_path / "t"), trials=6, space=space,
+                                algorithm=algorithm)
+    rows = pd.read_csv(result.trials_csv, keep_default_na=False)
+    assert len(rows) == len(fake_train) == 6 and list(rows["trial"]) == list(range(6))
+    failed = rows[rows["status"] == "FAILED"]
+    assert set(failed["fusion"]) <= {"sum"} and all(failed["error"] == "ValueError: sum needs equal widths")
+    done = rows[rows["status"] == "COMPLETED"].astype({"val_loss": float, "best_epoch": int})
+    best = done.loc[done["val_loss"].idxmin()]
+    assert result.best_trial == str(best["trial"])
+    expected = abs(best["dropout"] - 0.2) + (0.0 if best["fusion"] == "gated" else 0.5)
+    assert best["val_loss"] == pytest.approx(expected) and best["best_epoch"] == 2
+    assert (result.best_config.model.fusion, result.best_config.model.dropout) == (best["fusion"], best["dropout"])
+    assert result.best_config.train.cache_dir == ""  # the shared cache is the search's, not the config's
+    assert load_config(result.best_config_path) == result.best_config
+
+
+def test_search_maximizes_a_max_objective_and_stops_on_errors_no_values_avoid(fake_train, tmp_path, monkeypatch):
+    space = SearchSpace(dropout=(0.0, 0.5), fusion=("gated",))
+    best = tfmm.tune(FROZEN, "train.csv", "val.csv", str(tmp_path / "a"), trials=4, space=space,
+                     objective="val_accuracy")
+    rows = pd.read_csv(tmp_path / "a" / "trials.csv")
+    assert best.model.dropout == rows.loc[rows["val_accuracy"].idxmax(), "dropout"]
+    with pytest.raises(ValueError, match="'val_auc' is not in the run's history"):
+        tfmm.tune(FROZEN, "train.csv", "val.csv", str(tmp_path / "b"), trials=4, space=space, objective="val_auc")
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("tfmm.training.train.train", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        tfmm.tune(FROZEN, "train.csv", "val.csv", str(tmp_path / "c"), trials=4, space=space)
+
+
+def test_search_stops_after_three_failed_trials_in_a_row_with_the_error(fake_train, tmp_path):
+    space = SearchSpace(dropout=(0.0, 0.5), fusion=("sum",))
+    with pytest.raises(ValueError, match=r"stopped after 3 failed trials in a row; the last error: "
+                                         r"ValueError: sum needs equal widths"):
+        tfmm.tune(FROZEN, "train.csv", "val.csv", str(tmp_path / "t"), trials=5, space=space)
+    assert len(fake_train) == 3

@@ -29,7 +29,7 @@ from tfmm.config import RunConfig, load_config, save_config
 from tfmm.files import write_json_atomic
 from tfmm.run_dir import CONFIG_FILE, DEFAULT_CACHE_DIR
 from tfmm.tuning import records
-from tfmm.tuning.space import SearchSpace, default_space
+from tfmm.tuning.space import SearchSpace, default_space, to_hyperparameters
 
 logger = logging.getLogger(__name__)
 
@@ -119,16 +119,8 @@ def search(
         ValueError: bad arguments, an objective the runs do not report, every trial failed,
             or ``output_dir`` holds a different search (without ``overwrite``).
     """
-    if val_data is None:
-        raise ValueError("tfmm tune needs validation data (--val-data): the objective is measured on it")
-    if not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be an integer >= 1; received {trials!r}")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}; received {algorithm!r}")
     space = space if space is not None else default_space(config)
-    if not space.searched:
-        raise ValueError(f"the search space has nothing to vary: {space.to_dict()}; give some "
-                         "--tune-* option more than one value")
+    _check_arguments(val_data, trials, algorithm, space)
     tuner_mod = _tuner_module()
     goal = parse_objective(objective)
     output_dir = os.path.abspath(output_dir)
@@ -141,7 +133,7 @@ def search(
     base = config.replace(train={"cache_dir": shared_cache}) if shared_cache else config
     with contextlib.redirect_stdout(io.StringIO()):  # KerasTuner prints "Reloading Tuner from ..."
         tuner = tuner_mod.RunTuner(
-            tuner_mod.make_oracle(algorithm, goal, trials, _hyperparameters(space), seed=config.train.seed),
+            tuner_mod.make_oracle(algorithm, goal, trials, to_hyperparameters(space), seed=config.train.seed),
             base_config=base, train_data=train_data, val_data=val_data,
             runs_dir=os.path.join(output_dir, TRIALS_DIR), verbose=verbose,
             directory=output_dir, project_name=tuner_mod.PROJECT_NAME,
@@ -152,19 +144,29 @@ def search(
     logger.info("searching %s over %d trial(s) (%s, objective %s %s)", ", ".join(space.searched), trials,
                 algorithm, goal.direction, goal.name)
     _run(tuner)
-    return _results(tuner, tuner_mod, base, config, space, output_dir, shared_cache, train_data, val_data)
+    best_config, best_id, rows = _write_results(tuner, tuner_mod, base, space, output_dir, config.train.cache_dir)
+    return TuneResult(best_config, best_id, goal.name, rows, output_dir, os.path.join(output_dir, BEST_CONFIG_FILE),
+                      os.path.join(output_dir, TRIALS_CSV), shared_cache)
 
 
-def _hyperparameters(space: SearchSpace):
-    from tfmm.tuning.space import to_hyperparameters
-
-    return to_hyperparameters(space)
+def _check_arguments(val_data, trials, algorithm: str, space: SearchSpace) -> None:
+    if val_data is None:
+        raise ValueError("tfmm tune needs validation data (--val-data): the objective is measured on it")
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be an integer >= 1; received {trials!r}")
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}; received {algorithm!r}")
+    if not space.searched:
+        raise ValueError(f"the search space has nothing to vary: {space.to_dict()}; give some "
+                         "--tune-* option more than one value")
 
 
 def _run(tuner) -> None:
     """``tuner.search()``, with the original error when a trial hit one that ends the search."""
     import keras_tuner
+    from keras_tuner.src import config as kt_config
 
+    debug, kt_config.DEBUG = kt_config.DEBUG, logger.isEnabledFor(logging.DEBUG)  # True: a traceback per failed trial
     try:
         tuner.search()
     except keras_tuner.errors.FatalError:
@@ -176,31 +178,31 @@ def _run(tuner) -> None:
             raise
         raise ValueError(f"tfmm tune stopped after {tuner.oracle.max_consecutive_failed_trials} failed trials "
                          f"in a row; the last error: {records.last_line(str(e))}") from None
+    finally:
+        kt_config.DEBUG = debug
 
 
-def _results(tuner, tuner_mod, base, config, space, output_dir, shared_cache, train_data, val_data) -> TuneResult:
-    """Writes ``trials.csv`` and ``best_config.yaml``; the :class:`TuneResult`."""
-    oracle, name = tuner.oracle, tuner.oracle.objective.name
+def _write_results(tuner, tuner_mod, base: RunConfig, space: SearchSpace, output_dir: str, cache_dir: str) -> tuple:
+    """Writes ``trials.csv`` and ``best_config.yaml`` (the best trial's trained config, with
+    the ``cache_dir`` the user gave); ``(best config, best trial id, rows)``."""
+    oracle = tuner.oracle
     rows = []
-    for trial_id in sorted(oracle.trials):
+    for trial_id in sorted(oracle.trials, key=int):
         trial = oracle.trials[trial_id]
         run_dir = os.path.join(output_dir, TRIALS_DIR, trial_id)
         error = records.last_line(trial.message) if trial.status == "FAILED" else ""
-        rows.append(records.trial_row(trial, base, space.names, name, run_dir,
+        rows.append(records.trial_row(trial, base, space.names, oracle.objective.name, run_dir,
                                       tuner_mod.read_trial_record(run_dir), error))
-    trials_csv = os.path.join(output_dir, TRIALS_CSV)
-    records.write_trials_csv(rows, trials_csv)
-    best = oracle.get_best_trials(1)
+    records.write_trials_csv(rows, os.path.join(output_dir, TRIALS_CSV))
+    best = tuner_mod.best_trials(oracle)
     if not best:
         errors = sorted({r["error"] for r in rows if r["error"]})
         raise ValueError(f"no trial of the search in {output_dir} completed; errors: {errors}")
     best_id = best[0].trial_id
     trained = load_config(os.path.join(output_dir, TRIALS_DIR, best_id, CONFIG_FILE))
-    # The trained config (defaults resolved), pointing at the cache the user asked for.
-    best_config = trained.replace(train={"cache_dir": config.train.cache_dir})
-    best_path = os.path.join(output_dir, BEST_CONFIG_FILE)
-    save_config(best_config, best_path)
-    return TuneResult(best_config, best_id, name, rows, output_dir, best_path, trials_csv, shared_cache)
+    best_config = trained.replace(train={"cache_dir": cache_dir})
+    save_config(best_config, os.path.join(output_dir, BEST_CONFIG_FILE))
+    return best_config, best_id, rows
 
 
 def tune(config: RunConfig, train_data, val_data, output_dir: str = "tfmm_tune", *, trials: int = 10,

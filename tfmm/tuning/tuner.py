@@ -148,10 +148,15 @@ class RunTuner(keras_tuner.Tuner):
             result = f"{name} {trial.score:.4f} in {seconds:.1f} s"
         else:
             result = f"{trial.status.lower()}: {records.last_line(trial.message)}"
-        best = self.oracle.get_best_trials(1)
+        best = best_trials(self.oracle)
         best_text = f"; best {name} {best[0].score:.4f} (trial {best[0].trial_id})" if best else ""
         logger.info("trial %s (%d of %d done): %s -> %s%s", trial.trial_id, done,
                     self.oracle.max_trials, shown, result, best_text)
+
+
+def best_trials(oracle, n: int = 1) -> list:
+    """The ``n`` best completed trials (KerasTuner's ``get_best_trials`` pads with failed ones)."""
+    return [t for t in oracle.get_best_trials(n) if t.status == "COMPLETED"]
 
 
 def _value_text(config, name: str) -> str:
