@@ -319,3 +319,25 @@ def test_search_stops_after_three_failed_trials_in_a_row_with_the_error(fake_tra
                                          r"ValueError: sum needs equal widths"):
         tfmm.tune(FROZEN, "train.csv", "val.csv", str(tmp_path / "t"), trials=5, space=space)
     assert len(fake_train) == 3
+
+
+def test_cli_train_flags_fix_searched_fields_and_tune_options_narrow_the_rest(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_search(config, train_data, val_data, output_dir, **kwargs):
+        seen.update(kwargs, config=config)
+        row = {"trial": "0", "status": "COMPLETED", "val_loss": 0.5, "run_dir": "r", "error": ""}
+        return tfmm.tuning.TuneResult(config, "0", "val_loss", [row], output_dir, "best.yaml", "trials.csv", "")
+
+    monkeypatch.setattr("tfmm.tuning.search", fake_search)
+    code, stdout, _ = _run_cli(["tune", "--data", "a.csv", "--val-data", "b.csv", "--output-dir", str(tmp_path),
+                                "--freeze-image", "--freeze-text", "--fusion", "gated", "--dropout", "0.25",
+                                "--tune-dropout", "0.1,0.3", "--tune-projection-dims", "8,16", "--trials", "4"])
+    assert code == 0
+    space = seen["space"]
+    assert space.fusion == ("gated",) and "fusion" not in space.searched  # --fusion fixes it
+    assert space.dropout == (0.1, 0.3)  # --tune-dropout wins over --dropout
+    assert space.projection_dim == (8, 16) and space.learning_rate == (1e-4, 1e-2)
+    assert (seen["trials"], seen["objective"], seen["algorithm"]) == (4, "val_loss", "random")
+    assert "best: trial 0, val_loss 0.5000" in stdout
+    assert "tfmm train --config best.yaml --data a.csv --val-data b.csv --output-dir RUN" in stdout

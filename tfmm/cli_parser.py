@@ -288,6 +288,8 @@ def _names(text: str):
 
 
 def _add_tune_parser(sub) -> None:
+    from tfmm.tuning.runner import ALGORITHMS  # no KerasTuner import: that waits for a search
+
     p = sub.add_parser("tune", help="search hyperparameters with KerasTuner (one tfmm run per trial)",
                        formatter_class=_formatter, description=_TUNE_DESCRIPTION, epilog=_TUNE_EXAMPLES)
     p.add_argument("--data", required=True, metavar="SOURCE", help=f"training data: {_SOURCES_HELP}")
@@ -296,7 +298,7 @@ def _add_tune_parser(sub) -> None:
                    help="trials, KerasTuner records, trials.csv, best_config.yaml (default: tfmm_tune)")
     p.add_argument("--config", metavar="FILE", help="base YAML/JSON config; flags given here override it")
     p.add_argument("--trials", type=int, default=10, metavar="N", help="number of trials (default: 10)")
-    p.add_argument("--algorithm", choices=("random", "bayesian"), default="random",
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="random",
                    help="KerasTuner oracle: random search or Bayesian optimization (default: random)")
     p.add_argument("--objective", default="val_loss", metavar="NAME[:min|max]",
                    help="metric to optimize at each run's best epoch, e.g. val_accuracy; the direction is "

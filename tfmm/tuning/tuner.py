@@ -29,33 +29,38 @@ from tfmm.tuning.space import FIELDS, apply_values
 
 logger = logging.getLogger(__name__)
 
-ALGORITHMS = ("random", "bayesian")
 PROJECT_NAME = "keras_tuner"  # KerasTuner's folder in DIR: oracle.json, trial_*/trial.json
 TRIAL_FILE = "tune_trial.json"  # in each trial's run dir: objective, best epoch, seconds
+ORACLES = {"random": keras_tuner.oracles.RandomSearchOracle,
+           "bayesian": keras_tuner.oracles.BayesianOptimizationOracle}
+
+
+class ObjectiveNotFoundError(ValueError):
+    """The runs do not report the objective (a wrong ``--objective`` for the task)."""
+
+
 # Errors that no other hyperparameters would avoid: the search stops with them.
-FATAL_ERRORS = (ManifestError, OSError, ImportError, MemoryError)
+FATAL_ERRORS = (ManifestError, ObjectiveNotFoundError, OSError, ImportError, MemoryError)
 
 
 def make_oracle(algorithm: str, objective, max_trials: int, hyperparameters, seed: int):
-    """The seeded KerasTuner oracle for ``algorithm`` (``random`` or ``bayesian``)."""
-    common = dict(objective=objective, max_trials=max_trials, hyperparameters=hyperparameters, seed=seed,
-                  tune_new_entries=False, allow_new_entries=False)
-    if algorithm == "random":
-        return keras_tuner.oracles.RandomSearchOracle(**common)
-    if algorithm == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(**common)
-    raise ValueError(f"algorithm must be one of {list(ALGORITHMS)}; received {algorithm!r}")
+    """The seeded KerasTuner oracle for ``algorithm`` (a key of :data:`ORACLES`)."""
+    if algorithm not in ORACLES:
+        raise ValueError(f"algorithm must be one of {list(ORACLES)}; received {algorithm!r}")
+    return ORACLES[algorithm](objective=objective, max_trials=max_trials, hyperparameters=hyperparameters,
+                              seed=seed, tune_new_entries=False, allow_new_entries=False)
 
 
 def best_epoch(history: dict, objective) -> tuple:
     """``(epoch index, {metric: value at that epoch})`` of the epoch best for ``objective``.
 
     Raises:
-        ValueError: the history has no values for the objective (the message lists what it has).
+        ObjectiveNotFoundError: the history has no values for the objective (the message
+            lists what it has).
     """
     values = history.get(objective.name)
     if not values:
-        raise ValueError(f"objective {objective.name!r} is not in the run's history; it has "
+        raise ObjectiveNotFoundError(f"objective {objective.name!r} is not in the run's history; it has "
                          f"{sorted(history)}. Pass --objective with one of them")
     pick = min if objective.direction == "min" else max
     epoch = pick(range(len(values)), key=lambda i: values[i])
@@ -111,9 +116,6 @@ class RunTuner(keras_tuner.Tuner):
             raise keras_tuner.errors.FatalError(str(e)) from e
         except Exception as e:  # this trial's values failed (e.g. more unfrozen blocks than exist)
             logger.warning("trial %s failed: %s: %s", trial.trial_id, type(e).__name__, e)
-            if isinstance(e, ValueError) and "not in the run's history" in str(e):
-                self.fatal_error = e
-                raise keras_tuner.errors.FatalError(str(e)) from e
             raise keras_tuner.errors.FailedTrialError(f"{type(e).__name__}: {e}") from e
         seconds = time.monotonic() - started
         write_json_atomic(os.path.join(run_dir, TRIAL_FILE), {
