@@ -22,6 +22,7 @@ from tfmm.tasks import build_model  # noqa: E402
 from tfmm.run_dir import load_run  # noqa: E402
 from tfmm.serving.export import export_for_serving  # noqa: E402
 from tfmm.training.train import train  # noqa: E402
+from tfmm.tuning import tune  # noqa: E402  (KerasTuner is imported only when a search runs)
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "DataConfig", "ModelConfig", "RunConfig", "TrainConfig", "load_config", "save_config",
     "Manifest", "ManifestError", "make_dataset", "read_manifest", "write_manifest", "load_manifest",
     "build_model", "train", "evaluate", "load_run", "predict", "export_for_serving",
+    "tune",
 ]
 
 load_manifest = read_manifest

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (_add_train_parser, _add_evaluate_parser, _add_predict_parser, _add_validate_parser,
                 _add_hub_export_parser, _add_export_parser, _add_check_export_parser, _add_demo_parser,
-                _add_prepare_parser, _add_manifest_parser):
+                _add_prepare_parser, _add_manifest_parser, _add_tune_parser):
         add(sub)
     return parser
 
@@ -243,3 +243,74 @@ def _add_manifest_parser(sub) -> None:
     p.add_argument("--output", required=True, metavar="FILE.csv", help="CSV manifest to write (local or remote)")
     _add_check_args(p)
     p.add_argument("--skip-bad-rows", action="store_true", help="leave the bad rows out of the written manifest")
+
+
+_TUNE_DESCRIPTION = """\
+Search hyperparameters with KerasTuner (pip install "tfmm[tune]"). Each trial is an ordinary
+`tfmm train` run in DIR/trials/<id>, seeded with --seed, scored by --objective on --val-data at
+its best epoch. Writes DIR/trials.csv (one row per trial), DIR/best_config.yaml (the best
+trial's full config, for `tfmm train --config`) and prints the command that retrains it.
+KerasTuner's records stay in DIR/keras_tuner: rerunning the same command continues the search.
+
+search space (defaults; a --tune-* option replaces one, a single value fixes it):
+  learning rate   log-uniform, 1e-4..1e-2 when every encoder is frozen, else 1e-5..1e-3
+  dropout         0.0..0.5 in steps of 0.1
+  fusion          concat, sum, mean, gated (with both modalities)
+  projection dim  64, 128, 256, 512
+  unfrozen depth  0, 1, 2 top blocks of each encoder the base config trains (not frozen);
+                  for a frozen encoder only when asked: 0 keeps it frozen, N trains its top N
+A train flag for a searched field (--fusion gated, --dropout 0.1, ...) fixes that field.
+Frozen encoders' features are computed once and shared by all trials (DIR/feature_cache)."""
+
+_TUNE_EXAMPLES = """\
+examples:
+  tfmm tune --data train.csv --val-data val.csv --trials 20 --output-dir tune/products \\
+      --freeze-image --freeze-text --image-encoder efficientnet_lite0
+  tfmm tune --data train.csv --val-data val.csv --trials 10 --config base.yaml \\
+      --tune-fusions concat,gated --tune-learning-rate 1e-4,3e-3 --objective val_accuracy
+  tfmm tune --data train.csv --val-data val.csv --trials 8 --algorithm bayesian \\
+      --freeze-text --tune-unfreeze-text-layers 0,1,2
+"""
+
+
+def _number_list(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s; received {text!r}") from None
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+def _names(text: str):
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _add_tune_parser(sub) -> None:
+    from tfmm.tuning.runner import ALGORITHMS  # no KerasTuner import: that waits for a search
+
+    p = sub.add_parser("tune", help="search hyperparameters with KerasTuner (one tfmm run per trial)",
+                       formatter_class=_formatter, description=_TUNE_DESCRIPTION, epilog=_TUNE_EXAMPLES)
+    p.add_argument("--data", required=True, metavar="SOURCE", help=f"training data: {_SOURCES_HELP}")
+    p.add_argument("--val-data", required=True, metavar="SOURCE", help="validation data: the objective is measured on it")
+    p.add_argument("--output-dir", default="tfmm_tune", metavar="DIR",
+                   help="trials, KerasTuner records, trials.csv, best_config.yaml (default: tfmm_tune)")
+    p.add_argument("--config", metavar="FILE", help="base YAML/JSON config; flags given here override it")
+    p.add_argument("--trials", type=int, default=10, metavar="N", help="number of trials (default: 10)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="random",
+                   help="KerasTuner oracle: random search or Bayesian optimization (default: random)")
+    p.add_argument("--objective", default="val_loss", metavar="NAME[:min|max]",
+                   help="metric to optimize at each run's best epoch, e.g. val_accuracy; the direction is "
+                        "min for losses and errors, else max (default: val_loss)")
+    p.add_argument("--overwrite", action="store_true", help="discard a previous search in --output-dir")
+    g = p.add_argument_group("search space")
+    g.add_argument("--tune-learning-rate", type=_number_list(float), metavar="MIN,MAX", help="learning rate range (log)")
+    g.add_argument("--tune-dropout", type=_number_list(float), metavar="MIN,MAX", help="dropout range (steps of 0.1)")
+    g.add_argument("--tune-fusions", type=_names, metavar="LIST", help="fusions to try, e.g. concat,gated")
+    g.add_argument("--tune-projection-dims", type=_number_list(int), metavar="LIST", help="projection widths, e.g. 128,256")
+    g.add_argument("--tune-unfreeze-image-blocks", type=_number_list(int), metavar="LIST",
+                   help="top image-encoder blocks to train, e.g. 0,1,2")
+    g.add_argument("--tune-unfreeze-text-layers", type=_number_list(int), metavar="LIST",
+                   help="top text-encoder layers to train, e.g. 0,1,2")
+    add_config_flags(p, [f[0] for f in CONFIG_FLAGS])

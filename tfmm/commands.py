@@ -286,8 +286,32 @@ def cmd_hub_export(args) -> int:
     return 0
 
 
+# --tune-* option -> SearchSpace field
+_TUNE_OPTIONS = {"tune_learning_rate": "learning_rate", "tune_dropout": "dropout", "tune_fusions": "fusion",
+                 "tune_projection_dims": "projection_dim", "tune_unfreeze_image_blocks": "unfreeze_image_blocks",
+                 "tune_unfreeze_text_layers": "unfreeze_text_layers"}
+
+
+def cmd_tune(args) -> int:
+    from tfmm.tuning import build_space, records, search
+    from tfmm.tuning.space import FIELDS
+
+    config = config_from_args(args)
+    given = [name for name, (_, field) in FIELDS.items() if getattr(args, field, None) is not None]
+    space = build_space(config, fixed=given, **{f: getattr(args, o) for o, f in _TUNE_OPTIONS.items()})
+    result = search(config, args.data, args.val_data, args.output_dir, trials=args.trials, space=space,
+                    objective=args.objective, algorithm=args.algorithm, overwrite=args.overwrite)
+    print(records.format_table(result.rows, result.best_trial))
+    best = next(r for r in result.rows if r["trial"] == result.best_trial)
+    print(f"\nbest: trial {result.best_trial}, {result.objective} {best[result.objective]:.4f}")
+    print(f"wrote {result.trials_csv}\nwrote {result.best_config_path}")
+    print("retrain it with:\n  " + records.retrain_command(result.best_config_path, args.data, args.val_data,
+                                                             result.cache_dir))
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "export": cmd_export,
     "check-export": cmd_check_export, "validate": cmd_validate, "hub-export": cmd_hub_export, "prepare": cmd_prepare,
-    "manifest": cmd_manifest,
+    "manifest": cmd_manifest, "tune": cmd_tune,
 }
