@@ -90,6 +90,8 @@ def split_words(text, unsplittable_tokens: Sequence[str] = ()) -> tf.RaggedTenso
     """Pre-tokenization: ``[B]`` strings -> ragged ``[B, (words)]``, as KerasHub's
     ``split_strings_for_bpe`` (step 1 of the module docstring)."""
     text = tf.strings.regex_replace(text, rf"( )([^\s{SPECIAL_WHITESPACES}])", r"६\1\2")
+    # Sic: KerasHub's pattern has no brackets, so it only matches a space then all four special
+    # spaces, at the very end; copied as it is, since the ids must be KerasHub's.
     text = tf.strings.regex_replace(text, rf"(\s{SPECIAL_WHITESPACES})$", r"\1६")
     text = _replace_bytes(_cut_at_nul(text), _RAW, _ESCAPED)
     alternates = unsplittable_alternates(unsplittable_tokens)
