@@ -11,7 +11,14 @@ Whole signature: the default model (VGG16 at 224 + MiniLM, frozen, trained for o
 (core-op tokenizer), once with the TF Text preprocessor swapped in; both SavedModels are
 loaded back and ``serving_default`` is called on the same raw JPEG bytes + texts, alternating.
 
-Run: ``python benchmarks/bench_tokenizer.py`` (about 3-5 minutes on 2 CPU cores).
+Byte-level BPE (``--bpe``, or ``--bpe-only`` for this part alone): tfmm's
+``CoreBytePairTokenizer`` (core ops) vs KerasHub's ``GPT2Tokenizer`` graph (TF Text's regex
+split), each in a ``tf.function``, same vocabulary and merges (a byte-level BPE trained here on
+the corpus: no GPT-2 vocabulary is installed). Twice: on batches both have seen before
+(KerasHub's word cache then answers every word) and on batches new to both each round.
+
+Run: ``python benchmarks/bench_tokenizer.py`` (about 3-5 minutes on 2 CPU cores;
+``--bpe-only``: about 2 minutes).
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import shutil
 import tempfile
 
 import common  # noqa: F401  (sets the environment and sys.path first)
-from common import alternate, best, median, print_header, print_ratio, print_table, train_frozen_default_run
+from common import (alternate, best, median, print_header, print_ratio, print_table, timed,
+                    train_frozen_default_run)
 
 
 class TFTextPreprocessor:
@@ -52,13 +60,60 @@ def real_texts(n: int, max_chars: int = 160) -> list:
     return texts[::step][:n]
 
 
+def bpe_comparison(batch: int, rounds: int, merges: int) -> None:
+    """Texts/s of the core-op BPE tokenizer vs KerasHub's graph: seen batches, then new ones."""
+    import keras_hub
+    import tensorflow as tf
+
+    from tests.models.test_bpe_tokenizer import train_bpe
+    from tests.text_corpus import build_corpus
+    from tfmm.models.bpe_tokenizer import CoreBytePairTokenizer, bytes_to_unicode
+
+    corpus = [t.replace(b"\n", b" ")[:160] for t in build_corpus(2000 + rounds * 4 * batch)[100:] if t.strip()]
+    rules = train_bpe(corpus[:1000], merges)
+    vocabulary = {t: i for i, t in enumerate(dict.fromkeys(bytes_to_unicode() + [m.replace(" ", "") for m in rules]))}
+    vocabulary["<|endoftext|>"] = len(vocabulary)
+    reference = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=rules)
+    spec = [tf.TensorSpec([None], tf.string)]
+    sides = {"core ops (tfmm)": tf.function(CoreBytePairTokenizer.from_keras_hub(reference).tokenize,
+                                            input_signature=spec),
+             "TF Text (KerasHub)": tf.function(lambda s: reference.tokenize(s), input_signature=spec)}
+    texts = corpus[1000:]
+    seen = [tf.constant(texts[i * batch:(i + 1) * batch]) for i in range(4)]
+    same = all(sides["core ops (tfmm)"](b).to_list() == sides["TF Text (KerasHub)"](b).to_list() for b in seen)
+    warm = alternate(rounds, **{n: (lambda fn=fn: [fn(b) for b in seen]) for n, fn in sides.items()})
+    fresh_batches = iter([tf.constant(texts[i:i + batch]) for i in range(4 * batch, len(texts) - batch + 1, batch)])
+    fresh = {name: [] for name in sides}
+    for _ in range(rounds):
+        group = [next(fresh_batches) for _ in range(4)]
+        for name, fn in sides.items():
+            fresh[name].append(timed(lambda: [fn(b) for b in group])[0])
+    n = 4 * batch
+    print(f"\nbyte-level BPE ({len(rules)} merges trained on the corpus, GPT-2 special token): {n} texts in 4 "
+          f"batches of {batch} (<= 160 characters, many languages); same token ids: {same}; best of {rounds} "
+          "alternating rounds")
+    print_table(["tokenizer", "texts/s (seen batches)", "texts/s (new batches)"],
+                [[name, n / best(warm[name]), n / best(fresh[name])] for name in sides])
+    core, hub = sides
+    paired = lambda times: median([a / b for a, b in zip(times[core], times[hub])])  # noqa: E731
+    print_ratio("bpe_seconds_core_vs_keras_hub_seen", paired(warm), "reported; median of per-round ratios")
+    print_ratio("bpe_seconds_core_vs_keras_hub_new", paired(fresh), "reported; median of per-round ratios")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32, help="texts (and images) per call (default: 32)")
     parser.add_argument("--rounds", type=int, default=20, help="alternating rounds, tokenization alone (default: 20)")
     parser.add_argument("--signature-rounds", type=int, default=8,
                         help="alternating rounds, whole signature (default: 8)")
+    parser.add_argument("--bpe", action="store_true", help="also compare byte-level BPE tokenizers")
+    parser.add_argument("--bpe-only", action="store_true", help="only compare byte-level BPE tokenizers")
+    parser.add_argument("--bpe-merges", type=int, default=1000, help="merges of the BPE trained here (default: 1000)")
     args = parser.parse_args(argv)
+    if args.bpe_only:
+        print_header("bench_tokenizer: core-op byte-level BPE vs KerasHub's BytePairTokenizer graph")
+        bpe_comparison(args.batch, args.rounds, args.bpe_merges)
+        return
 
     import numpy as np
     import tensorflow as tf
@@ -112,6 +167,8 @@ def main(argv=None) -> None:
     paired = lambda times: median([a / b for a, b in zip(times[core], times[text])])  # noqa: E731
     print_ratio("tokenize_seconds_core_vs_tf_text", paired(alone), "reported; median of per-round ratios")
     print_ratio("signature_seconds_core_vs_tf_text", paired(whole), "<= 1.1; median of per-round ratios")
+    if args.bpe:
+        bpe_comparison(args.batch, args.rounds, args.bpe_merges)
 
 
 if __name__ == "__main__":

@@ -103,15 +103,16 @@ def _fixture(family, pooling, check=True):
 
 distil_bert_run = _fixture("distil_bert", "cls")
 # The fresh-process export check of a byte-level BPE graph runs for GPT-2; RoBERTa's export is
-# checked in this process (same KerasHub BytePairTokenizer graph, tens of seconds less).
+# checked in this process (same core-op BPE tokenizer graph, tens of seconds less).
 roberta_run = _fixture("roberta", "mean", check=False)
 gpt2_run = _fixture("gpt2", "last")
 gemma_run = _fixture("gemma", "last")
 
 FAMILIES = {  # fixture -> (preprocessor class, backbone class, core-op export)
     "distil_bert_run": ("KerasHubTextPreprocessor", "DistilBertBackbone", True),
-    "roberta_run": ("KerasHubTokenizerPreprocessor", "RobertaBackbone", False),
-    "gpt2_run": ("KerasHubTokenizerPreprocessor", "GPT2Backbone", False),
+    # Byte-level BPE tokenizes with tfmm's core-op twin of KerasHub's BytePairTokenizer.
+    "roberta_run": ("KerasHubTokenizerPreprocessor", "RobertaBackbone", True),
+    "gpt2_run": ("KerasHubTokenizerPreprocessor", "GPT2Backbone", True),
     "gemma_run": ("KerasHubTokenizerPreprocessor", "GemmaBackbone", False),
 }
 
@@ -132,6 +133,7 @@ def test_family_trains_evaluates_predicts_and_exports(fixture, request, demo_dat
     preprocessor_class, backbone_class, core_ops = FAMILIES[fixture]
     run = result["run"]
     assert type(run.preprocessor).__name__ == preprocessor_class
+    assert getattr(run.preprocessor, "core_ops", True) == core_ops
 
     # One training step moved the backbone's weights away from the preset's.
     backbone = _backbone_weights(run.model)
@@ -155,7 +157,7 @@ def test_family_trains_evaluates_predicts_and_exports(fixture, request, demo_dat
 
     # Export: the checks passed (fresh process, same outputs), and the ops verdict names the server.
     if result["export"].report is None:  # exported unchecked: compare its outputs here
-        _assert_serves_like_the_model(result["export"].path, run, demo_data)
+        _assert_serves_like_the_model(result["export"].path, run, demo_data, core_ops)
         return
     report = result["export"].report
     assert report is not None and report.ok, str(report)
@@ -169,7 +171,7 @@ def test_family_trains_evaluates_predicts_and_exports(fixture, request, demo_dat
         assert json.load(f)["text_encoder"] == f"keras_hub:{result['preset']}"
 
 
-def _assert_serves_like_the_model(path, run, demo_data):
+def _assert_serves_like_the_model(path, run, demo_data, core_ops):
     """The export's ``serving_default`` scores equal the model's on the run's own tokenization."""
     from tfmm.serving import saved_model
 
@@ -180,7 +182,8 @@ def _assert_serves_like_the_model(path, run, demo_data):
     expected = run.model.predict(dict(run.preprocessor(tf.constant(texts))), verbose=0)
     np.testing.assert_allclose(served, expected, atol=1e-5)
     ops = set(saved_model.saved_model_ops(path))
-    assert "RegexSplitWithOffsets" in ops  # the BPE split stays a TF Text op (TF Serving 2.12+)
+    # Core-op BPE: no TF Text split op (TF Serving 2.12+ only) left in the graph.
+    assert ("RegexSplitWithOffsets" in ops) != core_ops and ("StaticRegexReplace" in ops) == core_ops
 
 
 @pytest.mark.slow

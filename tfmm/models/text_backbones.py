@@ -13,10 +13,15 @@ has them (``[CLS]``/``[SEP]``, ``<s>``/``</s>``, ``<|endoftext|>``, ``<bos>``/``
 
 WordPiece families whose vocabulary has ``[CLS]``, ``[SEP]``, ``[PAD]`` and ``[UNK]`` (BERT,
 DistilBERT, ELECTRA, MiniLM) keep tfmm's core-op tokenizer
-(:class:`tfmm.models.wordpiece_preprocessor.KerasHubTextPreprocessor`); the others (byte-level
-BPE: GPT-2, RoBERTa, Llama 3, Qwen; SentencePiece: Gemma, XLM-RoBERTa, DeBERTa-v3, Llama 2)
-tokenize with the KerasHub tokenizer's TensorFlow graph, which keeps TF Text ops in the
-serving export (``tfmm check-export`` names the oldest TF Serving that loads them).
+(:class:`tfmm.models.wordpiece_preprocessor.KerasHubTextPreprocessor`). Byte-level BPE families
+whose tokenizer is KerasHub's plain ``BytePairTokenizer`` (GPT-2, RoBERTa, BART, OPT, Falcon,
+GPT-NeoX, Llama 3, Qwen...) tokenize with tfmm's core-op twin of it
+(:class:`tfmm.models.bpe_tokenizer.CoreBytePairTokenizer`) once it gave KerasHub's very ids on a
+check sample (:func:`tfmm.models.bpe_tokenizer.check_sample`); if it did not, a warning says so
+and the KerasHub graph stays. The others (SentencePiece: Gemma, XLM-RoBERTa, DeBERTa-v3,
+Llama 2; CLIP, Whisper, Mistral Tekken BPE) tokenize with the KerasHub tokenizer's TensorFlow
+graph, which keeps TF Text ops in the serving export (``tfmm check-export`` names the oldest
+TF Serving that loads them).
 
 The tokenizer always runs as a TensorFlow graph (inside a ``tf.function`` when called
 eagerly): KerasHub tokenizers called eagerly take a pure-Python path (``tokenizers`` /
@@ -81,12 +86,56 @@ def wordpiece_preprocessor(tokenizer, sequence_length: int) -> KerasHubTextPrepr
     return KerasHubTextPreprocessor.from_vocabulary(list(tokenizer.get_vocabulary()), sequence_length, **options)
 
 
+# The methods of KerasHub's BytePairTokenizer that make its ids; a subclass overriding one
+# (CLIP, Whisper, Mistral Tekken) tokenizes its own way.
+_BPE_METHODS = ("tokenize", "_tokenize_tf", "_bpe_merge_tf", "_bpe_merge_one_step_tf",
+                "_bpe_merge_and_update_cache_tf", "set_vocabulary_and_merges", "_set_vocabulary_and_merges_tf")
+
+
+_BPE_CHECKS = {}  # (tokenizer class, fingerprint) -> what first_divergence returned
+
+
+def is_core_op_bpe(tokenizer) -> bool:
+    """Whether ``tokenizer`` is KerasHub's plain byte-level ``BytePairTokenizer`` (or a subclass
+    that only names its special tokens, as GPT-2's and RoBERTa's do), with integer ids."""
+    from keras_hub.tokenizers import BytePairTokenizer
+
+    if not isinstance(tokenizer, BytePairTokenizer) or tokenizer.compute_dtype == "string":
+        return False
+    return all(getattr(type(tokenizer), name) is getattr(BytePairTokenizer, name) for name in _BPE_METHODS)
+
+
+def bpe_preprocessor(tokenizer, sequence_length: int) -> "KerasHubTokenizerPreprocessor":
+    """A :class:`KerasHubTokenizerPreprocessor` tokenizing with the core-op BPE twin of
+    ``tokenizer`` when both give the same ids on the check sample, with ``tokenizer``'s own
+    graph (TF Text ops) otherwise; the warning names the first text that differs."""
+    from tfmm.models import bpe_tokenizer
+
+    core = bpe_tokenizer.CoreBytePairTokenizer.from_keras_hub(tokenizer, name="core_byte_pair_tokenizer")
+    key = (type(tokenizer).__name__, bpe_tokenizer.fingerprint(core))
+    if key not in _BPE_CHECKS:  # tracing KerasHub's graph takes seconds: once per process
+        _BPE_CHECKS[key] = bpe_tokenizer.first_divergence(
+            core, tokenizer, bpe_tokenizer.check_sample(core.unsplittable_tokens))
+    divergence = _BPE_CHECKS[key]
+    if divergence is None:
+        return KerasHubTokenizerPreprocessor(tokenizer, sequence_length, core_tokenizer=core)
+    text, ours, theirs = divergence
+    logger.warning("%s: the core-op BPE tokenizer gives %s for %r where KerasHub gives %s; tokenizing with "
+                   "KerasHub's graph instead (TF Text ops: the export needs a TF Serving that links TF Text)",
+                   type(tokenizer).__name__, ours, text, theirs)
+    return KerasHubTokenizerPreprocessor(tokenizer, sequence_length)
+
+
 def hub_text_preprocessor(source: str, sequence_length: int):
     """The preprocessor of any KerasHub text preset: core-op WordPiece where it applies
-    (:func:`is_core_op_wordpiece`), :class:`KerasHubTokenizerPreprocessor` otherwise."""
+    (:func:`is_core_op_wordpiece`), core-op byte-level BPE where it applies
+    (:func:`is_core_op_bpe`, :func:`bpe_preprocessor`), :class:`KerasHubTokenizerPreprocessor`
+    with the tokenizer's own graph otherwise."""
     tokenizer = load_hub_tokenizer(source)
     if is_core_op_wordpiece(tokenizer):
         return wordpiece_preprocessor(tokenizer, sequence_length)
+    if is_core_op_bpe(tokenizer):
+        return bpe_preprocessor(tokenizer, sequence_length)
     return KerasHubTokenizerPreprocessor(tokenizer, sequence_length)
 
 
@@ -152,6 +201,10 @@ class KerasHubTokenizerPreprocessor(tf.Module):
     Args:
         tokenizer: a KerasHub tokenizer, or a source for :func:`load_hub_tokenizer`.
         sequence_length: pad/truncate to this many tokens (special tokens included).
+        core_tokenizer: None, or a layer giving ``tokenizer``'s ids with TensorFlow core ops
+            (:class:`tfmm.models.bpe_tokenizer.CoreBytePairTokenizer`): it tokenizes instead,
+            so the serving export holds core ops only. ``tokenizer`` still gives the special
+            ids and is what :meth:`save` writes.
 
     Example:
         >>> pre = KerasHubTokenizerPreprocessor("path/to/gpt2_preset", 16)  # doctest: +SKIP
@@ -159,11 +212,12 @@ class KerasHubTokenizerPreprocessor(tf.Module):
         TensorShape([1, 16])
     """
 
-    def __init__(self, tokenizer, sequence_length: int):
+    def __init__(self, tokenizer, sequence_length: int, core_tokenizer=None):
         super().__init__(name="text_preprocessor")
         if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = load_hub_tokenizer(os.fspath(tokenizer))
         self.tokenizer = tokenizer
+        self.core_tokenizer = core_tokenizer
         self.sequence_length = int(sequence_length)
         self.start_id = _special_id(tokenizer, "start_token_id")
         self.end_id = _special_id(tokenizer, "end_token_id")
@@ -174,7 +228,14 @@ class KerasHubTokenizerPreprocessor(tf.Module):
         pack_tokens(tf.ragged.constant([[0]], tf.int32), self.sequence_length,
                     start_id=self.start_id, end_id=self.end_id, pad_id=self.pad_id)
 
+    @property
+    def core_ops(self) -> bool:
+        """Whether tokenization is made of TensorFlow core ops only (a ``core_tokenizer`` is set)."""
+        return self.core_tokenizer is not None
+
     def _tokenize(self, strings):
+        if self.core_tokenizer is not None:
+            return self.core_tokenizer.tokenize(strings)
         return tf.cast(self.tokenizer.tokenize(strings), tf.int32)
 
     def tokenize(self, strings) -> tf.RaggedTensor:
