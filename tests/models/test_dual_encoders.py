@@ -138,9 +138,9 @@ def test_clip_vocabulary_without_the_end_token_last_is_refused():
 
     from tfmm.models.dual_encoder_text import DualEncoderTextPreprocessor
 
-    vocabulary = {"a</w>": 0, "<|endoftext|>": 1, "<|startoftext|>": 2, "b</w>": 3}
-    tokenizer = keras_hub.models.CLIPTokenizer(vocabulary=vocabulary, merges=[])
-    with pytest.raises(ValueError, match=r"largest token id.*<\|endoftext\|> is id 1, its largest id is 3"):
+    vocabulary = {"a": 0, "b": 1, "ab": 2, "<|endoftext|>": 3, "<|startoftext|>": 4}
+    tokenizer = keras_hub.models.CLIPTokenizer(vocabulary=vocabulary, merges=["a b"])
+    with pytest.raises(ValueError, match=r"largest token id.*<\|endoftext\|> is id 3, its largest id is 4"):
         DualEncoderTextPreprocessor(tokenizer, SEQ, "clip")
 
 
@@ -154,7 +154,8 @@ def test_spec_errors_name_the_way_out(tmp_path, presets):
     with pytest.raises(ValueError, match=r"holds a SigLIPBackbone, not a CLIPBackbone"):
         dual_encoders.load_backbone(dual_encoders.parse_encoder_spec(f"clip:{siglip_folder}"))
     backbone = dual_encoders.load_backbone(dual_encoders.parse_encoder_spec(presets["siglip"]))
-    with pytest.raises(ValueError, match=r"sequence_length must be exactly 16 for this siglip encoder; received 8"):
+    with pytest.raises(ValueError, match=r"sequence_length must be exactly 16 \(its text tower reads the last position\) "
+                                         r"for this siglip encoder; received 8: pass --sequence-length 16"):
         dual_encoders.build_text_tower(backbone, "siglip", 8)
 
 

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -128,6 +129,21 @@ def tower_sizes(backbone) -> dict:
     """``{"image_size": S, "sequence_length": L}``: the towers' own input sizes."""
     return {"image_size": int(backbone.vision_encoder.image_shape[0]),
             "sequence_length": int(backbone.text_encoder.max_sequence_length)}
+
+
+def preset_tower_sizes(spec: EncoderSpec) -> dict:
+    """:func:`tower_sizes` of a preset, read from a local folder's ``config.json`` without
+    loading the weights (a preset name: from the loaded backbone)."""
+    config_file = os.path.join(spec.source, "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as f:
+            towers = json.load(f).get("config", {})
+        try:
+            return {"image_size": int(towers["vision_encoder"]["config"]["image_shape"][0]),
+                    "sequence_length": int(towers["text_encoder"]["config"]["max_sequence_length"])}
+        except (KeyError, TypeError, IndexError):
+            pass  # not a dual encoder's config: load_backbone says what it is
+    return tower_sizes(load_backbone(spec))
 
 
 def build_image_tower(backbone, converter, image_size: int, *, trainable: bool = True) -> keras.Model:

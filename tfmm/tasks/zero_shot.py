@@ -174,7 +174,7 @@ def load_encoder_run(spec: str, *, batch_size: int = 32) -> LoadedRun:
     from tfmm.tasks.contrastive import ContrastiveTask
 
     parsed = dual_encoders.parse_encoder_spec(spec)
-    sizes = dual_encoders.tower_sizes(dual_encoders.load_backbone(parsed))
+    sizes = dual_encoders.preset_tower_sizes(parsed)
     config = RunConfig().replace(model={"task": "contrastive", "encoder": spec, "modalities": "both"},
                                  data=sizes, train={"batch_size": batch_size})
     model = assemble_model(config, ContrastiveTask().build_head)
