@@ -24,6 +24,7 @@ from tfmm.cli import main
 from tfmm.data.manifest import read_manifest
 from tfmm.evaluation.evaluate import evaluate, predict
 from tfmm.models import dual_encoder_heads, dual_encoders
+from tfmm.models.text import build_text_encoder
 from tfmm.run_dir import load_run
 from tfmm.serving import saved_model
 from tfmm.serving.export import export_for_serving
@@ -95,6 +96,7 @@ def _unit(x):
 
 # --- the model's own pieces --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_towers_are_the_backbones_embeddings(presets, preprocessors):
     """The image tower (converter in the graph) and text tower give KerasHub's own embeddings."""
     for family, spec in presets.items():
@@ -112,6 +114,10 @@ def test_towers_are_the_backbones_embeddings(presets, preprocessors):
         np.testing.assert_allclose(math.exp(scale) * cosine + (bias or 0.0),
                                    keras.ops.convert_to_numpy(expected["text_logits"]), atol=1e-4)
         assert image_tower.output_shape == text_tower.output_shape == (None, 16)
+        # `--text-encoder clip:DIR` alone: the same text tower beside another image encoder.
+        alone = build_text_encoder(spec, sequence_length=SEQ)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(alone(tokens)),
+                                   keras.ops.convert_to_numpy(text_tower(tokens)), atol=1e-6)
 
 
 def test_text_preprocessor_packs_as_the_family_does(preprocessors):

@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TextSpec:
-    """A parsed text encoder spec: ``kind`` is ``keras_hub`` or ``tfhub``."""
+    """A parsed text encoder spec: ``kind`` is ``keras_hub``, ``tfhub``, ``embedding_bag`` or
+    ``dual_encoder`` (the text tower of a CLIP / SigLIP)."""
 
     kind: str  # keras_hub, tfhub, embedding_bag or dual_encoder
     source: str  # keras_hub, dual_encoder: preset name or folder; tfhub: the encoder handle
