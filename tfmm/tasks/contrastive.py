@@ -8,6 +8,10 @@ cross-entropy (:class:`tfmm.models.pair_heads.ContrastiveLoss`). Evaluation is r
 both directions (:mod:`tfmm.tasks.dual_encoder`); ``predict`` gives each row's similarity and
 embeddings, or zero-shot labels (:mod:`tfmm.tasks.zero_shot`); the export serves the towers:
 ``similarity``, ``image_embedding``, ``text_embedding``, plus ``embed_image`` / ``embed_text``.
+
+With a dual encoder (``--encoder clip:...`` / ``siglip:...``) the head keeps the model's own
+embedding space, logit scale (and SigLIP's bias) and the loss is the model's own: CLIP's
+softmax or SigLIP's sigmoid (:mod:`tfmm.models.dual_encoder_heads`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import tensorflow as tf
 from tfmm.data import pairs
 from tfmm.data.images import decode_images
 from tfmm.data.labels import PAIR_IDS, pair_ids
+from tfmm.models import dual_encoder_heads, dual_encoders
 from tfmm.models.pair_heads import ContrastiveLoss, build_dual_encoder_head, in_batch_recall_at_1
 from tfmm.tasks.base import Evaluation, Task, pad_empty
 from tfmm.tasks.dual_encoder import (
@@ -47,9 +52,14 @@ class ContrastiveTask(Task):
         return 0  # no classes
 
     def build_head(self, config, feature_dims: dict) -> keras.Model:
+        if config.model.encoder:
+            family = dual_encoders.parse_encoder_spec(config.model.encoder).family
+            return dual_encoder_heads.build_pretrained_contrastive_head(feature_dims, family)
         return build_dual_encoder_head(config, feature_dims)
 
     def loss(self, config):
+        if config.model.encoder:
+            return dual_encoder_heads.contrastive_loss(dual_encoders.parse_encoder_spec(config.model.encoder).family)
         return ContrastiveLoss()
 
     def metrics(self, config) -> list:

@@ -24,17 +24,22 @@ RECALL_KS = (1, 5, 10)
 
 
 def _tower(model: keras.Model, modality: str, name: str) -> keras.Model:
-    """Input(s) of one modality -> encoder -> standardize -> projection -> L2 normalization."""
+    """Input(s) of one modality -> encoder -> [standardize -> projection] -> L2 normalization.
+
+    A CLIP / SigLIP head has no standardization or projection: its towers already share a space.
+    """
     head = model.get_layer("fusion_head") if _has_layer(model, "fusion_head") else model
-    standardize = head.get_layer(f"{modality}_features_norm")
-    projection = head.get_layer(f"{modality}_projection")
-    normalize = head.get_layer(f"{modality}_embedding")
+    names = (f"{modality}_features_norm", f"{modality}_projection", f"{modality}_embedding")
+    steps = [head.get_layer(n) for n in names if _has_layer(head, n)]
 
     def embed(features):
-        return normalize(projection(standardize(features)))
+        for layer in steps:
+            features = layer(features)
+        return features
 
     if not _has_layer(model, f"{modality}_encoder"):  # a bare fusion_head: features in
-        inputs = keras.Input(shape=(projection.kernel.shape[0],), dtype="float32", name=f"{modality}_features")
+        width = int(head.get_layer(f"{modality}_features").output.shape[-1])
+        inputs = keras.Input(shape=(width,), dtype="float32", name=f"{modality}_features")
         return keras.Model(inputs, embed(inputs), name=name)
     encoder = model.get_layer(f"{modality}_encoder")
     if modality == "image":
@@ -123,6 +128,15 @@ def logit_scale(model: keras.Model) -> float:
     _check_contrastive(model)
     head = model.get_layer("fusion_head") if _has_layer(model, "fusion_head") else model
     return float(keras.ops.convert_to_numpy(head.get_layer("similarity").scale()))
+
+
+def logit_bias(model: keras.Model):
+    """The trained ``logit_bias`` of a SigLIP contrastive model (sigmoid scores); ``None`` for
+    softmax models (CLIP, tfmm's own dual encoder)."""
+    _check_contrastive(model)
+    head = model.get_layer("fusion_head") if _has_layer(model, "fusion_head") else model
+    similarity = head.get_layer("similarity")
+    return float(keras.ops.convert_to_numpy(similarity.bias())) if hasattr(similarity, "bias") else None
 
 
 def recall_at_k(similarity: np.ndarray, relevant: np.ndarray, ks: Sequence[int] = RECALL_KS) -> dict:

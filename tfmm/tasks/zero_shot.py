@@ -4,12 +4,16 @@ Each label is put into a prompt (``"a photo of a {}"`` -> ``"a photo of a cat"``
 are embedded by the text tower and every image of a manifest is scored against them
 (:func:`tfmm.tasks.zero_shot_scores`). ``tfmm predict --zero-shot-labels`` and
 ``tfmm.predict(..., zero_shot_labels=...)`` reach it through the run's task.
+
+A pretrained CLIP / SigLIP needs no training at all: :func:`load_encoder_run` makes a
+contrastive run of a preset name or folder (``tfmm predict --model clip:DIR --zero-shot-labels
+...``), whose towers and logit scale are the model's own.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +23,7 @@ from tfmm.data.labels import PAIR_IDS
 from tfmm.data.manifest import Manifest, check_manifest, read_manifest
 from tfmm.data.pipeline import make_dataset
 from tfmm.data.validation import read_table
+from tfmm.models import dual_encoders
 from tfmm.run_dir import LoadedRun, load_run
 from tfmm.tasks import dual_encoder
 from tfmm.tasks.base import prediction_records
@@ -46,15 +51,20 @@ def zero_shot_prompts(labels: Sequence[str], prompt: str = DEFAULT_PROMPT) -> li
     return [prompt.replace("{}", label) for label in labels]
 
 
-def zero_shot_scores(image_embeddings: np.ndarray, prompt_embeddings: np.ndarray, scale: float) -> np.ndarray:
-    """``[N, C]`` class probabilities: softmax over labels of ``scale * cosine``.
+def zero_shot_scores(image_embeddings: np.ndarray, prompt_embeddings: np.ndarray, scale: float,
+                     bias: Optional[float] = None) -> np.ndarray:
+    """``[N, C]`` label scores from ``logits = scale * cosine (+ bias)``.
 
     Args:
         image_embeddings: ``[N, D]`` normalized image embeddings.
         prompt_embeddings: ``[C, D]`` normalized embeddings of the label prompts.
         scale: the model's ``1 / temperature`` (:func:`logit_scale`).
+        bias: SigLIP's ``logit_bias``: each label gets its own ``sigmoid(logit)`` (the
+            model's per-pair probability); ``None``: softmax over the labels (CLIP).
     """
     logits = scale * (np.asarray(image_embeddings) @ np.asarray(prompt_embeddings).T)
+    if bias is not None:
+        return 1.0 / (1.0 + np.exp(-(logits + bias)))
     logits -= logits.max(axis=1, keepdims=True)
     probs = np.exp(logits)
     return probs / probs.sum(axis=1, keepdims=True)
@@ -85,10 +95,12 @@ def zero_shot_predict(run, data, labels: Sequence[str], *, prompt: str = DEFAULT
 
     Each label is put into ``prompt`` (``"a photo of a {}"`` -> ``"a photo of a cat"``), the
     prompts are embedded by the text tower and every image is scored against them:
-    softmax over the labels of ``cosine / temperature``. No classifier head is trained.
+    softmax over the labels of ``cosine / temperature`` (SigLIP: each label's sigmoid). The
+    labels come out in the order of their prompts' cosine similarity. No classifier head is trained.
 
     Args:
-        run: a contrastive run directory or :class:`~tfmm.run_dir.LoadedRun`.
+        run: a contrastive run directory or :class:`~tfmm.run_dir.LoadedRun`, or a
+            ``clip:PRESET_OR_DIR`` / ``siglip:PRESET_OR_DIR`` spec (:func:`load_encoder_run`).
         data: manifest (path, DataFrame or Manifest) with an image column; captions are
             not needed; a label column, when present, is reported as ``true_label``.
         labels: the candidate labels.
@@ -107,7 +119,7 @@ def zero_shot_predict(run, data, labels: Sequence[str], *, prompt: str = DEFAULT
         >>> tfmm.predict("runs/clip", "photos.csv", zero_shot_labels=["cat", "dog"],
         ...              prompt="a photo of a {}")
     """
-    run = run if isinstance(run, LoadedRun) else load_run(run)
+    run = as_run(run)
     prompts = zero_shot_prompts(labels, prompt)
     names = [str(x).strip() for x in labels if str(x).strip()]
     manifest = check_manifest(_image_manifest(run, data), encoding=PAIR_IDS,
@@ -117,8 +129,54 @@ def zero_shot_predict(run, data, labels: Sequence[str], *, prompt: str = DEFAULT
     image_emb = dual_encoder.image_embedding_model(run.model).predict(images.map(lambda f: f["image"]), verbose=0)
     text_tower = dual_encoder.text_embedding_model(run.model)
     prompt_emb = np.asarray(text_tower(run.preprocessor(tf.constant(prompts)), training=False))
-    scores = zero_shot_scores(image_emb, prompt_emb, dual_encoder.logit_scale(run.model))
+    scores = zero_shot_scores(image_emb, prompt_emb, dual_encoder.logit_scale(run.model),
+                              dual_encoder.logit_bias(run.model))
     index = {name: i for i, name in enumerate(names)}
     values = [{"labels": top_names, "scores": top_scores, "prompts": [prompts[index[n]] for n in top_names]}
               for top_names, top_scores in top_k(scores, names, min(k, len(names)))]
     return prediction_records(manifest, values)
+
+
+def as_run(run) -> LoadedRun:
+    """``run`` as a :class:`LoadedRun`: itself, a run directory, or a dual encoder spec."""
+    if isinstance(run, LoadedRun):
+        return run
+    if dual_encoders.is_encoder_spec(os.fspath(run)):
+        return load_encoder_run(os.fspath(run))
+    return load_run(run)
+
+
+def load_encoder_run(spec: str, *, batch_size: int = 32) -> LoadedRun:
+    """A pretrained CLIP / SigLIP as an (untrained) contrastive run: zero-shot and retrieval as they are.
+
+    The run's model is the preset's two towers under a contrastive head whose logit scale
+    (and SigLIP's bias) is the model's own; images are decoded at the vision tower's size and
+    texts padded to the text tower's length, as the model was trained.
+
+    Args:
+        spec: ``clip:PRESET_OR_DIR`` or ``siglip:PRESET_OR_DIR``.
+        batch_size: images per prediction batch.
+
+    Returns:
+        A :class:`LoadedRun` (``run_dir`` is the preset's source, no labels) for
+        :func:`zero_shot_predict` and ``tfmm.predict``.
+
+    Raises:
+        ValueError: ``spec`` is not a dual encoder, or the preset cannot be loaded (the message
+            names a local folder as the way out).
+
+    Example:
+        >>> run = load_encoder_run("clip:presets/clip_vit_base_patch32")
+        >>> tfmm.predict(run, "photos.csv", zero_shot_labels=["cat", "dog"])
+    """
+    from tfmm.config import RunConfig
+    from tfmm.models.build import assemble_model
+    from tfmm.tasks.contrastive import ContrastiveTask
+
+    parsed = dual_encoders.parse_encoder_spec(spec)
+    sizes = dual_encoders.preset_tower_sizes(parsed)
+    config = RunConfig().replace(model={"task": "contrastive", "encoder": spec, "modalities": "both"},
+                                 data=sizes, train={"batch_size": batch_size})
+    model = assemble_model(config, ContrastiveTask().build_head)
+    preprocessor = dual_encoders.text_preprocessor(spec, sizes["sequence_length"])
+    return LoadedRun(parsed.source, config, [], model, preprocessor)
