@@ -228,7 +228,7 @@ def _text_preprocessor(run_dir, config: RunConfig, train_m: Manifest):
     if not config.model.uses_text:
         return None
     dc = config.data
-    preprocessor = text.load_text_preprocessor(config.model.text_encoder, dc.sequence_length)
+    preprocessor = text.load_text_preprocessor(text.text_spec(config.model), dc.sequence_length)
     if hasattr(preprocessor, "adapt"):  # embedding-bag: frequent training words get their own ids
         preprocessor.adapt(train_m.frame["text"].tolist())
     if hasattr(preprocessor, "save"):
