@@ -99,8 +99,12 @@ def train_two_stage(config: RunConfig, run_dir: str, train_one: Callable, *, ove
                 "learning rate %g (encoders x%g), %d epochs", stage1_dir, _describe(mc.freeze_image,
                 mc.unfreeze_image_blocks, "blocks"), _describe(mc.freeze_text, mc.unfreeze_text_layers, "layers"),
                 config.train.learning_rate, config.train.encoder_lr_scale, config.train.epochs)
-    initial = keras.models.load_model(os.path.join(stage1_dir, MODEL_FILE), compile=False)
-    return train_one(config, run_dir, overwrite=overwrite, initial_model=initial, **kwargs)
+    return train_one(config, run_dir, overwrite=overwrite, initial_model=load_stage1_model(stage1_dir), **kwargs)
+
+
+def load_stage1_model(stage1_dir: str) -> keras.Model:
+    """A finished stage-1 run's ``model.keras`` (uncompiled), to start stage 2 from."""
+    return keras.models.load_model(os.path.join(stage1_dir, MODEL_FILE), compile=False)
 
 
 def _describe(frozen, blocks, unit: str) -> str:

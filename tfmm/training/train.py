@@ -136,6 +136,11 @@ def train(
     (killed, preempted) resumes when called again with the same ``output_dir``, at the
     start of the interrupted epoch (see :mod:`tfmm.training.resume`).
 
+    ``config.train.preset`` fills in the options left to ``None`` first
+    (:mod:`tfmm.training.presets`); with ``train.two_stage`` (presets ``balanced``, ``best``)
+    the head is trained first on cached frozen features in ``output_dir/stage1`` and this run
+    starts from it (:mod:`tfmm.training.stages`).
+
     Args:
         config: the run configuration.
         train_data: training manifest (path, DataFrame or :class:`~tfmm.data.manifest.Manifest`).
