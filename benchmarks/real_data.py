@@ -141,13 +141,14 @@ def main(argv=None) -> dict:
           f"{len(source['classes'])} classes, split seed {args.split_seed}; encoders {args.image_encoder} "
           f"({args.image_weights}) + {args.text_encoder}, image size {args.image_size}")
     base = run_baseline(args, paths)
-    results = {preset: run_preset(args, preset, paths) for preset in args.presets}
-    print_results(results, base)
-    out = os.path.join(args.output_dir, "real_data.json")
-    with open(out, "w", encoding="utf-8") as f:
-        json.dump({"presets": {k: {**v, "correct": v["correct"].tolist()} for k, v in results.items()},
-                   "baseline": {**base, "correct": base["correct"].tolist()}, "source": source,
-                   "machine": common.machine_info()}, f, indent=2, default=str)
+    results, out = {}, os.path.join(args.output_dir, "real_data.json")
+    for preset in args.presets:  # the table so far after each preset (a long run can be cut short)
+        results[preset] = run_preset(args, preset, paths)
+        print_results(results, base)
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump({"presets": {k: {**v, "correct": v["correct"].tolist()} for k, v in results.items()},
+                       "baseline": {**base, "correct": base["correct"].tolist()}, "source": source,
+                       "machine": common.machine_info()}, f, indent=2, default=str)
     print(f"results: {out}")
     return {"presets": results, "baseline": base}
 

@@ -28,7 +28,7 @@ import keras
 from tfmm.config import RunConfig
 from tfmm.files import write_json_atomic
 from tfmm.run_dir import DEFAULT_CACHE_DIR, HISTORY_FILE, MODEL_FILE
-from tfmm.training import resume
+from tfmm.training import distribute, resume
 from tfmm.training.presets import stage1_config
 
 logger = logging.getLogger(__name__)
@@ -86,11 +86,13 @@ def train_two_stage(config: RunConfig, run_dir: str, train_one: Callable, *, ove
               for seed, stage_dir in stage1_dirs(run_dir, config).items()}
     winner = min(losses, key=losses.get)
     stage1_dir = stage1_dirs(run_dir, config)[winner]
-    write_json_atomic(os.path.join(run_dir, STAGES_FILE), {
-        "stage1": {str(s): {"run_dir": os.path.relpath(d, run_dir), "best_loss": losses[s]}
-                   for s, d in stage1_dirs(run_dir, config).items()},
-        "stage1_winner_seed": winner, "stage2_from": os.path.relpath(stage1_dir, run_dir),
-    })
+    strategy = kwargs.get("strategy")
+    if strategy is None or distribute.is_chief(strategy):  # the chief alone writes shared files
+        write_json_atomic(os.path.join(run_dir, STAGES_FILE), {
+            "stage1": {str(s): {"run_dir": os.path.relpath(d, run_dir), "best_loss": losses[s]}
+                       for s, d in stage1_dirs(run_dir, config).items()},
+            "stage1_winner_seed": winner, "stage2_from": os.path.relpath(stage1_dir, run_dir),
+        })
     if len(losses) > 1:
         logger.info("stage 1: seed %d has the lowest validation loss (%s)", winner,
                     ", ".join(f"seed {s}: {v:.4f}" for s, v in losses.items()))
