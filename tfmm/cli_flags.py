@@ -59,14 +59,18 @@ CONFIG_FLAGS = [
     ("--hidden-dim", "model", "hidden_dim", dict(type=int, metavar="N",
                                                  help="head hidden layer width, 0 for none")),
     ("--dropout", "model", "dropout", dict(type=float, metavar="X", help="dropout after fusion")),
-    ("--freeze-image", "model", "freeze_image", dict(action="store_true", default=None,
-                                                     help="keep the image encoder's weights fixed")),
-    ("--freeze-text", "model", "freeze_text", dict(action="store_true", default=None,
-                                                   help="keep the text encoder's weights fixed")),
+    ("--freeze-image", "model", "freeze_image", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="keep the image encoder's weights fixed (default: set by --preset; none: not frozen)")),
+    ("--freeze-text", "model", "freeze_text", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="keep the text encoder's weights fixed (default: set by --preset; none: not frozen)")),
     ("--unfreeze-image-blocks", "model", "unfreeze_image_blocks", dict(
-        type=int, metavar="N", help="train only the image encoder's top N blocks, 0: all (unless frozen)")),
+        type=int, metavar="N", help="train only the image encoder's top N blocks, 0: all (unless frozen) "
+                                    "(default: set by --preset; none: 0)")),
     ("--unfreeze-text-layers", "model", "unfreeze_text_layers", dict(
-        type=int, metavar="N", help="train only the text encoder's top N layers, 0: all (unless frozen)")),
+        type=int, metavar="N", help="train only the text encoder's top N layers, 0: all (unless frozen) "
+                                    "(default: set by --preset; none: 0)")),
     ("--image-size", "data", "image_size", dict(type=int, metavar="N",
                                                 help="images are resized to NxN")),
     ("--sequence-length", "data", "sequence_length", dict(type=int, metavar="N",
@@ -89,13 +93,14 @@ CONFIG_FLAGS = [
         action="store_true", default=None,
         help="skip invalid rows (written to RUN/skipped_rows.csv) instead of stopping")),
     ("--epochs", "train", "epochs", dict(
-        type=int, metavar="N", help="passes over the data (default: 10; 50 when only a head trains on "
-                                    "cached features, stopped early by validation)")),
+        type=int, metavar="N", help="passes over the data (default: set by --preset, else 10; 50 when only "
+                                    "a head trains on cached features, stopped early by validation; "
+                                    "two stages: stage 2's)")),
     ("--batch-size", "train", "batch_size", dict(type=int, metavar="N",
                                                  help="examples per device per step")),
     ("--learning-rate", "train", "learning_rate", dict(
-        type=float, metavar="X", help="peak AdamW learning rate (default: 1e-3 when every encoder is "
-                                      "frozen, else 1e-4)")),
+        type=float, metavar="X", help="peak AdamW learning rate (default: set by --preset, else 1e-3 when "
+                                      "every encoder is frozen, else 1e-4; two stages: stage 2's)")),
     ("--encoder-lr-scale", "train", "encoder_lr_scale", dict(
         type=float, metavar="X", help="encoders train at --learning-rate x X, the head at --learning-rate")),
     ("--weight-decay", "train", "weight_decay", dict(type=float, metavar="X", help="AdamW weight decay")),
@@ -148,8 +153,12 @@ CONFIG_FLAGS += [
 # Quality options (issue: presets, imbalance, calibration, augmentation): see README, Getting the best accuracy.
 CONFIG_FLAGS += [
     ("--preset", "train", "preset", dict(
-        choices=config.PRESETS, help="a named recipe for the options not given (fast, balanced, best; "
-                                     "none: every option at its own default)")),
+        choices=config.PRESETS, help="a named recipe for the options not given: fast (frozen encoders, "
+                                     "cached features, a head), balanced (fast, then the top block of both "
+                                     "encoders fine-tuned from it), best (balanced deeper and longer, "
+                                     "augmented, 3 head seeds); none: every option at its own default; "
+                                     "flags given win; see README, Getting the best accuracy "
+                                     "(default: none)")),
     ("--loss", "train", "loss", dict(choices=config.LOSSES,
                                      help="auto: the task's loss; focal: focal cross-entropy (imbalance)")),
     ("--focal-gamma", "train", "focal_gamma", dict(type=float, metavar="X",
@@ -165,6 +174,17 @@ CONFIG_FLAGS += [
     ("--encoder", "model", "encoder", dict(
         metavar="clip:SPEC|siglip:SPEC", help="one KerasHub dual encoder (CLIP, SigLIP) for both branches, "
                                               "preset name or folder; replaces --image-encoder/--text-encoder")),
+]
+
+# Two-stage training (tfmm.training.stages), set by the presets balanced and best.
+CONFIG_FLAGS += [
+    ("--two-stage", "train", "two_stage", dict(
+        action=argparse.BooleanOptionalAction, default=None,
+        help="train the head alone on cached frozen features first (RUN/stage1), then fine-tune this "
+             "run's model from it (default: set by --preset; on for balanced and best)")),
+    ("--head-seeds", "train", "head_seeds", dict(
+        type=int, metavar="N", help="two stages: train stage 1 with N seeds and fine-tune the one with "
+                                    "the lowest validation loss (default: set by --preset; best: 3, else 1)")),
 ]
 
 # The flags that say how a source is read, for the commands that read data without training.

@@ -132,9 +132,11 @@ class ModelConfig:
         hidden_dim: width of the head's hidden layer (0 for none).
         dropout: dropout rate after fusion.
         freeze_image / freeze_text: keep that encoder's weights fixed (and run it in
-            inference mode: no dropout, BatchNorm on its moving statistics).
+            inference mode: no dropout, BatchNorm on its moving statistics). ``None``: the
+            preset decides (``train.preset``, see :mod:`tfmm.training.presets`; ``none``: off).
         unfreeze_image_blocks / unfreeze_text_layers: > 0 trains only the top N blocks of
-            the image encoder / layers of the text encoder; the rest stays frozen.
+            the image encoder / layers of the text encoder; the rest stays frozen. ``None``:
+            the preset decides (``none``: 0).
         augment: random image augmentation in training only (``none``, ``light``,
             ``strong``: Keras preprocessing layers in the image branch; exported graphs and
             inference are unaffected).
@@ -156,10 +158,10 @@ class ModelConfig:
     projection_dim: int = 256
     hidden_dim: int = 256
     dropout: float = 0.2
-    freeze_image: bool = False
-    freeze_text: bool = False
-    unfreeze_image_blocks: int = 0
-    unfreeze_text_layers: int = 0
+    freeze_image: Optional[bool] = None
+    freeze_text: Optional[bool] = None
+    unfreeze_image_blocks: Optional[int] = None
+    unfreeze_text_layers: Optional[int] = None
     augment: str = "none"
     encoder: str = ""
     num_classes: int = 0
@@ -171,8 +173,9 @@ class ModelConfig:
         _check_choice("text_dtype", self.text_dtype, TEXT_DTYPES)
         _check_choice("augment", self.augment, AUGMENTS)
         _check_positive("text_lora_rank", self.text_lora_rank, allow_zero=True)
-        _check_positive("unfreeze_image_blocks", self.unfreeze_image_blocks, allow_zero=True)
-        _check_positive("unfreeze_text_layers", self.unfreeze_text_layers, allow_zero=True)
+        for name in ("unfreeze_image_blocks", "unfreeze_text_layers"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name), allow_zero=True)
         _check_positive("projection_dim", self.projection_dim)
         _check_positive("hidden_dim", self.hidden_dim, allow_zero=True)
         _check_positive("num_classes", self.num_classes, allow_zero=True)
@@ -223,12 +226,20 @@ class TrainConfig:
         jit_compile: compile train steps with XLA (``None``: Keras' ``"auto"``).
         encoder_lr_scale: the encoders' weights train at ``learning_rate x`` this; the
             head at ``learning_rate``.
-        preset: a named recipe (one of ``PRESETS``) that fills in the options not given.
+        preset: a named recipe (one of ``PRESETS``) that fills in the options left to ``None``
+            (see :mod:`tfmm.training.presets`); ``none``: every option at its own default.
         loss: ``auto`` (the task's loss) or ``focal`` (focal cross-entropy, for imbalance).
         focal_gamma: the focusing parameter of ``loss: focal``.
         class_weight: ``balanced`` weights each class by ``n / (k x count)`` in the loss.
         calibrate: fit a softmax/sigmoid temperature on the validation data after training
             (classification, binary, matching) and apply it in evaluate, predict and export.
+        two_stage: first train the head alone on cached frozen features (``RUN/stage1``, until
+            validation stops improving), then fine-tune the model this config describes starting
+            from that head (see :mod:`tfmm.training.stages`). ``None``: the preset decides
+            (``balanced``, ``best``: on).
+        head_seeds: ``two_stage``: train stage 1 with this many seeds (``seed``, ``seed + 1``,
+            ...) and fine-tune the one with the best validation loss (``None``: the preset
+            decides; ``best``: 3, else 1).
     """
 
     epochs: Optional[int] = None
@@ -253,6 +264,8 @@ class TrainConfig:
     focal_gamma: float = 2.0
     class_weight: str = "none"
     calibrate: bool = True
+    two_stage: Optional[bool] = None
+    head_seeds: Optional[int] = None
 
     def __post_init__(self):
         if self.epochs is not None:
@@ -270,6 +283,8 @@ class TrainConfig:
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("class_weight", self.class_weight, CLASS_WEIGHTS)
         _check_positive("focal_gamma", self.focal_gamma, allow_zero=True)
+        if self.head_seeds is not None:
+            _check_positive("head_seeds", self.head_seeds)
         if isinstance(self.devices, (list, tuple)):  # YAML list -> the flag's string form
             object.__setattr__(self, "devices", ",".join(str(d).strip() for d in self.devices))
         if not isinstance(self.devices, str) or (self.devices and not all(d.strip() for d in self.devices.split(","))):

@@ -33,12 +33,13 @@ from tfmm.run_dir import (
     TRAINING_CURVES_FILE, write_data_sources,
 )
 from tfmm.tasks import build_model, get_task
-from tfmm.training import cached_fit, distribute, feature_cache, keras_patches, precision, resume
+from tfmm.training import cached_fit, distribute, feature_cache, keras_patches, precision, resume, stages
 from tfmm.training.callbacks import reporting_callbacks
 from tfmm.training.checkpoint import AtomicBestCheckpoint, check_free_space
 from tfmm.training.optimizer import (  # noqa: F401 (make_optimizer: public, used by callers)
     all_encoders_frozen, make_optimizer, resolve_train_defaults,
 )
+from tfmm.training.presets import resolve_preset
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,11 @@ def train(
     (killed, preempted) resumes when called again with the same ``output_dir``, at the
     start of the interrupted epoch (see :mod:`tfmm.training.resume`).
 
+    ``config.train.preset`` fills in the options left to ``None`` first
+    (:mod:`tfmm.training.presets`); with ``train.two_stage`` (presets ``balanced``, ``best``)
+    the head is trained first on cached frozen features in ``output_dir/stage1`` and this run
+    starts from it (:mod:`tfmm.training.stages`).
+
     Args:
         config: the run configuration.
         train_data: training manifest (path, DataFrame or :class:`~tfmm.data.manifest.Manifest`).
@@ -162,12 +168,24 @@ def train(
         strategy = distribute.select_strategy(config.train.strategy, config.train.devices)
     if strategy.num_replicas_in_sync > 1 or distribute.is_multi_worker(strategy):
         keras_patches.apply_distribute_fixes()
-    config = _resolved(config, strategy)
     run_dir = os.path.abspath(output_dir)
+    run = dict(train_data=train_data, val_data=val_data, callbacks=callbacks, verbose=verbose, strategy=strategy)
+    config = resolve_preset(config)
+    if config.train.two_stage:  # stage 1 in RUN/stage1, then this run from its weights
+        return stages.train_two_stage(_resolved(config, strategy), run_dir, _train_one, overwrite=overwrite, **run)
+    return _train_one(config, run_dir, overwrite=overwrite, **run)
+
+
+def _train_one(config: RunConfig, run_dir: str, *, train_data, val_data, callbacks, verbose, strategy,
+               overwrite: bool = False, initial_model: Optional[keras.Model] = None) -> TrainResult:
+    """One ordinary run (one stage) in ``run_dir``; ``initial_model``'s weights, when given,
+    replace the fresh model's before training (see :func:`tfmm.training.stages.copy_weights`)."""
+    config = _resolved(resolve_preset(config), strategy)
     _check_writable(run_dir)
     start = resume.prepare_run(run_dir, config, strategy, overwrite=overwrite)
     with distribute.worker_output_dir(run_dir, strategy) as write_dir:
-        result = _train_in(write_dir, start, strategy, config, train_data, val_data, callbacks, verbose)
+        result = _train_in(write_dir, start, strategy, config, train_data, val_data, callbacks, verbose,
+                           initial_model=initial_model)
         distribute.barrier(strategy)
     return dataclasses.replace(result, run_dir=run_dir)
 
@@ -187,7 +205,8 @@ class _Inputs:
     steps_per_epoch: int
 
 
-def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks, verbose) -> TrainResult:
+def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks, verbose,
+              initial_model=None) -> TrainResult:
     """The body of :func:`train`: ``run_dir`` is where this worker writes (the chief: the
     run directory; another worker: a temporary folder)."""
     keras.utils.set_random_seed(config.train.seed)
@@ -195,7 +214,7 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
     save_config(inputs.config, os.path.join(run_dir, CONFIG_FILE))
     save_labels(inputs.labels, os.path.join(run_dir, LABELS_FILE))
     write_data_sources(run_dir, train_data, val_data)
-    model, optimizer_config = _build_and_compile(run_dir, start, strategy, inputs)
+    model, optimizer_config = _build_and_compile(run_dir, start, strategy, inputs, initial_model)
     history = _fit(model, run_dir, start, strategy, inputs, optimizer_config, callbacks, verbose)
     hist = _write_run(model, run_dir, start, inputs, history)
     return TrainResult(model, hist, run_dir, inputs.config, inputs.labels, initial_epoch=start.initial_epoch)
@@ -262,11 +281,15 @@ def _prepare_inputs(run_dir, config: RunConfig, train_data, val_data, strategy) 
                    steps_per_epoch=math.ceil(len(train_m) / global_batch))
 
 
-def _build_and_compile(run_dir, start, strategy, inputs: _Inputs) -> tuple:
-    """``(model, optimizer_config)``: the model built and compiled in the strategy's scope."""
+def _build_and_compile(run_dir, start, strategy, inputs: _Inputs, initial_model=None) -> tuple:
+    """``(model, optimizer_config)``: the model built (its weights from ``initial_model`` when
+    given) and compiled in the strategy's scope."""
     config = inputs.config
     with strategy.scope(), precision.dtype_policy(config.train.mixed_precision):
         model = build_model(config)
+        if initial_model is not None:
+            copied = stages.copy_weights(initial_model, model)
+            logger.info("weights of %s initialised from the previous stage's model", ", ".join(copied))
         optimizer_config = _scaled_learning_rate(config, strategy)
         compile_model(model, optimizer_config, inputs.steps_per_epoch)
     check_free_space(model, run_dir)
@@ -319,8 +342,10 @@ def _write_run(model, run_dir, start, inputs: _Inputs, history) -> dict:
 
 
 def _resolved(config: RunConfig, strategy: tf.distribute.Strategy) -> RunConfig:
-    """``config`` with the learning rate and the epochs its defaults (``None``) stand for,
-    logged; ``config.yaml`` keeps these values, so a resumed run compares like with like."""
+    """``config`` with its preset's options (:func:`~tfmm.training.presets.resolve_preset`) and the
+    learning rate and the epochs their defaults (``None``) stand for, logged; ``config.yaml``
+    keeps these values, so a resumed run compares like with like."""
+    config = resolve_preset(config)
     head_only = feature_cache.head_only_cached(config, strategy)
     resolved = resolve_train_defaults(config, head_only_cached=head_only)
     tc, rc = config.train, resolved.train

@@ -1,0 +1,156 @@
+"""Presets: named recipes (``train.preset``) that fill in the options a config leaves open.
+
+A preset is a table of existing options. Options it governs default to ``None`` in the
+config ("the preset decides"); any value given (a flag, a YAML key, a ``replace``) wins over
+the table. :func:`resolve_preset` writes the table's values into the config once, at the start
+of :func:`tfmm.training.train.train`, so the run's ``config.yaml`` holds every resolved value:
+``tfmm train --config RUN/config.yaml`` trains the same run, and resolving again changes nothing.
+
+========== ================================================================================
+preset     options it sets
+========== ================================================================================
+none       no preset: every option at its own default (encoders trained whole, one stage)
+fast       both encoders frozen, their features computed once and cached, only the fusion
+           head trains (epochs take milliseconds; early stopping on the validation loss)
+balanced   two stages (:mod:`tfmm.training.stages`): ``fast`` first (the head on cached
+           frozen features, ``RUN/stage1``), then the top ``BALANCED_BLOCKS`` block(s) of
+           both encoders unfrozen and fine-tuned from stage 1's weights at
+           ``BALANCED_LEARNING_RATE`` (encoders at that x ``encoder_lr_scale``) for
+           ``BALANCED_EPOCHS`` epochs, stopped early on the validation loss
+best       ``balanced`` with ``BEST_BLOCKS`` unfrozen blocks, ``BEST_EPOCHS`` epochs, light image
+           augmentation in stage 2, and stage 1 trained with ``BEST_HEAD_SEEDS`` seeds
+           (stage 2 starts from the one with the lowest validation loss)
+========== ================================================================================
+
+``augment`` is not ``None``-able (``none`` is its default): ``best`` sets ``light`` unless the
+config asks for another augmentation; for ``best`` without augmentation, pass
+``--preset balanced --head-seeds 3 --unfreeze-image-blocks 2 ...`` instead.
+
+An explicit ``freeze_image: true`` under ``balanced`` keeps that encoder frozen (its
+``unfreeze_image_blocks`` then defaults to 0), and an explicit ``unfreeze_image_blocks: N``
+under ``fast`` unfreezes those blocks (``freeze_image`` then defaults to ``false``): the
+option given wins over the table's other half, for either encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tfmm.config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+# The balanced recipe, measured on the validation split of the real-image example
+# (benchmarks/real_data.py; the figures are in benchmarks/RESULTS.md): from stage 1's head, a
+# stage-2 learning rate of 3e-4 raised the validation loss (0.395 -> 0.46 after 5 epochs with
+# both top blocks, -> 0.416 with the text encoder's alone); 1e-4 moves less (0.421 after one epoch).
+BALANCED_BLOCKS = 1
+BALANCED_LEARNING_RATE = 1e-4
+BALANCED_EPOCHS = 6
+BEST_BLOCKS = 2
+BEST_EPOCHS = 10
+BEST_HEAD_SEEDS = 3
+
+# What each option is when no preset (or the preset) leaves it open.
+NO_PRESET = {
+    "model": {"freeze_image": False, "freeze_text": False, "unfreeze_image_blocks": 0, "unfreeze_text_layers": 0},
+    "train": {"two_stage": False, "head_seeds": 1},
+}
+_FROZEN = {"freeze_image": True, "freeze_text": True, "unfreeze_image_blocks": 0, "unfreeze_text_layers": 0}
+PRESETS = {
+    "none": {},
+    "fast": {"model": _FROZEN, "train": {"two_stage": False, "head_seeds": 1}},
+    "balanced": {
+        "model": {"freeze_image": False, "freeze_text": False,
+                  "unfreeze_image_blocks": BALANCED_BLOCKS, "unfreeze_text_layers": BALANCED_BLOCKS},
+        "train": {"two_stage": True, "head_seeds": 1, "learning_rate": BALANCED_LEARNING_RATE,
+                  "epochs": BALANCED_EPOCHS},
+    },
+    "best": {
+        "model": {"freeze_image": False, "freeze_text": False,
+                  "unfreeze_image_blocks": BEST_BLOCKS, "unfreeze_text_layers": BEST_BLOCKS, "augment": "light"},
+        "train": {"two_stage": True, "head_seeds": BEST_HEAD_SEEDS, "learning_rate": BALANCED_LEARNING_RATE,
+                  "epochs": BEST_EPOCHS},
+    },
+}
+# Options whose "not given" is their default value rather than None.
+_SET_WHEN_DEFAULT = {("model", "augment"): "none"}
+
+
+def preset_table(name: str) -> dict:
+    """``{"model": {...}, "train": {...}}``: the options preset ``name`` sets.
+
+    Raises:
+        ValueError: ``name`` is not a preset.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}; received {name!r}")
+    return PRESETS[name]
+
+
+def _open(config: RunConfig, section: str, field: str) -> bool:
+    """Whether ``section.field`` was left to the preset."""
+    value = getattr(getattr(config, section), field)
+    return value is None or _SET_WHEN_DEFAULT.get((section, field), object()) == value
+
+
+def _given_wins(config: RunConfig, table: dict) -> dict:
+    """``table`` without the half of a freeze/unfreeze pair that contradicts the other half given."""
+    mc, model = config.model, dict(table.get("model", {}))
+    for branch, blocks in (("image", "unfreeze_image_blocks"), ("text", "unfreeze_text_layers")):
+        freeze = f"freeze_{branch}"
+        if getattr(mc, freeze) and getattr(mc, blocks) is None:
+            model[blocks] = 0  # frozen on purpose: nothing of it trains
+        elif getattr(mc, blocks) and getattr(mc, freeze) is None:
+            model[freeze] = False  # top blocks asked for: the encoder is not frozen whole
+    return {**table, "model": model}
+
+
+def resolve_preset(config: RunConfig) -> RunConfig:
+    """``config`` with every option its preset governs set (values given are kept).
+
+    ``train.learning_rate`` / ``train.epochs`` that the preset leaves open stay ``None`` for
+    :func:`tfmm.training.optimizer.resolve_train_defaults`. Idempotent.
+
+    Args:
+        config: a run config (``train.preset`` one of ``PRESETS``).
+
+    Returns:
+        The resolved config.
+
+    Raises:
+        ValueError: ``head_seeds`` > 1 without ``two_stage``.
+
+    Example:
+        >>> cfg = resolve_preset(RunConfig().replace(train={"preset": "fast"}))
+        >>> cfg.model.freeze_image, cfg.train.two_stage
+        (True, False)
+    """
+    table = _given_wins(config, preset_table(config.train.preset))
+    updates = {}
+    for section in ("model", "train"):
+        fields = {**NO_PRESET.get(section, {}), **table.get(section, {})}
+        chosen = {k: v for k, v in fields.items() if _open(config, section, k)}
+        if chosen:
+            updates[section] = chosen
+    resolved = config.replace(**updates) if updates else config
+    if resolved.train.head_seeds > 1 and not resolved.train.two_stage:
+        raise ValueError(f"head_seeds={resolved.train.head_seeds} needs two_stage (the seeds are stage 1's); "
+                         "received two_stage=False. Add --two-stage or drop --head-seeds.")
+    if updates and config.train.preset != "none":  # logged once: resolving again changes nothing
+        set_here = {f"{s}.{k}": v for s, fields in updates.items() for k, v in fields.items()
+                    if k in table.get(s, {})}
+        logger.info("preset %s: %s", config.train.preset,
+                    ", ".join(f"{k}={v}" for k, v in set_here.items()) or "every option it sets was given")
+    return resolved
+
+
+def stage1_config(config: RunConfig, seed: int) -> RunConfig:
+    """Stage 1 of a two-stage ``config``: the same model and data with both encoders frozen
+    and cached (preset ``fast``), no augmentation, the head's own learning rate and epochs
+    (:func:`tfmm.training.optimizer.resolve_train_defaults`), trained with ``seed``."""
+    return config.replace(
+        model={**_FROZEN, "augment": "none"},
+        train={"preset": "fast", "two_stage": False, "head_seeds": 1, "learning_rate": None, "epochs": None,
+               "seed": seed, "cache_features": None},
+    )

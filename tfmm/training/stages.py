@@ -1,0 +1,142 @@
+"""Two-stage training (``train.two_stage``): linear probe, then fine-tune.
+
+A freshly initialised head trained together with pretrained encoders sends large, random
+gradients into them and spoils the features it should learn from. So:
+
+1. **Stage 1** trains the head alone on the frozen encoders' cached features (an ordinary
+   run with preset ``fast`` in ``RUN/stage1``; with ``head_seeds`` > 1, one run per seed,
+   ``RUN/stage1_seed<S>`` for the extra seeds), until the validation loss stops improving.
+2. **Stage 2** is the run in ``RUN`` itself: the model the config describes (e.g. the top
+   blocks of both encoders unfrozen), its weights initialised from stage 1's model (the one
+   with the lowest validation loss), fine-tuned at the config's (lower) learning rate.
+
+``RUN/stages.json`` records each stage-1 run's validation loss and which one stage 2 started
+from. Resuming: a finished stage 1 is not trained again; an interrupted one (or stage 2)
+resumes like any run (:mod:`tfmm.training.resume`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Callable
+
+import keras
+
+from tfmm.config import RunConfig
+from tfmm.files import write_json_atomic
+from tfmm.run_dir import DEFAULT_CACHE_DIR, HISTORY_FILE, MODEL_FILE
+from tfmm.training import distribute, resume
+from tfmm.training.presets import stage1_config
+
+logger = logging.getLogger(__name__)
+
+STAGE1_DIR = "stage1"
+STAGES_FILE = "stages.json"
+
+
+def stage1_dirs(run_dir: str, config: RunConfig) -> dict:
+    """``{seed: stage-1 run directory}`` of a two-stage run (the config's seed first)."""
+    seeds = [config.train.seed + i for i in range(config.train.head_seeds or 1)]
+    return {s: os.path.join(run_dir, STAGE1_DIR if i == 0 else f"{STAGE1_DIR}_seed{s}") for i, s in enumerate(seeds)}
+
+
+def best_loss(run_dir: str) -> float:
+    """The lowest validation loss (else training loss) in a finished run's ``history.json``."""
+    with open(os.path.join(run_dir, HISTORY_FILE), encoding="utf-8") as f:
+        history = json.load(f)
+    values = [v for v in history.get("val_loss") or history.get("loss") or [] if not math.isnan(v)]
+    return min(values) if values else math.inf
+
+
+def _run_stage1(config: RunConfig, run_dir: str, seed: int, stage_dir: str, train_one: Callable,
+                overwrite: bool, **kwargs) -> float:
+    """Trains (or, when finished already, keeps) one stage-1 run; its best loss."""
+    cache_dir = config.train.cache_dir or os.path.join(run_dir, DEFAULT_CACHE_DIR)  # shared by the seeds
+    s1 = stage1_config(config, seed).replace(train={"cache_dir": cache_dir})
+    state = resume.read_state(stage_dir)
+    if not overwrite and state and state.get("status") == "finished":
+        logger.info("stage 1 (seed %d): finished already in %s; not trained again", seed, stage_dir)
+    else:
+        logger.info("stage 1 of 2 (seed %d): only the head trains, on cached features of the frozen "
+                    "encoders, in %s", seed, stage_dir)
+        train_one(s1, stage_dir, overwrite=overwrite, **kwargs)
+    return best_loss(stage_dir)
+
+
+def train_two_stage(config: RunConfig, run_dir: str, train_one: Callable, *, overwrite: bool = False, **kwargs):
+    """Runs stage 1 (every seed), then stage 2 in ``run_dir`` from the best stage-1 model.
+
+    Args:
+        config: the resolved config of stage 2 (``train.two_stage`` on).
+        run_dir: the run directory (absolute).
+        train_one: ``(config, run_dir, *, overwrite, initial_model=None, **kwargs) -> TrainResult``,
+            one ordinary run (:func:`tfmm.training.train.train` without presets and stages).
+        overwrite: discard previous runs of both stages.
+        **kwargs: passed to ``train_one`` (data, callbacks, verbose, strategy).
+
+    Returns:
+        Stage 2's ``TrainResult``.
+    """
+    if not overwrite and (resume.read_state(run_dir) or {}).get("status") == "finished":
+        return train_one(config, run_dir, overwrite=False, **kwargs)  # raises RunFinishedError
+    losses = {seed: _run_stage1(config, run_dir, seed, stage_dir, train_one, overwrite, **kwargs)
+              for seed, stage_dir in stage1_dirs(run_dir, config).items()}
+    winner = min(losses, key=losses.get)
+    stage1_dir = stage1_dirs(run_dir, config)[winner]
+    strategy = kwargs.get("strategy")
+    if strategy is None or distribute.is_chief(strategy):  # the chief alone writes shared files
+        write_json_atomic(os.path.join(run_dir, STAGES_FILE), {
+            "stage1": {str(s): {"run_dir": os.path.relpath(d, run_dir), "best_loss": losses[s]}
+                       for s, d in stage1_dirs(run_dir, config).items()},
+            "stage1_winner_seed": winner, "stage2_from": os.path.relpath(stage1_dir, run_dir),
+        })
+    if len(losses) > 1:
+        logger.info("stage 1: seed %d has the lowest validation loss (%s)", winner,
+                    ", ".join(f"seed {s}: {v:.4f}" for s, v in losses.items()))
+    mc = config.model
+    logger.info("stage 2 of 2: fine-tuning from %s; trainable: image encoder %s, text encoder %s, head; "
+                "learning rate %g (encoders x%g), %d epochs", stage1_dir, _describe(mc.freeze_image,
+                mc.unfreeze_image_blocks, "blocks"), _describe(mc.freeze_text, mc.unfreeze_text_layers, "layers"),
+                config.train.learning_rate, config.train.encoder_lr_scale, config.train.epochs)
+    return train_one(config, run_dir, overwrite=overwrite, initial_model=load_stage1_model(stage1_dir), **kwargs)
+
+
+def load_stage1_model(stage1_dir: str) -> keras.Model:
+    """A finished stage-1 run's ``model.keras`` (uncompiled), to start stage 2 from."""
+    return keras.models.load_model(os.path.join(stage1_dir, MODEL_FILE), compile=False)
+
+
+def _describe(frozen, blocks, unit: str) -> str:
+    if frozen:
+        return "frozen"
+    return f"top {blocks} {unit}" if blocks else "all"
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> list:
+    """Sets each top-level layer of ``target`` (encoders, head) to the weights of ``source``'s
+    layer of the same name; returns the names copied.
+
+    Raises:
+        ValueError: a layer of ``target`` has no counterpart in ``source``, or their weights differ
+            in number or shape (the two configs do not describe the same model).
+    """
+    copied = []
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        try:
+            other = source.get_layer(layer.name)
+        except ValueError as e:
+            raise ValueError(f"stage 1's model has no layer {layer.name!r} to start stage 2's from; "
+                             f"its layers: {[lay.name for lay in source.layers]}") from e
+        values = other.get_weights()
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if [tuple(v.shape) for v in values] != shapes:
+            raise ValueError(f"layer {layer.name!r}: stage 1's weights have shapes "
+                             f"{[tuple(v.shape) for v in values]}, stage 2 expects {shapes}")
+        layer.set_weights(values)
+        copied.append(layer.name)
+    return copied
