@@ -26,7 +26,7 @@ def test_flags_override_config_file(tmp_path):
                                       "--epochs", "2", "--freeze-text"])
     config = config_from_args(args)
     assert (config.model.fusion, config.model.dropout, config.train.epochs) == ("sum", 0.3, 2)
-    assert config.model.freeze_text is True and config.model.freeze_image is False
+    assert config.model.freeze_text is True and config.model.freeze_image is None  # not given: the preset decides
 
 
 @pytest.mark.slow
