@@ -190,6 +190,19 @@ def unfreeze_top_blocks(encoder: keras.Model, n: int, *, flag: str = "unfreeze_b
     for layer in frozen:
         run_in_inference_mode(layer)
     top = [name for name, _ in blocks[len(blocks) - n:]]
-    logger.info("%s: training the top %d of %d blocks %s; the rest frozen in inference mode",
-                encoder.name, n, len(blocks), top)
+    norms = _keep_batch_norm_statistics([layer for _, layers in blocks[len(blocks) - n:] for layer in layers])
+    logger.info("%s: training the top %d of %d blocks %s; the rest frozen in inference mode%s",
+                encoder.name, n, len(blocks), top,
+                f"; their {norms} BatchNormalization layers keep the pretrained statistics" if norms else "")
     return top
+
+
+def _keep_batch_norm_statistics(layers) -> int:
+    """Freezes the BatchNormalization layers in ``layers`` (Keras 3: inference mode, moving
+    statistics and scale/offset fixed), as Keras' fine-tuning guide recommends: batch statistics
+    of a few dozen images would replace the pretrained ones. Returns how many there were."""
+    norms = list({id(sub): sub for layer in layers for sub in _sublayers(layer)
+                  if isinstance(sub, keras.layers.BatchNormalization)}.values())
+    for norm in norms:
+        norm.trainable = False
+    return len(norms)
