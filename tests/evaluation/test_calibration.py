@@ -142,16 +142,15 @@ def test_tasks_fit_calibrate_then_tune_and_skip_multilabel(tmp_path, caplog):
 
 # --- the session's tiny runs ---------------------------------------------------------------------
 
-def _assert_calibrated_run(run_dir, val, report, activation):
+def _assert_calibrated_run(run, val, report, activation):
     """calibration.json, evaluate's keys and files, and predict's scores = act(logits / T)."""
-    saved = json.load(open(os.path.join(run_dir, CALIBRATION_FILE)))
+    saved = json.load(open(os.path.join(run.run_dir, CALIBRATION_FILE)))
     assert saved["activation"] == activation and saved["n_rows"] >= 8 and saved["temperature"] > 0
     assert saved["after"]["nll"] <= saved["before"]["nll"] + 1e-12
-    run = load_run(run_dir)
     temperature = run.temperature
     assert temperature == saved["temperature"] and temperature != 1.0
 
-    metrics = tfmm.evaluate(run_dir, val, report_dir=report)
+    metrics = tfmm.evaluate(run, val, report_dir=report)
     written = json.load(open(os.path.join(report, "metrics.json")))
     for key in ("ece", "brier", "ece_uncalibrated", "brier_uncalibrated", "temperature"):
         assert written[key] == metrics[key]
@@ -171,7 +170,7 @@ def _assert_calibrated_run(run_dir, val, report, activation):
     assert metrics["ece"] == pytest.approx(cal.expected_calibration_error(want, y))
     assert metrics["ece_uncalibrated"] == pytest.approx(cal.expected_calibration_error(
         raw if activation == "softmax" else raw[:, 0], y))
-    records = tfmm.predict(run_dir, val, k=len(run.labels))
+    records = tfmm.predict(run, val, k=len(run.labels))
     for record, row in zip(records, want):
         got = dict(zip(record["labels"], record["scores"]))
         np.testing.assert_allclose([got[label] for label in run.labels], row, atol=1e-6)
@@ -192,8 +191,8 @@ def _served(export_path, val, n):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,activation", [("classification", "softmax"), ("binary", "sigmoid")])
 def test_task_runs_serve_calibrated_scores(name, activation, task_run, task_data, task_export, tmp_path):
-    run_dir, val = task_run(name).run_dir, task_data(name)["val"]
-    records = _assert_calibrated_run(run_dir, val, str(tmp_path / "report"), activation)
+    val = task_data(name)["val"]
+    records = _assert_calibrated_run(load_run(task_run(name).run_dir), val, str(tmp_path / "report"), activation)
     # The exported signature divides the logits by T too: its scores are predict's.
     scores, labels = _served(task_export(name).path, val, 3)
     for record, row, names in zip(records, scores, labels):
@@ -202,13 +201,50 @@ def test_task_runs_serve_calibrated_scores(name, activation, task_run, task_data
 
 
 @pytest.mark.slow
-def test_trained_run_is_calibrated_and_logs_the_diagram(trained_run, demo_data, tmp_path):
+def test_trained_run_is_calibrated_and_logs_the_diagram(loaded_run, demo_data, tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 
-    _assert_calibrated_run(trained_run, demo_data["val"], str(tmp_path / "report"), "softmax")
-    events = event_accumulator.EventAccumulator(os.path.join(trained_run, "logs", "eval"),
+    _assert_calibrated_run(loaded_run, demo_data["val"], str(tmp_path / "report"), "softmax")
+    events = event_accumulator.EventAccumulator(os.path.join(loaded_run.run_dir, "logs", "eval"),
                                                 size_guidance={event_accumulator.TENSORS: 0})
     events.Reload()
     assert "reliability_diagram" in events.Tags()["tensors"]
     image = events.Tensors("reliability_diagram")[-1].tensor_proto
     assert len(image.string_val[2]) > 5000  # [width, height, PNG bytes]
+
+
+def test_tasks_apply_the_runs_temperature_and_leave_uncalibrated_runs_as_they_were(tmp_path):
+    """Evaluation, serving outputs of a stand-in run with and without a temperature."""
+    import types
+
+    import pandas as pd
+
+    from tfmm.config import RunConfig
+    from tfmm.data.manifest import Manifest
+
+    p = SOFTMAX_P.astype("float32")
+    frame = pd.DataFrame({"row": range(6), "image": [f"/x/{i}.png" for i in range(6)], "text": ["t"] * 6,
+                          "label": np.array(["a", "b", "c"])[SOFTMAX_Y]})
+    manifest = Manifest(frame, "test.csv", "/x")
+
+    def fake_run(calibration):
+        return types.SimpleNamespace(
+            run_dir=str(tmp_path), labels=["a", "b", "c"], config=RunConfig(), calibration=calibration,
+            temperature=calibration["temperature"] if calibration else 1.0,
+            model=lambda features, training=False: tf.constant(p))
+
+    task = get_task("classification")
+    plain = task.evaluate_scores(fake_run(None), manifest, p)
+    assert "ece" not in plain.metrics and plain.curves == {}  # as before calibration existed
+    assert "calibration" not in task.summary(plain.metrics)
+    np.testing.assert_array_equal(task.serving_outputs(fake_run(None))({})["scores"], p)
+
+    run = fake_run({"temperature": 0.5, "activation": "softmax"})
+    sharper = _softmax(np.log(SOFTMAX_P) / 0.5)
+    m = task.evaluate_scores(run, manifest, p).metrics
+    assert m["temperature"] == 0.5 and m["accuracy"] == plain.metrics["accuracy"]  # argmax unchanged
+    assert m["ece_uncalibrated"] == pytest.approx(cal.expected_calibration_error(SOFTMAX_P, SOFTMAX_Y))
+    assert m["ece"] == pytest.approx(cal.expected_calibration_error(sharper, SOFTMAX_Y), abs=1e-6)
+    assert m["brier"] == pytest.approx(cal.brier_score(sharper, SOFTMAX_Y), abs=1e-6)
+    assert "calibration: ECE" in task.summary(m) and "temperature 0.5000" in task.summary(m)
+    np.testing.assert_allclose(task.serving_outputs(run)({})["scores"], sharper, atol=1e-6)

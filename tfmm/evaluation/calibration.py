@@ -209,10 +209,12 @@ def brier_score(probabilities, targets) -> float:
     """Brier score (``sklearn.metrics.brier_score_loss``): the mean squared error of the
     probabilities against the one-hot targets, summed over the classes for a softmax
     (``mean_i sum_k (p_ik - y_ik)^2``, 0 to 2) and of the positive class for a sigmoid
-    (``mean_i (p_i - y_i)^2``, 0 to 1)."""
+    (``mean_i (p_i - y_i)^2``, 0 to 1). Softmax rows are renormalized to sum to 1 (float32
+    outputs miss it by rounding)."""
     p, y, activation = _layout(probabilities, targets)
     if activation == SIGMOID:
         return float(brier_score_loss(y, np.clip(p, 0.0, 1.0), pos_label=1))
+    p = p / np.maximum(p.sum(axis=1, keepdims=True), EPSILON)
     return float(brier_score_loss(y, p, labels=np.arange(p.shape[1]), scale_by_half=False))
 
 

@@ -3,9 +3,9 @@
 :func:`write_report` turns a task's :class:`~tfmm.tasks.base.Evaluation` into the report
 folder: ``metrics.json`` always; ``per_class.csv`` when the metrics have ``per_class``;
 ``confusion_matrix.png`` for a single-label confusion matrix; ``roc_curve.png`` and
-``pr_curve.png`` for the curves the task gives (binary, matching); ``reliability.png`` for
-the tasks that report calibration (classification, binary, matching), which
-:func:`write_tensorboard_image` also puts in TensorBoard.
+``pr_curve.png`` for the curves the task gives (binary, matching); ``reliability.png`` for a
+calibrated run (classification, binary, matching with a ``calibration.json``), which
+:func:`write_tensorboard_png` also puts in TensorBoard.
 :func:`format_per_class` and :func:`format_ablation` render the tables the CLI prints.
 """
 
@@ -17,6 +17,7 @@ import os
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from tfmm import plots
 from tfmm.files import write_json_atomic
@@ -100,14 +101,11 @@ def reliability_figure(metrics: Mapping, curves: Mapping):
     return plots.reliability_figure(curves, title=f"Reliability ({metrics['n_examples']} examples, {note})")
 
 
-def write_tensorboard_image(log_dir: str, name: str, figure, *, step: int = 0) -> str:
-    """Writes ``figure`` as a TensorBoard image summary ``name`` into ``log_dir``; returns ``log_dir``."""
-    import tensorflow as tf
-
-    image = tf.image.decode_png(plots.figure_to_png(figure), channels=4)
+def write_tensorboard_png(log_dir: str, name: str, png: bytes, *, step: int = 0) -> str:
+    """Writes PNG bytes as the TensorBoard image summary ``name`` into ``log_dir``; returns ``log_dir``."""
     writer = tf.summary.create_file_writer(log_dir)
     with writer.as_default():
-        tf.summary.image(name, image[tf.newaxis], step=step)
+        tf.summary.image(name, tf.image.decode_png(png, channels=4)[tf.newaxis], step=step)
     writer.close()
     return log_dir
 

@@ -227,7 +227,10 @@ class Task:
     def calibration_metrics(self, run: LoadedRun, scores: np.ndarray, calibrated: np.ndarray,
                             targets: np.ndarray) -> tuple:
         """``(metrics, reliability curves)`` of the model's and the calibrated scores (see
-        :func:`tfmm.evaluation.calibration.compare_calibration`)."""
+        :func:`tfmm.evaluation.calibration.compare_calibration`); ``({}, {})`` for a run
+        without ``calibration.json``, whose evaluation stays as it was."""
+        if getattr(run, "calibration", None) is None or self.calibration_activation is None:
+            return {}, {}
         return calibration.compare_calibration(scores, calibrated, targets, temperature=run_temperature(run))
 
     def decisions(self, scores: np.ndarray, labels: Sequence[str], thresholds=None) -> tuple:

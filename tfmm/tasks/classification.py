@@ -2,10 +2,11 @@
 
 Targets are one-hot; ``fit`` shows accuracy, top-1 precision / recall and macro F1;
 ``metrics.json`` holds the metrics of :func:`tfmm.tasks.metrics.compute_metrics` (every number
-traceable to the confusion matrix) and the calibration keys (``ece``, ``brier``, ``nll``, their
-``_uncalibrated`` versions, ``temperature``); ``predict`` gives the top-k labels; the signature
-returns ``scores`` and ``labels`` (``[B, C]``, class names in score order). Evaluation,
-prediction and the signature all give the temperature-scaled scores of a calibrated run.
+traceable to the confusion matrix), and for a calibrated run (``calibration.json``) the
+calibration keys (``ece``, ``brier``, ``nll``, their ``_uncalibrated`` versions,
+``temperature``); ``predict`` gives the top-k labels; the signature returns ``scores`` and
+``labels`` (``[B, C]``, class names in score order). Evaluation, prediction and the signature
+all give the temperature-scaled scores of a calibrated run.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class ClassificationTask(Task):
         metrics = {"task": self.name,
                    **compute_metrics(y_true, self.class_scores(calibrated).argmax(axis=1), run.labels)}
         calibration, reliability = self.calibration_metrics(run, scores, calibrated, y_true)
-        return Evaluation({**metrics, **calibration}, curves={"reliability": reliability})
+        return Evaluation({**metrics, **calibration}, curves={"reliability": reliability} if reliability else {})
 
     def summary(self, metrics: dict) -> str:
         keys = [k for k in SUMMARY_KEYS if k in metrics]

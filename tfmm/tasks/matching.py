@@ -8,7 +8,8 @@ After ``fit`` the temperature of the match score is fitted (``calibration.json``
 decision threshold is tuned for F1 on the calibrated scores (``thresholds.json``).
 ``metrics.json``: ``accuracy``, ``roc_auc``, ``f1``, ``precision``, ``recall`` at that
 ``threshold``, the 2-class numbers of :func:`tfmm.tasks.metrics.compute_metrics` (labels
-``0``, ``1``) and the calibration keys (``ece``, ``brier``, ... as for classification).
+``0``, ``1``) and, for a calibrated run, the calibration keys (``ece``, ``brier``, ... as for
+classification).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class MatchingTask(Task):
                    **matching_metrics(y_true, s, threshold), **calibration,
                    # add_negatives gives a negative the row number of the positive it comes from
                    "generated_negatives": int(len(manifest) - manifest.frame["row"].nunique())}
-        return Evaluation(metrics, curves={**ranking_curves(y_true, s, run.labels[1]), "reliability": reliability})
+        curves = ranking_curves(y_true, s, run.labels[1])
+        return Evaluation(metrics, curves={**curves, "reliability": reliability} if reliability else curves)
 
     def summary(self, metrics: dict) -> str:
         auc = metrics["roc_auc"]
