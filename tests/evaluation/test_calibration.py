@@ -112,13 +112,15 @@ def test_tasks_fit_calibrate_then_tune_and_skip_multilabel(tmp_path, caplog):
     class Model:
         calls = 0
 
-        def predict(self, ds, verbose=0):
+        def __call__(self, features, training=False):
+            assert training is False and features == {"rows": slice(0, 64)}
             Model.calls += 1
-            return scores
+            return tf.constant(scores[features["rows"]])
 
+    val_ds = [({"rows": slice(0, 64)}, y)]  # one (features, targets) batch
     run_dir = tmp_path / "matching"
     run_dir.mkdir()
-    get_task("matching").after_fit(Model(), "val", y, str(run_dir), ["0", "1"])
+    get_task("matching").after_fit(Model(), val_ds, y, str(run_dir), ["0", "1"])
     saved = json.load(open(run_dir / CALIBRATION_FILE))
     assert Model.calls == 1 and saved["activation"] == "sigmoid" and saved["n_rows"] == 64
     assert saved["temperature"] > 2 and saved["after"]["nll"] < saved["before"]["nll"]
@@ -129,13 +131,13 @@ def test_tasks_fit_calibrate_then_tune_and_skip_multilabel(tmp_path, caplog):
     off.mkdir()
     save_config(RunConfig().replace(train={"calibrate": False}), str(off / "config.yaml"))
     (off / CALIBRATION_FILE).write_text("{}")  # from an earlier fit: removed
-    get_task("binary").after_fit(Model(), "val", y, str(off), ["no", "yes"])
+    get_task("binary").after_fit(Model(), val_ds, y, str(off), ["no", "yes"])
     assert not (off / CALIBRATION_FILE).exists() and Model.calls == 1  # nothing to do: no predict
 
     multi = tmp_path / "multilabel"
     multi.mkdir()
     with caplog.at_level("INFO", logger="tfmm.tasks.base"):
-        get_task("multilabel").after_fit(Model(), "val", y, str(multi), ["a"])
+        get_task("multilabel").after_fit(Model(), val_ds, y, str(multi), ["a"])
     assert not (multi / CALIBRATION_FILE).exists() and (multi / "thresholds.json").exists()
     assert "task 'multilabel': scores are not calibrated" in caplog.text
 

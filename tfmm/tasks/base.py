@@ -170,7 +170,7 @@ class Task:
         if not calibrate and names is None:
             return
         has_val = val_ds is not None and val_targets is not None
-        scores = np.asarray(model.predict(val_ds, verbose=0)) if has_val else None
+        scores = validation_scores(model, val_ds) if has_val else None
         if calibrate:
             scores = self.fit_calibration(scores, val_targets, run_dir)
         if names is not None:
@@ -294,6 +294,14 @@ class Task:
     def serving_endpoints(self, run: LoadedRun, outputs: Callable) -> dict:
         """Extra signatures ``{name: (fn, input_signature)}`` (e.g. embeddings); none by default."""
         return {}
+
+
+def validation_scores(model: keras.Model, val_ds) -> np.ndarray:
+    """The model's outputs over ``val_ds`` (``(features, targets)`` batches, in order), one
+    eager call per batch: unlike ``model.predict``, nothing is traced for this single pass
+    (tracing the model costs seconds, and a last, smaller batch traces it again)."""
+    batches = [model(batch[0] if isinstance(batch, tuple) else batch, training=False) for batch in val_ds]
+    return np.concatenate([np.asarray(b, dtype="float32") for b in batches]) if batches else np.zeros((0, 1), "float32")
 
 
 def run_temperature(run) -> float:
