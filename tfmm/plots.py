@@ -1,5 +1,5 @@
-"""Plots for reports and TensorBoard: confusion matrix, ROC/PR curves, training curves,
-validation examples.
+"""Plots for reports and TensorBoard: confusion matrix, ROC/PR curves, reliability diagram,
+training curves, validation examples.
 
 Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas (no pyplot, no
 global backend, no display needed), then saved to a file (:func:`save_png`) or encoded as
@@ -106,6 +106,35 @@ def curves_figure(curves: Mapping[str, tuple], *, kind: str) -> Figure:
     ax.set_ylim(-0.01, 1.01)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right" if kind == "roc" else "lower left", fontsize=8)
+    return fig
+
+
+def reliability_figure(curves: Mapping[str, tuple], *, title: str = "Reliability diagram") -> Figure:
+    """A (top-label) reliability diagram: accuracy against mean confidence per bin, one line
+    per variant (e.g. ``uncalibrated``, ``calibrated``), and the diagonal of perfect calibration.
+
+    Args:
+        curves: ``{name: (mean confidence, accuracy, ece)}`` over the non-empty bins (see
+            :func:`tfmm.evaluation.calibration.reliability_curve`).
+        title: the figure's title.
+
+    Example:
+        >>> fig = reliability_figure({"uncalibrated": ([0.55, 0.95], [0.5, 0.7], 0.15)})
+    """
+    if not curves:
+        raise ValueError("curves must hold at least one {name: (confidence, accuracy, ece)} entry; received none")
+    fig = _figure(5.5, 5)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
+    for name, (confidence, accuracy, ece) in curves.items():
+        ax.plot(confidence, accuracy, marker="o", label=f"{name} (ECE {ece:.3f})")
+    ax.set_xlabel("confidence (predicted label's score)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
     return fig
 
 

@@ -1,8 +1,8 @@
 """The run directory: every file name ``train`` writes and others read, and loading a run.
 
 A run directory (``--output-dir``) holds ``config.yaml`` (everything needed to rebuild),
-``labels.txt``, ``checkpoints/``, ``logs/`` (TensorBoard), ``model.keras`` (final),
-``metrics.json``, plots. :func:`load_run` gives a :class:`LoadedRun` (config, labels, model,
+``labels.txt``, ``checkpoints/``, ``logs/`` (TensorBoard), ``model.keras`` (final), ``thresholds.json`` and
+``calibration.json`` (after training), ``metrics.json``, plots. :func:`load_run` gives a :class:`LoadedRun` (config, labels, model,
 text preprocessor) to evaluation, prediction and export.
 
 Imports: config, data and models only; imported by tasks, training, evaluation and serving.
@@ -42,6 +42,7 @@ STATE_FILE = "train_state.json"
 BEST_CHECKPOINT = os.path.join("checkpoints", "best.weights.h5")
 LOGS_DIR = "logs"
 THRESHOLDS_FILE = "thresholds.json"
+CALIBRATION_FILE = "calibration.json"  # the temperature fitted after training
 DEFAULT_CACHE_DIR = "feature_cache"
 # Written by evaluate (the default report folder is the run directory):
 METRICS_FILE = "metrics.json"
@@ -50,6 +51,8 @@ CONFUSION_MATRIX_FILE = "confusion_matrix.png"
 ROC_CURVE_FILE = "roc_curve.png"
 PR_CURVE_FILE = "pr_curve.png"
 ABLATION_FILE = "ablation.json"
+RELIABILITY_FILE = "reliability.png"
+EVAL_LOGS_DIR = os.path.join(LOGS_DIR, "eval")  # evaluate's TensorBoard images
 
 
 def manifest_source(data) -> Optional[dict]:
@@ -92,15 +95,46 @@ def read_data_sources(run_dir: str) -> dict:
     return sources if isinstance(sources, dict) else {}
 
 
+def read_calibration(run_dir: str) -> Optional[dict]:
+    """The run's ``calibration.json`` (``temperature``, ``activation``, ...), or ``None`` when the
+    run has none (older runs, ``--no-calibrate``, no validation data, uncalibrated tasks).
+
+    Raises:
+        ValueError: the file is unreadable or holds no temperature > 0 (names the file).
+    """
+    path = os.path.join(run_dir, CALIBRATION_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            calibration = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable ({e}); delete it to serve uncalibrated scores") from e
+    temperature = calibration.get("temperature") if isinstance(calibration, dict) else None
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"{path}: 'temperature' must be a number > 0; received {temperature!r}")
+    return calibration
+
+
 @dataclasses.dataclass
 class LoadedRun:
-    """A trained run loaded back from its directory."""
+    """A trained run loaded back from its directory.
+
+    ``calibration`` is the run's ``calibration.json`` (``None``: scores are served as the
+    model gives them); the run's task applies it (see :mod:`tfmm.evaluation.calibration`).
+    """
 
     run_dir: str
     config: RunConfig
     labels: list
     model: keras.Model
     preprocessor: object
+    calibration: Optional[dict] = None
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature (1.0 without ``calibration.json``)."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
 
     def dataset(self, manifest: Manifest, *, batch_size: Optional[int] = None):
         """The run's input pipeline over ``manifest``: features only, no shuffling."""
@@ -112,12 +146,13 @@ class LoadedRun:
 
     def predict_scores(self, manifest: Manifest) -> np.ndarray:
         """The model's outputs for every row of ``manifest``, in order (``[N, C]``; ``[N, 1]``
-        for one score per row)."""
+        for one score per row), before any temperature scaling."""
         return np.asarray(self.model.predict(self.dataset(manifest), verbose=0))
 
 
 def load_run(run_dir: str) -> LoadedRun:
-    """Loads config, labels, text preprocessor and ``model.keras`` from a run directory.
+    """Loads config, labels, text preprocessor, ``model.keras`` and ``calibration.json`` (when
+    present) from a run directory.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a finished tfmm run (names the missing file).
@@ -149,4 +184,5 @@ def load_run(run_dir: str) -> LoadedRun:
             config.model.text_encoder, config.data.sequence_length,
             saved_tokenizer=saved if os.path.isdir(saved) else None,
         )
-    return LoadedRun(os.path.abspath(run_dir), config, labels, model, preprocessor)
+    return LoadedRun(os.path.abspath(run_dir), config, labels, model, preprocessor,
+                     calibration=read_calibration(run_dir))

@@ -91,3 +91,22 @@ def test_ranking_metrics_equal_sklearn_and_skip_undefined():
     only_positive = ranking.ranking_curves([1, 1], [0.1, 0.2], "yes")
     assert only_positive["roc"] == {} and set(only_positive["pr"]) == {"yes"}
     assert ranking.ranking_curves([0, 0], [0.1, 0.2], "yes") == {"roc": {}, "pr": {}}
+
+
+def test_ranking_metrics_by_hand():
+    """Four rows, by hand: the positives score 0.35 and 0.8, the negatives 0.1 and 0.4."""
+    y, s = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+    # 3 of the 4 (positive, negative) pairs are ordered right: 0.8 > 0.1, 0.8 > 0.4, 0.35 > 0.1.
+    assert ranking.roc_auc(y, s) == pytest.approx(0.75)
+    # Positives at ranks 1 and 3: precision 1 at recall 0.5, 2/3 at recall 1.
+    assert ranking.average_precision(y, s) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    curves = ranking.ranking_curves(y, s, "yes")
+    fpr, tpr, auc = curves["roc"]["yes"]
+    np.testing.assert_allclose(fpr, [0, 0, 0.5, 0.5, 1])
+    np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1, 1])
+    assert auc == pytest.approx(0.75)
+    recall, precision, ap = curves["pr"]["yes"]
+    # Thresholds 0.1, 0.35, 0.4, 0.8 in turn, then the (recall 0, precision 1) end point.
+    np.testing.assert_allclose(recall, [1, 1, 0.5, 0.5, 0])
+    np.testing.assert_allclose(precision, [0.5, 2 / 3, 0.5, 1, 1])
+    assert ap == pytest.approx(5 / 6)

@@ -25,8 +25,11 @@ def test_tuned_thresholds_maximize_f1_and_are_saved(tmp_path):
     save_thresholds(str(tmp_path), ["x", "y", "z"], thresholds, tuned_on="validation data")
     np.testing.assert_allclose(load_thresholds(str(tmp_path), ["x", "y", "z"]), thresholds)
     # Without validation data the thresholds stay 0.5, and the file says so.
-    assert list(tune_and_save(None, None, None, str(tmp_path), ["1"])) == [0.5]
+    assert list(tune_and_save(None, None, str(tmp_path), ["1"])) == [0.5]
     assert json.load(open(tmp_path / "thresholds.json"))["tuned_on"] is None
+    # Given validation scores, the saved thresholds are those tuned on them.
+    np.testing.assert_allclose(tune_and_save(scores, y, str(tmp_path), ["x", "y", "z"]), thresholds)
+    assert json.load(open(tmp_path / "thresholds.json"))["tuned_on"] == "validation data"
     # Tasks without thresholds write none after fit.
     (tmp_path / "plain").mkdir()
     get_task("classification").after_fit(None, None, None, str(tmp_path / "plain"), ["a", "b"])

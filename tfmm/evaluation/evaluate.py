@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from tfmm.evaluation import reports
 from tfmm.evaluation.ablation import modality_ablation
-from tfmm.run_dir import ABLATION_FILE, LoadedRun, load_run
+from tfmm.run_dir import ABLATION_FILE, EVAL_LOGS_DIR, RELIABILITY_FILE, LoadedRun, load_run
 from tfmm.tasks import get_task
 
 logger = logging.getLogger(__name__)
@@ -25,8 +25,11 @@ def evaluate(run, data, *, report_dir: Optional[str] = None, ablate: bool = Fals
     """Scores a labeled manifest with a trained run and writes the report files.
 
     Writes ``metrics.json``, and as the task's metrics allow ``per_class.csv``,
-    ``confusion_matrix.png``, ``roc_curve.png`` and ``pr_curve.png``; with ``ablate``, also
-    ``ablation.json`` (see :func:`tfmm.evaluation.ablation.modality_ablation`).
+    ``confusion_matrix.png``, ``roc_curve.png``, ``pr_curve.png`` and, for a calibrated run,
+    ``reliability.png`` (also the TensorBoard image ``reliability_diagram`` under the run's
+    ``logs/eval``); with ``ablate``, also ``ablation.json`` (see
+    :func:`tfmm.evaluation.ablation.modality_ablation`). The scores evaluated are those the
+    run serves: temperature-scaled when the run has a ``calibration.json``.
 
     Args:
         run: a run directory or a :class:`LoadedRun`.
@@ -40,8 +43,10 @@ def evaluate(run, data, *, report_dir: Optional[str] = None, ablate: bool = Fals
     Returns:
         The metrics dict, as written to ``metrics.json`` (``task``, ``n_examples`` and the
         task's metrics; classification: ``accuracy``, ``precision_macro``, ``recall_macro``,
-        ``f1_macro``, ``per_class``, ``confusion_matrix``, ...); with ``ablate``, plus an
-        ``ablation`` key holding what ``ablation.json`` holds.
+        ``f1_macro``, ``per_class``, ``confusion_matrix``, ...; a calibrated run adds ``ece``,
+        ``brier``, ``nll`` of the served scores, ``ece_uncalibrated``, ``brier_uncalibrated``,
+        ``nll_uncalibrated`` of the model's, and ``temperature``);
+        with ``ablate``, plus an ``ablation`` key holding what ``ablation.json`` holds.
 
     Raises:
         tfmm.data.ManifestError: bad rows, or labels the model does not know.
@@ -56,7 +61,11 @@ def evaluate(run, data, *, report_dir: Optional[str] = None, ablate: bool = Fals
     evaluation = task.evaluate(run, manifest)
     metrics = evaluation.metrics
     out_dir = report_dir or run.run_dir
-    reports.write_report(metrics, out_dir, curves=evaluation.curves)
+    written = reports.write_report(metrics, out_dir, curves=evaluation.curves)
+    reliability = os.path.join(out_dir, RELIABILITY_FILE)
+    if reliability in written:  # a calibrated run: its diagram in TensorBoard too
+        with open(reliability, "rb") as f:
+            reports.write_tensorboard_png(os.path.join(run.run_dir, EVAL_LOGS_DIR), "reliability_diagram", f.read())
     logger.info("evaluated %d rows: %s", metrics["n_examples"], task.summary(metrics).splitlines()[0])
     if ablate:
         ablation = modality_ablation(run, manifest, full_metrics=metrics, blank_image=blank_image)

@@ -3,7 +3,9 @@
 :func:`write_report` turns a task's :class:`~tfmm.tasks.base.Evaluation` into the report
 folder: ``metrics.json`` always; ``per_class.csv`` when the metrics have ``per_class``;
 ``confusion_matrix.png`` for a single-label confusion matrix; ``roc_curve.png`` and
-``pr_curve.png`` for the curves the task gives (binary, matching).
+``pr_curve.png`` for the curves the task gives (binary, matching); ``reliability.png`` for a
+calibrated run (classification, binary, matching with a ``calibration.json``), which
+:func:`write_tensorboard_png` also puts in TensorBoard.
 :func:`format_per_class` and :func:`format_ablation` render the tables the CLI prints.
 """
 
@@ -15,10 +17,13 @@ import os
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from tfmm import plots
 from tfmm.files import write_json_atomic
-from tfmm.run_dir import CONFUSION_MATRIX_FILE, METRICS_FILE, PER_CLASS_FILE, PR_CURVE_FILE, ROC_CURVE_FILE
+from tfmm.run_dir import (
+    CONFUSION_MATRIX_FILE, METRICS_FILE, PER_CLASS_FILE, PR_CURVE_FILE, RELIABILITY_FILE, ROC_CURVE_FILE,
+)
 from tfmm.tasks.classification import SUMMARY_KEYS, format_value
 
 logger = logging.getLogger(__name__)
@@ -62,7 +67,8 @@ def write_report(metrics: Mapping, out_dir: str, *, curves: Optional[Mapping] = 
         metrics: the metrics dict (see the module docstring for which keys give which file).
         out_dir: the report folder.
         curves: optional ``{"roc": {label: (fpr, tpr, auc)}, "pr": {label: (recall,
-            precision, ap)}}``; each non-empty entry becomes a PNG.
+            precision, ap)}, "reliability": {name: (confidence, accuracy, ece)}}``; each
+            non-empty entry becomes a PNG.
 
     Returns:
         The paths written.
@@ -81,8 +87,27 @@ def write_report(metrics: Mapping, out_dir: str, *, curves: Optional[Mapping] = 
         if curves and curves.get(kind):
             written.append(plots.save_png(plots.curves_figure(curves[kind], kind=kind),
                                           os.path.join(out_dir, name)))
+    if curves and curves.get("reliability"):
+        written.append(plots.save_png(reliability_figure(metrics, curves["reliability"]),
+                                      os.path.join(out_dir, RELIABILITY_FILE)))
     logger.info("wrote %s", ", ".join(os.path.basename(p) for p in written))
     return written
+
+
+def reliability_figure(metrics: Mapping, curves: Mapping):
+    """The reliability diagram of an evaluation (its title gives the rows and the temperature)."""
+    temperature = metrics.get("temperature", 1.0)
+    note = f"temperature {temperature:.3f}" if temperature != 1.0 else "not calibrated"
+    return plots.reliability_figure(curves, title=f"Reliability ({metrics['n_examples']} examples, {note})")
+
+
+def write_tensorboard_png(log_dir: str, name: str, png: bytes, *, step: int = 0) -> str:
+    """Writes PNG bytes as the TensorBoard image summary ``name`` into ``log_dir``; returns ``log_dir``."""
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default():
+        tf.summary.image(name, tf.image.decode_png(png, channels=4)[tf.newaxis], step=step)
+    writer.close()
+    return log_dir
 
 
 def format_table(rows: Mapping[str, Mapping], keys: Sequence[str]) -> str:

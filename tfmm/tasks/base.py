@@ -17,22 +17,36 @@ Methods a task implements (the rest have defaults that fit single-label classifi
 - ``prediction_values(run, manifest, scores, k)``: the task's keys of each predicted row;
 - ``serving_outputs(run)``: model features -> the signature's named outputs;
 - ``decisions(scores, labels, thresholds)``: names and scores shown in TensorBoard.
+
+After ``fit`` (:meth:`Task.after_fit`) a task whose scores are one softmax or sigmoid
+decision (:attr:`Task.calibration_activation`: classification, binary, matching) fits a
+temperature on the validation scores (``calibration.json``, when ``train.calibrate`` is on);
+tasks with decision thresholds (multilabel, matching) then tune them on the calibrated
+scores (``thresholds.json``). One ``predict`` pass over the validation data serves both.
+``scores`` passed to a task are always the model's outputs: the task applies the run's
+temperature itself (:meth:`Task.calibrated`), in evaluation, prediction and serving alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Callable, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmm.config import RunConfig
+from tfmm.config import RunConfig, load_config
 from tfmm.data.labels import ONE_HOT, LabelEncoding
 from tfmm.data.manifest import Manifest, check_manifest, read_manifest
-from tfmm.run_dir import LoadedRun
+# A leaf module (numpy, scipy, scikit-learn, TensorFlow; no other tfmm import): the math of
+# the temperature the tasks fit and apply.
+from tfmm.evaluation import calibration
+from tfmm.files import write_json_atomic
+from tfmm.run_dir import CALIBRATION_FILE, CONFIG_FILE, LoadedRun
+from tfmm.tasks.thresholds import tune_and_save
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +57,9 @@ class Evaluation:
 
     Attributes:
         metrics: the dict written to ``metrics.json`` (``task`` and ``n_examples`` always).
-        curves: ``{"roc": {label: (fpr, tpr, auc)}, "pr": {label: (recall, precision, ap)}}``
-            for the report's ROC / PR plots (empty: none).
+        curves: ``{"roc": {label: (fpr, tpr, auc)}, "pr": {label: (recall, precision, ap)},
+            "reliability": {"uncalibrated" | "calibrated": (confidence, accuracy, ece)}}`` for
+            the report's ROC / PR plots and reliability diagram (empty: none).
     """
 
     metrics: dict
@@ -74,6 +89,9 @@ class Task:
             confusion matrix) and the projector of fused embeddings (a ``fusion`` layer and
             one score row per example are needed).
         single_label: each row has one class (TensorBoard shows a confusion matrix).
+        calibration_activation: ``"softmax"`` / ``"sigmoid"``: the model's output, whose
+            temperature is fitted after ``fit``; ``None``: the task's scores are not calibrated.
+        uncalibrated_reason: why not, for the log.
     """
 
     name: str = ""
@@ -81,6 +99,8 @@ class Task:
     fixed_labels: Optional[tuple] = None
     validation_summaries: bool = True
     single_label: bool = True
+    calibration_activation: Optional[str] = None
+    uncalibrated_reason: str = "its scores are not one softmax or sigmoid decision"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -137,9 +157,81 @@ class Task:
         """Decision thresholds tuned on ``(targets, scores)``; ``None`` for tasks without."""
         return None
 
+    def threshold_names(self, labels: Sequence[str]) -> Optional[list]:
+        """What the thresholds tuned after ``fit`` are for (``None``: the task has none)."""
+        return None
+
     def after_fit(self, model: keras.Model, val_ds, val_targets: Optional[np.ndarray], run_dir: str,
                   labels: Sequence[str]) -> None:
-        """Runs once the model is trained and saved (threshold tuning writes ``thresholds.json``)."""
+        """Runs once the model is trained and saved: calibrates (``calibration.json``), then
+        tunes the decision thresholds on the calibrated scores (``thresholds.json``)."""
+        calibrate = self._calibration_wanted(run_dir)
+        names = self.threshold_names(labels)
+        if not calibrate and names is None:
+            return
+        has_val = val_ds is not None and val_targets is not None
+        scores = validation_scores(model, val_ds) if has_val else None
+        if calibrate:
+            scores = self.fit_calibration(scores, val_targets, run_dir)
+        if names is not None:
+            tune_and_save(scores, val_targets, run_dir, names)
+
+    def _calibration_wanted(self, run_dir: str) -> bool:
+        """Whether to fit a temperature: ``train.calibrate`` of the run's ``config.yaml``, for a
+        task with :attr:`calibration_activation`. A file from an earlier fit is removed."""
+        path = os.path.join(run_dir, CALIBRATION_FILE)
+        if os.path.exists(path):
+            os.remove(path)
+        config_path = os.path.join(run_dir, CONFIG_FILE)
+        wanted = (load_config(config_path) if os.path.exists(config_path) else RunConfig()).train.calibrate
+        if wanted and self.calibration_activation is None:
+            logger.info("task %r: scores are not calibrated (%s)", self.name, self.uncalibrated_reason)
+        return bool(wanted and self.calibration_activation is not None)
+
+    def fit_calibration(self, scores: Optional[np.ndarray], targets: Optional[np.ndarray],
+                        run_dir: str) -> Optional[np.ndarray]:
+        """Fits the temperature on validation ``scores`` (the model's outputs), writes
+        ``calibration.json`` and returns the calibrated scores (``scores`` unchanged and no
+        file without validation data or with non-finite scores)."""
+        if scores is None:
+            logger.info("no validation data: scores are not calibrated (temperature 1)")
+            return scores
+        report = calibration.fit_report(scores, targets, self.calibration_activation)
+        if report is None:
+            logger.warning("validation scores are empty or not finite: scores are not calibrated")
+            return scores
+        write_json_atomic(os.path.join(run_dir, CALIBRATION_FILE), {
+            **report, "fitted_on": "validation data", "method": "temperature scaling",
+            "rule": f"served scores = {self.calibration_activation}(logits / temperature), the logits "
+                    f"recovered from the model's {self.calibration_activation} outputs"})
+        before, after = report["before"], report["after"]
+        logger.info("calibration: temperature %.4f fitted on %d validation rows; NLL %.4f -> %.4f, "
+                    "ECE %.4f -> %.4f, Brier %.4f -> %.4f", report["temperature"], report["n_rows"],
+                    before["nll"], after["nll"], before["ece"], after["ece"], before["brier"], after["brier"])
+        return calibration.scale_probabilities(scores, report["temperature"], self.calibration_activation)
+
+    def calibrated(self, run: LoadedRun, scores: np.ndarray) -> np.ndarray:
+        """The model's ``scores`` scaled by the run's temperature (unchanged without one)."""
+        temperature = run_temperature(run)
+        if temperature == 1.0 or self.calibration_activation is None:
+            return np.asarray(scores)
+        return calibration.scale_probabilities(scores, temperature, self.calibration_activation)
+
+    def calibrated_tensor(self, run: LoadedRun) -> Callable[[tf.Tensor], tf.Tensor]:
+        """``model output -> calibrated float32 scores`` in graph ops (the serving signature)."""
+        temperature = run_temperature(run)
+        if temperature == 1.0 or self.calibration_activation is None:
+            return lambda scores: tf.cast(scores, tf.float32)
+        return lambda scores: calibration.scale_probabilities_tf(scores, temperature, self.calibration_activation)
+
+    def calibration_metrics(self, run: LoadedRun, scores: np.ndarray, calibrated: np.ndarray,
+                            targets: np.ndarray) -> tuple:
+        """``(metrics, reliability curves)`` of the model's and the calibrated scores (see
+        :func:`tfmm.evaluation.calibration.compare_calibration`); ``({}, {})`` for a run
+        without ``calibration.json``, whose evaluation stays as it was."""
+        if getattr(run, "calibration", None) is None or self.calibration_activation is None:
+            return {}, {}
+        return calibration.compare_calibration(scores, calibrated, targets, temperature=run_temperature(run))
 
     def decisions(self, scores: np.ndarray, labels: Sequence[str], thresholds=None) -> tuple:
         """``(names, scores)``: what the model predicts for each row, as TensorBoard shows it."""
@@ -202,6 +294,29 @@ class Task:
     def serving_endpoints(self, run: LoadedRun, outputs: Callable) -> dict:
         """Extra signatures ``{name: (fn, input_signature)}`` (e.g. embeddings); none by default."""
         return {}
+
+
+def validation_scores(model: keras.Model, val_ds) -> np.ndarray:
+    """The model's outputs over ``val_ds`` (``(features, targets)`` batches, in order), one
+    eager call per batch: unlike ``model.predict``, nothing is traced for this single pass
+    (tracing the model costs seconds, and a last, smaller batch traces it again)."""
+    batches = [model(batch[0] if isinstance(batch, tuple) else batch, training=False) for batch in val_ds]
+    return np.concatenate([np.asarray(b, dtype="float32") for b in batches]) if batches else np.zeros((0, 1), "float32")
+
+
+def run_temperature(run) -> float:
+    """The run's fitted temperature (1.0 for runs without ``calibration.json``)."""
+    return float(getattr(run, "temperature", 1.0))
+
+
+def calibration_line(metrics: dict) -> Optional[str]:
+    """The summary line of a metrics dict's calibration keys (``None`` without them)."""
+    if "ece" not in metrics:
+        return None
+    t = metrics["temperature"]
+    return (f"calibration: ECE {metrics['ece']:.4f} (uncalibrated {metrics['ece_uncalibrated']:.4f}), Brier "
+            f"{metrics['brier']:.4f} (uncalibrated {metrics['brier_uncalibrated']:.4f}), "
+            + (f"temperature {t:.4f}" if t != 1.0 else "temperature 1 (not calibrated)"))
 
 
 def tiled_labels(labels: Sequence[str], scores: tf.Tensor) -> tf.Tensor:

@@ -1,7 +1,8 @@
 """``binary``: two labels, one sigmoid score for the second (``labels[1]``, the positive class).
 
 Targets are ``[N, 1]`` 0/1; evaluation adds ROC-AUC, PR-AUC and their curves to the
-single-label metrics; ``predict`` and the signature give both classes' scores (``1 - s``, ``s``).
+single-label metrics; ``predict`` and the signature give both classes' scores (``1 - s``, ``s``),
+``s`` temperature-scaled in a calibrated run (``sigmoid(logit / T)``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class BinaryTask(ClassificationTask):
     name = "binary"
     encoding = INDEX
     activation = "sigmoid"
+    calibration_activation = "sigmoid"
 
     def output_units(self, num_classes: int) -> int:
         """1; raises unless there are exactly 2 labels."""
@@ -56,10 +58,10 @@ class BinaryTask(ClassificationTask):
     def evaluate_scores(self, run, manifest, scores) -> Evaluation:
         evaluation = super().evaluate_scores(run, manifest, scores)
         positive = self.class_ids(manifest, run.labels) == 1
-        s = np.asarray(scores)[:, 0]
+        s = self.calibrated(run, scores)[:, 0]  # the ranking, so the AUCs, are the model's
         evaluation.metrics.update(positive_label=run.labels[1], roc_auc=roc_auc(positive, s),
                                   pr_auc=average_precision(positive, s))
-        evaluation.curves = ranking_curves(positive, s, run.labels[1])
+        evaluation.curves.update(ranking_curves(positive, s, run.labels[1]))
         return evaluation
 
     def decisions(self, scores, labels, thresholds=None) -> tuple:

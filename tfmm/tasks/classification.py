@@ -2,8 +2,11 @@
 
 Targets are one-hot; ``fit`` shows accuracy, top-1 precision / recall and macro F1;
 ``metrics.json`` holds the metrics of :func:`tfmm.tasks.metrics.compute_metrics` (every number
-traceable to the confusion matrix); ``predict`` gives the top-k labels; the signature returns
-``scores`` and ``labels`` (``[B, C]``, class names in score order).
+traceable to the confusion matrix), and for a calibrated run (``calibration.json``) the
+calibration keys (``ece``, ``brier``, ``nll``, their ``_uncalibrated`` versions,
+``temperature``); ``predict`` gives the top-k labels; the signature returns ``scores`` and
+``labels`` (``[B, C]``, class names in score order). Evaluation, prediction and the signature
+all give the temperature-scaled scores of a calibrated run.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import tensorflow as tf
 
 from tfmm.data.labels import ONE_HOT
 from tfmm.models.heads import build_dense_head
-from tfmm.tasks.base import Evaluation, Task, tiled_labels
+from tfmm.tasks.base import Evaluation, Task, calibration_line, tiled_labels
 from tfmm.tasks.metrics import compute_metrics, top_k
 
 # The headline metrics of the summary (those present are shown, in this order).
@@ -39,6 +42,7 @@ class ClassificationTask(Task):
     name = "classification"
     encoding = ONE_HOT
     activation = "softmax"
+    calibration_activation = "softmax"
 
     def build_head(self, config, feature_dims: dict) -> keras.Model:
         return build_dense_head(config, feature_dims, units=self.output_units(config.model.num_classes),
@@ -64,9 +68,13 @@ class ClassificationTask(Task):
         return self.encoding.class_ids(self.encode_targets(manifest, labels))
 
     def evaluate_scores(self, run, manifest, scores) -> Evaluation:
+        scores = np.asarray(scores)
+        calibrated = self.calibrated(run, scores)
         y_true = self.class_ids(manifest, run.labels)
-        metrics = {"task": self.name, **compute_metrics(y_true, self.class_scores(scores).argmax(axis=1), run.labels)}
-        return Evaluation(metrics)
+        metrics = {"task": self.name,
+                   **compute_metrics(y_true, self.class_scores(calibrated).argmax(axis=1), run.labels)}
+        calibration, reliability = self.calibration_metrics(run, scores, calibrated, y_true)
+        return Evaluation({**metrics, **calibration}, curves={"reliability": reliability} if reliability else {})
 
     def summary(self, metrics: dict) -> str:
         keys = [k for k in SUMMARY_KEYS if k in metrics]
@@ -74,22 +82,24 @@ class ClassificationTask(Task):
         head = f"{metrics['n_examples']} examples"
         if metrics.get("positive_label") is not None:
             head += f" (positive label: {metrics['positive_label']})"
-        return "\n".join([head] + [k.ljust(width) + format_value(metrics[k]) for k in keys])
+        lines = [head] + [k.ljust(width) + format_value(metrics[k]) for k in keys]
+        return "\n".join(lines + [line for line in [calibration_line(metrics)] if line])
 
     def prediction_values(self, run, manifest, *, k: int) -> list:
-        scores = self.class_scores(run.predict_scores(manifest))
+        scores = self.class_scores(self.calibrated(run, run.predict_scores(manifest)))
         return [{"labels": names, "scores": values}
                 for names, values in top_k(scores, run.labels, min(k, len(run.labels)))]
 
     def serving_outputs(self, run):
         labels = list(run.labels)
+        calibrated = self.calibrated_tensor(run)
 
         def outputs(features: dict) -> dict:
-            scores = self.serving_scores(run.model(features, training=False))
+            scores = self.serving_scores(calibrated(run.model(features, training=False)))
             return {"scores": scores, "labels": tiled_labels(labels, scores)}
 
         return outputs
 
     def serving_scores(self, scores: tf.Tensor) -> tf.Tensor:
-        """The signature's ``scores`` from the model's output (one column per label)."""
+        """The signature's ``scores`` from the (calibrated) model output (one column per label)."""
         return tf.cast(scores, tf.float32)

@@ -4,9 +4,12 @@ Labels are ``1`` (the caption matches) and ``0``; a manifest of positive pairs o
 seeded negatives with ``--negatives N`` (:func:`tfmm.data.pairs.add_negatives`), in
 training and, for runs trained so, in evaluation. The head feeds an MLP with interaction
 features of the two projected embeddings (:func:`tfmm.models.pair_heads.build_matching_head`).
-The decision threshold is tuned for F1 after ``fit`` (``thresholds.json``). ``metrics.json``:
-``accuracy``, ``roc_auc``, ``f1``, ``precision``, ``recall`` at that ``threshold``, plus the
-2-class numbers of :func:`tfmm.tasks.metrics.compute_metrics` (labels ``0``, ``1``).
+After ``fit`` the temperature of the match score is fitted (``calibration.json``), then the
+decision threshold is tuned for F1 on the calibrated scores (``thresholds.json``).
+``metrics.json``: ``accuracy``, ``roc_auc``, ``f1``, ``precision``, ``recall`` at that
+``threshold``, the 2-class numbers of :func:`tfmm.tasks.metrics.compute_metrics` (labels
+``0``, ``1``) and, for a calibrated run, the calibration keys (``ece``, ``brier``, ... as for
+classification).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import tensorflow as tf
 from tfmm.data import pairs
 from tfmm.data.labels import INDEX
 from tfmm.models.pair_heads import build_matching_head
-from tfmm.tasks.base import Evaluation, Task
+from tfmm.tasks.base import Evaluation, Task, calibration_line
 from tfmm.tasks.binary import sigmoid_metrics
 from tfmm.tasks.metrics import compute_metrics, matching_metrics, ranking_curves
-from tfmm.tasks.thresholds import DEFAULT_THRESHOLD, load_thresholds, tune_and_save, tune_thresholds
+from tfmm.tasks.thresholds import DEFAULT_THRESHOLD, load_thresholds, tune_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class MatchingTask(Task):
     validation_summaries = False  # no fusion layer to project
     serving_output_names = ("match_score", "match")
     serving_decisions = {"match": "match_score"}
+    calibration_activation = "sigmoid"
 
     def labels_required(self, config) -> bool:
         """Not when ``--negatives`` makes the negatives of a positives-only manifest."""
@@ -81,8 +85,8 @@ class MatchingTask(Task):
     def tune_thresholds(self, targets, scores):
         return tune_thresholds(targets, scores)
 
-    def after_fit(self, model, val_ds, val_targets, run_dir, labels) -> None:
-        tune_and_save(model, val_ds, val_targets, run_dir, [labels[1]])
+    def threshold_names(self, labels) -> list:
+        return [labels[1]]
 
     def threshold(self, run) -> float:
         """The run's tuned decision threshold (0.5 when none was saved)."""
@@ -111,31 +115,37 @@ class MatchingTask(Task):
         return pairs.add_negatives(manifest, negatives, seed=run.config.train.seed + 2)
 
     def evaluate_scores(self, run, manifest, scores) -> Evaluation:
-        s = np.asarray(scores)[:, 0]
+        scores = np.asarray(scores)
+        calibrated = self.calibrated(run, scores)
+        s = calibrated[:, 0]
         threshold = self.threshold(run)
         y_true = self.encoding.class_ids(self.encode_targets(manifest, run.labels))
+        calibration, reliability = self.calibration_metrics(run, scores, calibrated, y_true)
         metrics = {**compute_metrics(y_true, (s >= threshold).astype(int), run.labels),
-                   **matching_metrics(y_true, s, threshold),
+                   **matching_metrics(y_true, s, threshold), **calibration,
                    # add_negatives gives a negative the row number of the positive it comes from
                    "generated_negatives": int(len(manifest) - manifest.frame["row"].nunique())}
-        return Evaluation(metrics, curves=ranking_curves(y_true, s, run.labels[1]))
+        curves = ranking_curves(y_true, s, run.labels[1])
+        return Evaluation(metrics, curves={**curves, "reliability": reliability} if reliability else curves)
 
     def summary(self, metrics: dict) -> str:
         auc = metrics["roc_auc"]
         return (f"matching: accuracy {metrics['accuracy']:.4f}, ROC-AUC "
                 f"{'n/a' if auc is None else f'{auc:.4f}'}, F1 {metrics['f1']:.4f} at threshold "
-                f"{metrics['threshold']:.4f} ({metrics['n_positive']} of {metrics['n_examples']} pairs match)")
+                f"{metrics['threshold']:.4f} ({metrics['n_positive']} of {metrics['n_examples']} pairs match)"
+                + "".join(f"\n{line}" for line in [calibration_line(metrics)] if line))
 
     def prediction_values(self, run, manifest, *, k: int) -> list:
         threshold = self.threshold(run)
         return [{"match_score": float(s), "match": bool(s >= threshold)}
-                for s in run.predict_scores(manifest)[:, 0]]
+                for s in self.calibrated(run, run.predict_scores(manifest))[:, 0]]
 
     def serving_outputs(self, run):
         threshold = tf.constant(self.threshold(run), tf.float32)
+        calibrated = self.calibrated_tensor(run)
 
         def outputs(features: dict) -> dict:
-            match_score = tf.cast(run.model(features, training=False), tf.float32)[:, 0]
+            match_score = calibrated(run.model(features, training=False))[:, 0]
             return {"match_score": match_score, "match": match_score >= threshold}
 
         return outputs

@@ -5,6 +5,7 @@ After ``fit`` each label's decision threshold is tuned for F1 on the validation 
 ``predicted`` all decide with them (``score >= threshold``). ``metrics.json``: subset
 ``accuracy``, ``hamming_loss``, micro / macro / weighted precision, recall and F1,
 ``per_class`` (with ``roc_auc`` and ``threshold``) and a per-label ``confusion_matrix``.
+The scores are not temperature-scaled: the per-label thresholds already set each decision.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tfmm.models.heads import build_dense_head
 from tfmm.tasks.base import Evaluation, Task, tiled_labels
 from tfmm.tasks.binary import sigmoid_metrics
 from tfmm.tasks.metrics import multilabel_metrics, roc_auc, top_k
-from tfmm.tasks.thresholds import DEFAULT_THRESHOLD, load_thresholds, tune_and_save, tune_thresholds
+from tfmm.tasks.thresholds import DEFAULT_THRESHOLD, load_thresholds, tune_thresholds
 
 
 class MultilabelTask(Task):
@@ -27,6 +28,7 @@ class MultilabelTask(Task):
     name = "multilabel"
     encoding = MULTI_HOT
     single_label = False
+    uncalibrated_reason = "one sigmoid per label, decided by the thresholds tuned per label"
     serving_output_names = ("scores", "labels", "predicted")
     serving_decisions = {"predicted": "scores"}
 
@@ -43,8 +45,8 @@ class MultilabelTask(Task):
     def tune_thresholds(self, targets, scores):
         return tune_thresholds(targets, scores)
 
-    def after_fit(self, model, val_ds, val_targets, run_dir, labels) -> None:
-        tune_and_save(model, val_ds, val_targets, run_dir, list(labels))
+    def threshold_names(self, labels) -> list:
+        return list(labels)
 
     def decisions(self, scores, labels, thresholds=None) -> tuple:
         scores = np.asarray(scores)

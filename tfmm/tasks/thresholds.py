@@ -1,8 +1,9 @@
 """Decision thresholds of the tasks that tune them (multilabel: one per label; matching: one).
 
-After ``fit`` each threshold is tuned to maximize F1 on the validation data
-(:func:`tune_thresholds`) and stored in the run directory as ``thresholds.json``; evaluation,
-prediction and the export read it back (:func:`load_thresholds`), so all three decide alike.
+After ``fit`` each threshold is tuned to maximize F1 on the validation scores, calibrated
+where the task calibrates (:func:`tune_thresholds`), and stored in the run directory as
+``thresholds.json``; evaluation, prediction and the export read it back
+(:func:`load_thresholds`), so all three decide alike.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import logging
 import os
 from typing import Optional, Sequence
 
-import keras
 import numpy as np
 
 from tfmm.files import write_json_atomic
@@ -95,24 +95,23 @@ def load_thresholds(run_dir: str, labels: Sequence[str]) -> np.ndarray:
     return np.asarray(saved["thresholds"], dtype="float64")
 
 
-def tune_and_save(model: keras.Model, val_ds, y_val: Optional[np.ndarray], run_dir: str,
+def tune_and_save(scores: Optional[np.ndarray], y_val: Optional[np.ndarray], run_dir: str,
                   names: Sequence[str]) -> np.ndarray:
-    """After training: tunes one threshold per name on ``val_ds`` (or keeps 0.5) and saves them.
+    """After training: tunes one threshold per name on the validation scores (or keeps 0.5)
+    and saves them.
 
     Args:
-        model: the trained model.
-        val_ds: the validation dataset (``None``: keep 0.5).
-        y_val: its ``[N, C]`` targets, one column per name.
+        scores: the validation scores, ``[N, C]`` (calibrated, when the run is: the scores
+            the run serves); ``None``: no validation data, keep 0.5.
+        y_val: their ``[N, C]`` targets, one column per name.
         run_dir: where ``thresholds.json`` goes.
         names: what the thresholds are for (every label, or the positive label).
 
     Returns:
         The thresholds.
     """
-    if val_ds is None or y_val is None:
-        thresholds = np.full(len(names), DEFAULT_THRESHOLD)
-    else:
-        thresholds = tune_thresholds(y_val, np.asarray(model.predict(val_ds, verbose=0)))
-    save_thresholds(run_dir, names, thresholds, tuned_on="validation data" if val_ds is not None else None)
+    tuned = scores is not None and y_val is not None
+    thresholds = tune_thresholds(y_val, np.asarray(scores)) if tuned else np.full(len(names), DEFAULT_THRESHOLD)
+    save_thresholds(run_dir, names, thresholds, tuned_on="validation data" if tuned else None)
     logger.info("decision thresholds %s", dict(zip(names, np.round(thresholds, 4).tolist())))
     return thresholds
