@@ -167,7 +167,7 @@ def load_run(run_dir: str) -> LoadedRun:
     labels = load_labels(os.path.join(run_dir, LABELS_FILE))
     import tfmm.models.build  # noqa: F401  (registers tfmm layers)
     safe_mode = True
-    hub_text = config.model.uses_text and text.parse_text_spec(config.model.text_encoder).kind == "tfhub"
+    hub_text = config.model.uses_text and text.parse_text_spec(text.text_spec(config.model)).kind == "tfhub"
     if hub_text:
         import tfmm.models.hub  # noqa: F401  (registers HubTextEncoder)
         # HubTextEncoder reloads its SavedModel handles, which Keras safe mode refuses;
@@ -181,7 +181,7 @@ def load_run(run_dir: str) -> LoadedRun:
     if config.model.uses_text:
         saved = os.path.join(run_dir, TOKENIZER_DIR)
         preprocessor = text.load_text_preprocessor(
-            config.model.text_encoder, config.data.sequence_length,
+            text.text_spec(config.model), config.data.sequence_length,
             saved_tokenizer=saved if os.path.isdir(saved) else None,
         )
     return LoadedRun(os.path.abspath(run_dir), config, labels, model, preprocessor,

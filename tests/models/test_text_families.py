@@ -19,6 +19,7 @@ from tfmm.data.manifest import read_manifest
 from tfmm.evaluation.evaluate import evaluate, predict
 from tfmm.run_dir import load_run
 from tfmm.serving.export import export_for_serving
+from tfmm.tasks import get_task
 
 SEQ = 16
 WORDS = ("a one this thing is painted the colour here it should be shown in as caption says imagine "
@@ -179,7 +180,8 @@ def _assert_serves_like_the_model(path, run, demo_data, core_ops):
     fn = saved_model.load_saved_model(path).signatures["serving_default"]
     images = tf.constant([b""] * len(texts))
     served = fn(image_bytes=images, text=tf.constant(texts))["scores"].numpy()
-    expected = run.model.predict(dict(run.preprocessor(tf.constant(texts))), verbose=0)
+    raw = run.model.predict(dict(run.preprocessor(tf.constant(texts))), verbose=0)
+    expected = get_task(run.config.model.task).calibrated(run, raw)  # the run's temperature applied
     np.testing.assert_allclose(served, expected, atol=1e-5)
     ops = set(saved_model.saved_model_ops(path))
     # Core-op BPE: no TF Text split op (TF Serving 2.12+ only) left in the graph.

@@ -26,9 +26,9 @@ from tests.conftest import make_tiny_config
 from tfmm import cli
 from tfmm.config import RunConfig
 from tfmm.data.images import decode_image
-from tfmm.tasks import build_model
+from tfmm.tasks import build_model, get_task
 from tfmm.models.text import load_text_preprocessor
-from tfmm.run_dir import LoadedRun, load_run
+from tfmm.run_dir import LoadedRun
 from tfmm.serving import export as tfexport, protocol, saved_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -185,7 +185,8 @@ def test_signature_matches_the_training_pipeline(serving_fn, loaded_run, demo_da
     manifest = tfmm.read_manifest(demo_data["val"], loaded_run.config.data)
     images = [open(p, "rb").read() for p in manifest.frame["image"]]
     got = _call(serving_fn, images, manifest.frame["text"].tolist())
-    want = loaded_run.predict_scores(manifest)  # classification: the scores as they are
+    # classification: the scores as they are, divided by the run's fitted temperature
+    want = get_task(loaded_run.config.model.task).calibrated(loaded_run, loaded_run.predict_scores(manifest))
     assert got["scores"].shape == (len(manifest), len(loaded_run.labels))
     assert np.max(np.abs(got["scores"] - want)) <= 1e-5
     assert all([b.decode() for b in row] == loaded_run.labels for row in got["labels"])

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 from tfmm.evaluation import reports
 from tfmm.evaluation.ablation import modality_ablation
 from tfmm.run_dir import ABLATION_FILE, EVAL_LOGS_DIR, RELIABILITY_FILE, LoadedRun, load_run
-from tfmm.tasks import get_task
+from tfmm.tasks import get_task, zero_shot
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def predict(run, data, *, k: int = 5, zero_shot_labels: Optional[Sequence[str]] 
     """
     if prompt is not None and zero_shot_labels is None:
         raise ValueError(f"prompt is only used with zero_shot_labels; received prompt {prompt!r} and no labels")
-    run = run if isinstance(run, LoadedRun) else load_run(run)
+    run = zero_shot.as_run(run)  # a run, its folder, or a clip:/siglip: preset (used as it is)
     task = get_task(run.config.model.task)
     if zero_shot_labels is not None:
         return task.zero_shot(run, data, zero_shot_labels, prompt=prompt, k=k)

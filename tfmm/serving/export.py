@@ -235,6 +235,7 @@ def _metadata(run, model_name: str, version: int, n_warmup: int) -> dict:
         "source_run": run.run_dir, "task": mc.task, "modalities": mc.modalities, "labels": list(run.labels),
         "image_size": dc.image_size, "sequence_length": dc.sequence_length,
         "text_encoder": mc.text_encoder, "image_encoder": mc.image_encoder,
+        **({"encoder": mc.encoder} if mc.encoder else {}),  # a CLIP/SigLIP dual encoder: both branches
         "columns": {"image": dc.image_col, "text": dc.text_col, "label": dc.label_col},
         "signatures": {
             SIGNATURE: f"image_bytes, text (DT_STRING [-1]) -> {outputs}",
