@@ -115,6 +115,7 @@ def fit_with_cached_features(
     batch_size: int = 32,
     callbacks: Sequence = (),
     verbose="auto",
+    class_weight: Optional[dict] = None,
 ):
     """Fits ``model``'s trainable layers on cached features of its frozen encoders.
 
@@ -131,6 +132,7 @@ def fit_with_cached_features(
         batch_size: the global batch size.
         callbacks: ``fit`` callbacks; ``ModelCheckpoint``s save the full model.
         verbose: ``fit``/``predict`` verbosity.
+        class_weight: ``fit``'s ``class_weight`` (see :func:`tfmm.training.losses.class_weights`).
 
     Returns:
         The ``keras.callbacks.History`` of the fit.
@@ -164,4 +166,4 @@ def fit_with_cached_features(
                 "+".join(cached), len(trainer.trainable_weights))
     # shuffle=False: train_ds is shuffled already (seeded, as without the cache).
     return trainer.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
-                       callbacks=list(callbacks), verbose=verbose, shuffle=False)
+                       callbacks=list(callbacks), verbose=verbose, shuffle=False, class_weight=class_weight)
