@@ -28,7 +28,7 @@ import keras
 
 from tfmm.config import RunConfig
 from tfmm.models import fusion, pair_heads  # noqa: F401  (registers the head layers for load_model)
-from tfmm.models import dual_encoders, freezing, hub_vision, text, vision  # noqa: F401  (hub_vision: registers TokenPooling)
+from tfmm.models import augmentation, dual_encoders, freezing, hub_vision, text, vision  # noqa: F401  (hub_vision: registers TokenPooling)
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ def assemble_model(config: RunConfig, build_head: Callable[[RunConfig, dict], ke
         if mc.unfreeze_image_blocks:
             freezing.unfreeze_top_blocks(image_encoder, mc.unfreeze_image_blocks, flag="unfreeze_image_blocks")
         inputs["image"] = keras.Input(shape=(dc.image_size, dc.image_size, 3), dtype="float32", name="image")
-        features["image_features"] = call_encoder(image_encoder, inputs["image"], frozen=mc.freeze_image)
+        augment = augmentation.build_augmentation(mc.augment)  # training only; outside a frozen encoder
+        images = augment(inputs["image"]) if augment is not None else inputs["image"]
+        features["image_features"] = call_encoder(image_encoder, images, frozen=mc.freeze_image)
     if mc.uses_text:
         _check_freezing("text", mc.freeze_text, "unfreeze_text_layers", mc.unfreeze_text_layers)
         text_encoder = text.build_text_encoder(

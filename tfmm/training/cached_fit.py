@@ -19,7 +19,7 @@ import tensorflow as tf
 from tfmm.config import RunConfig
 from tfmm.data.manifest import Manifest
 from tfmm.data.pipeline import make_dataset, pipeline_options
-from tfmm.models import text
+from tfmm.models import augmentation, text
 from tfmm.tasks import get_task
 from tfmm.training import precision
 from tfmm.training.feature_cache import PARTS, cached_features, used_modalities
@@ -44,7 +44,10 @@ def build_cached_trainer(model: keras.Model, config: RunConfig, cached: Sequence
             features[feature_name] = inputs[feature_name]
         elif modality == "image":
             inputs["image"] = keras.Input(shape=(dc.image_size, dc.image_size, 3), dtype="float32", name="image")
-            features[feature_name] = encoder(inputs["image"])
+            images = inputs["image"]
+            if any(layer.name == augmentation.LAYER_NAME for layer in model.layers):  # --augment
+                images = model.get_layer(augmentation.LAYER_NAME)(images)
+            features[feature_name] = encoder(images)
         else:
             tokens = text.text_inputs(dc.sequence_length)
             inputs.update(tokens)
@@ -115,6 +118,7 @@ def fit_with_cached_features(
     batch_size: int = 32,
     callbacks: Sequence = (),
     verbose="auto",
+    class_weight: Optional[dict] = None,
 ):
     """Fits ``model``'s trainable layers on cached features of its frozen encoders.
 
@@ -131,6 +135,7 @@ def fit_with_cached_features(
         batch_size: the global batch size.
         callbacks: ``fit`` callbacks; ``ModelCheckpoint``s save the full model.
         verbose: ``fit``/``predict`` verbosity.
+        class_weight: ``fit``'s ``class_weight`` (see :func:`tfmm.training.losses.class_weights`).
 
     Returns:
         The ``keras.callbacks.History`` of the fit.
@@ -164,4 +169,4 @@ def fit_with_cached_features(
                 "+".join(cached), len(trainer.trainable_weights))
     # shuffle=False: train_ds is shuffled already (seeded, as without the cache).
     return trainer.fit(train_ds, validation_data=val_ds, epochs=config.train.epochs,
-                       callbacks=list(callbacks), verbose=verbose, shuffle=False)
+                       callbacks=list(callbacks), verbose=verbose, shuffle=False, class_weight=class_weight)

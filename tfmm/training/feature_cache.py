@@ -76,13 +76,24 @@ def frozen_modalities(config: RunConfig) -> list:
     return [m for m in used_modalities(config) if getattr(mc, f"freeze_{m}")]
 
 
+def augmented_modalities(config: RunConfig) -> list:
+    """The used modalities whose encoder input is randomly augmented in training (``augment``)."""
+    return ["image"] if config.model.augment != "none" and config.model.uses_image else []
+
+
+def cacheable_modalities(config: RunConfig) -> list:
+    """The frozen modalities whose features are the same every epoch (frozen, not augmented)."""
+    return [m for m in frozen_modalities(config) if m not in augmented_modalities(config)]
+
+
 def cached_modalities(
     config: RunConfig, *, strategy: Optional[tf.distribute.Strategy] = None, manifests: Sequence = ()
 ) -> list:
     """Which encoders' features :func:`tfmm.training.train.train` caches (empty: train as usual).
 
-    ``train.cache_features`` ``None`` (auto) and ``True`` cache every frozen encoder;
-    ``False`` caches none.
+    ``train.cache_features`` ``None`` (auto) and ``True`` cache every frozen encoder whose
+    input is not augmented (``model.augment``: its features change every epoch, one INFO log
+    line says so); ``False`` caches none.
 
     Raises:
         ValueError: ``cache_features`` is ``True`` but no used encoder is frozen.
@@ -100,6 +111,14 @@ def cached_modalities(
                 "--freeze-text, or drop --cache-features."
             )
         return []
+    augmented = [m for m in frozen if m in augmented_modalities(config)]
+    if augmented:
+        logger.log(logging.WARNING if wanted else logging.INFO,
+                   "feature cache: not caching the frozen %s encoder's features: --augment %s changes its "
+                   "input every epoch, so it runs on each augmented batch", augmented[0], config.model.augment)
+        frozen = cacheable_modalities(config)
+        if not frozen:
+            return []
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         logger.warning("feature cache: not used under MultiWorkerMirroredStrategy (each worker "
                        "would write the same files); training the full model")
@@ -114,10 +133,11 @@ def cached_modalities(
 
 def head_only_cached(config: RunConfig, strategy: Optional[tf.distribute.Strategy] = None) -> bool:
     """Whether :func:`tfmm.training.train.train` trains only a head, on cached features of every
-    used encoder (so epochs take milliseconds): every used encoder frozen, the cache not turned
-    off, and not under ``MultiWorkerMirroredStrategy`` (see :func:`cached_modalities`)."""
+    used encoder (so epochs take milliseconds): every used encoder frozen and its input not
+    augmented, the cache not turned off, and not under ``MultiWorkerMirroredStrategy`` (see
+    :func:`cached_modalities`)."""
     used = used_modalities(config)
-    return (bool(used) and frozen_modalities(config) == used and config.train.cache_features is not False
+    return (bool(used) and cacheable_modalities(config) == used and config.train.cache_features is not False
             and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
 
 

@@ -33,7 +33,7 @@ from tfmm.run_dir import (
     TRAINING_CURVES_FILE, write_data_sources,
 )
 from tfmm.tasks import build_model, get_task
-from tfmm.training import cached_fit, distribute, feature_cache, keras_patches, precision, resume, stages
+from tfmm.training import cached_fit, distribute, feature_cache, keras_patches, losses, precision, resume, stages
 from tfmm.training.callbacks import reporting_callbacks
 from tfmm.training.checkpoint import AtomicBestCheckpoint, check_free_space
 from tfmm.training.optimizer import (  # noqa: F401 (make_optimizer: public, used by callers)
@@ -66,11 +66,13 @@ def compile_model(model: keras.Model, config: RunConfig, steps_per_epoch: int) -
     The optimizer is :func:`tfmm.training.optimizer.make_optimizer`'s: ``model``'s encoder
     sub-models train at ``learning_rate x train.encoder_lr_scale``, the rest at
     ``learning_rate`` (``None``: resolved by :func:`~tfmm.training.optimizer.resolve_train_defaults`).
+    The loss is :func:`tfmm.training.losses.make_loss`'s: the task's, or its focal form
+    (``train.loss: focal``).
     """
     task = get_task(config.model.task)
     model.compile(
         optimizer=make_optimizer(config, steps_per_epoch, model),
-        loss=task.loss(config),
+        loss=losses.make_loss(task, config),
         metrics=task.metrics(config),
         jit_compile=precision.jit_compile_arg(config.train.jit_compile),
     )
@@ -301,8 +303,10 @@ def _build_and_compile(run_dir, start, strategy, inputs: _Inputs, initial_model=
 
 
 def _fit(model, run_dir, start, strategy, inputs: _Inputs, optimizer_config, callbacks, verbose):
-    """``model.fit`` with the run's callbacks, on cached encoder features when it can; the ``History``."""
+    """``model.fit`` with the run's callbacks (and class weights, ``train.class_weight``), on
+    cached encoder features when it can; the ``History``."""
     config = inputs.config
+    class_weight = losses.class_weights(get_task(config.model.task), config, inputs.train_m, inputs.labels)
     backup = resume.TrainingBackup(start.backup_dir, save_freq=config.train.save_every or "epoch")
     fit_callbacks = (
         default_callbacks(run_dir, config, inputs.val_ds is not None, start.best if start.resumed else None)
@@ -316,11 +320,11 @@ def _fit(model, run_dir, start, strategy, inputs: _Inputs, optimizer_config, cal
             compile_fn=lambda m: compile_model(m, optimizer_config, inputs.steps_per_epoch),
             cache_dir=config.train.cache_dir or os.path.join(run_dir, DEFAULT_CACHE_DIR),
             preprocessor=inputs.preprocessor, strategy=strategy, batch_size=inputs.global_batch,
-            callbacks=fit_callbacks, verbose=verbose,
+            callbacks=fit_callbacks, verbose=verbose, class_weight=class_weight,
         )
     return model.fit(  # shuffle=False: train_ds is shuffled already (seeded)
         inputs.train_ds, validation_data=inputs.val_ds, epochs=config.train.epochs,
-        callbacks=fit_callbacks, verbose=verbose, shuffle=False,
+        callbacks=fit_callbacks, verbose=verbose, shuffle=False, class_weight=class_weight,
     )
 
 
