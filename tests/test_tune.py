@@ -71,7 +71,7 @@ def test_apply_values_sets_fields_and_unfreezes_a_frozen_encoder_only_for_depth_
                                    "dropout": 0.30000000000000004, "learning_rate": 3e-4, "fusion": "sum"})
     mc = config.model
     assert (mc.freeze_image, mc.unfreeze_image_blocks) == (False, 2)
-    assert (mc.freeze_text, mc.unfreeze_text_layers) == (True, 0)
+    assert (mc.freeze_text, mc.unfreeze_text_layers) == (True, FROZEN.model.unfreeze_text_layers)  # kept
     assert (mc.dropout, mc.fusion, config.train.learning_rate) == (0.3, "sum", 3e-4)
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['hidden_dim'\]"):
         apply_values(FROZEN, {"hidden_dim": 8})

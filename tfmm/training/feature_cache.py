@@ -106,7 +106,7 @@ def cached_modalities(
         if wanted:
             raise ValueError(
                 "cache_features=True (--cache-features) needs a frozen encoder; received "
-                f"freeze_image={config.model.freeze_image}, freeze_text={config.model.freeze_text} "
+                f"freeze_image={bool(config.model.freeze_image)}, freeze_text={bool(config.model.freeze_text)} "
                 f"with modalities={config.model.modalities!r}. Add --freeze-image and/or "
                 "--freeze-text, or drop --cache-features."
             )
@@ -203,9 +203,9 @@ def cache_key(
         "content": _content_digest(manifest, modality),
     }
     if modality == "image":
-        parts.update(encoder=mc.image_encoder.lower(), image_size=dc.image_size)
-    else:
-        parts.update(encoder=mc.text_encoder, pooling=mc.text_pooling,
+        parts.update(encoder=(mc.encoder or mc.image_encoder).lower(), image_size=dc.image_size)
+    else:  # a dual encoder (--encoder) names both branches' encoder
+        parts.update(encoder=mc.encoder or mc.text_encoder, pooling=mc.text_pooling,
                      sequence_length=dc.sequence_length, tokenizer=_tokenizer_identity(preprocessor))
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return key, parts

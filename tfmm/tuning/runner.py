@@ -119,6 +119,9 @@ def search(
         ValueError: bad arguments, an objective the runs do not report, every trial failed,
             or ``output_dir`` holds a different search (without ``overwrite``).
     """
+    from tfmm.training.presets import resolve_preset
+
+    config = resolve_preset(config)  # the space depends on what the base config's preset freezes
     space = space if space is not None else default_space(config)
     _check_arguments(val_data, trials, algorithm, space)
     tuner_mod = _tuner_module()
