@@ -51,7 +51,7 @@ def test_augmented_model_reloads_and_predicts_like_the_plain_one(tmp_path):
     plain = build_model(_config())
     for name in ("image_encoder", "fusion_head"):
         plain.get_layer(name).set_weights(model.get_layer(name).get_weights())
-    x = _images()
+    x = {"image": _images()}  # the model's input structure: a dict
     expected = plain.predict(x, verbose=0)
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(model(x), expected, rtol=1e-6, atol=1e-6)
@@ -62,7 +62,7 @@ def test_augmented_model_reloads_and_predicts_like_the_plain_one(tmp_path):
     assert loaded.get_layer(LAYER_NAME).get_config()["mode"] == "light"
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
     # The inference graph (what an export traces) holds no random or image-warping op.
-    graph = tf.function(lambda images: loaded(images, training=False)).get_concrete_function(
+    graph = tf.function(lambda images: loaded({"image": images}, training=False)).get_concrete_function(
         tf.TensorSpec([None, 32, 32, 3], tf.float32)).graph
     ops = {op.type for op in graph.get_operations()}
     assert not {op for op in ops if "Random" in op or "ImageProjectiveTransform" in op}, ops
@@ -81,7 +81,7 @@ def test_frozen_encoder_under_augmentation_stays_in_inference_mode():
     x = _images(8)
     states = [v.numpy() for v in augment.variables]  # the random layers' seed states
     assert states, "the random layers keep their seed state in variables"
-    out = np.asarray(model(x, training=True))
+    out = np.asarray(model({"image": x}, training=True))
     for v, s in zip(augment.variables, states):
         v.assign(s)
     augmented = augment(x, training=True)
@@ -90,7 +90,7 @@ def test_frozen_encoder_under_augmentation_stays_in_inference_mode():
     assert not np.allclose(features, encoder(x, training=False), rtol=1e-3)  # augmentation reached it
     expected = head({"image_features": features})
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
-    assert not np.allclose(out, model(x, training=False), rtol=1e-3, atol=1e-7)
+    assert not np.allclose(out, model({"image": x}, training=False), rtol=1e-3, atol=1e-7)
 
 
 def test_augmented_frozen_encoder_is_not_cached(caplog):

@@ -125,12 +125,14 @@ _TESTED_ELSEWHERE = {
                               "similarity_roundtrips (two inputs, a scale and a bias)",
     "tfmm>SigmoidContrastiveLoss": "tests/models/test_dual_encoders.py::test_sigmoid_loss_is_siglip_loss_and_"
                                    "similarity_roundtrips",
+    "tfmm>CoreBytePairTokenizer": "tests/models/test_bpe_tokenizer.py::test_config_round_trip_and_saved_model_file",
     "tfmm>ImageAugmentation": "tests/models/test_augmentation.py::test_augmented_model_reloads_and_predicts_"
                               "like_the_plain_one (random in training: compared at inference)",
 }
 
 
 def _registered() -> set:
+    import tfmm.models.bpe_tokenizer  # noqa: F401  (registers CoreBytePairTokenizer; imported on demand)
     import tfmm.models.hub  # noqa: F401  (registers HubTextEncoder)
     import tfmm.tasks  # noqa: F401  (imports every module that registers objects)
 
