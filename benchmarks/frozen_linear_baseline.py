@@ -128,16 +128,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def start_benchmark(args, title: str) -> tuple:
+    """Logging, the machine header, the prepared split and its ``data:`` line: ``(paths, source)``."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    common.print_header("frozen features + logistic regression vs tfmm (Tux Paint stamps)")
+    common.print_header(title)
     paths = train_tuxpaint.prepare(args)
     with open(paths["source"], encoding="utf-8") as f:
         source = json.load(f)
-    config = train_tuxpaint.make_config(args, modalities="both")
     print(f"data: {source['package']} {source['package_version']}, rows {source['rows']}, "
           f"{len(source['classes'])} classes, split seed {args.split_seed}")
+    return paths, source
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    paths, source = start_benchmark(args, "frozen features + logistic regression vs tfmm (Tux Paint stamps)")
+    config = train_tuxpaint.make_config(args, modalities="both")
     print(f"encoders: image {config.model.image_encoder} (weights {config.model.image_weights}), "
           f"text {config.model.text_encoder}, both frozen")
 

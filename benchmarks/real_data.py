@@ -22,7 +22,6 @@ It takes every flag of the example (``--help``; flags a preset governs are not p
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
@@ -132,14 +131,8 @@ def print_results(results: dict, base: dict) -> None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    common.print_header("tfmm presets vs frozen features + logistic regression (Tux Paint stamps)")
-    paths = train_tuxpaint.prepare(args)
-    with open(paths["source"], encoding="utf-8") as f:
-        source = json.load(f)
-    print(f"data: {source['package']} {source['package_version']}, rows {source['rows']}, "
-          f"{len(source['classes'])} classes, split seed {args.split_seed}; encoders {args.image_encoder} "
-          f"({args.image_weights}) + {args.text_encoder}, image size {args.image_size}")
+    paths, source = baseline.start_benchmark(args, "tfmm presets vs frozen features + logistic regression (Tux Paint stamps)")
+    print(f"encoders: {args.image_encoder} ({args.image_weights}) + {args.text_encoder}, image size {args.image_size}")
     base = run_baseline(args, paths)
     results, out = {}, os.path.join(args.output_dir, "real_data.json")
     for preset in args.presets:  # the table so far after each preset (a long run can be cut short)
