@@ -36,6 +36,7 @@ import keras
 from tfmm.models import freezing
 from tfmm.models.dual_encoder_heads import SigmoidSimilarity
 from tfmm.models.dual_encoder_text import DualEncoderTextPreprocessor
+from tfmm.models.inputs import text_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,6 @@ def build_text_tower(backbone, family: str, sequence_length: int, *, trainable: 
     for name in ("text_pooler", "text_projection"):
         if hasattr(backbone, name):
             getattr(backbone, name).trainable = trainable
-    from tfmm.models.text import text_inputs
 
     inputs = text_inputs(sequence_length)
     return keras.Model(inputs, backbone.get_text_embeddings(inputs["token_ids"]), name="text_encoder")
@@ -215,7 +215,6 @@ def build_dual_encoder_model(config, build_head) -> keras.Model:
         ValueError: an option that applies to separate encoders only (``unfreeze_*``,
             ``text_dtype``, ``text_lora_rank``), or sizes the towers do not take.
     """
-    from tfmm.models.text import text_inputs
 
     mc, dc = config.model, config.data
     _check_options(mc)

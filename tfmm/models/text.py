@@ -35,6 +35,7 @@ import keras
 
 from tfmm.config import POOLINGS, TEXT_DTYPES
 from tfmm.models import dual_encoders, embedding_bag, text_backbones
+from tfmm.models.inputs import text_inputs  # noqa: F401  (public here: tfmm.models.text.text_inputs)
 from tfmm.models.text_pooling import FirstTokenPooling, LastTokenPooling
 from tfmm.models.wordpiece_preprocessor import (  # noqa: F401  (TEXT_INPUTS: the model's text inputs)
     SAVED_TOKENIZER_CONFIG, TEXT_INPUTS, KerasHubTextPreprocessor, _from_preset,
@@ -161,14 +162,6 @@ class MaskedMeanPooling(keras.layers.Layer):
 
     def compute_output_shape(self, sequence_shape, padding_mask_shape=None):
         return (sequence_shape[0], sequence_shape[-1])
-
-
-def text_inputs(sequence_length: int) -> dict:
-    """The model's text ``keras.Input``s, named as the dataset's text features."""
-    return {
-        name: keras.Input(shape=(sequence_length,), dtype="int32", name=name)
-        for name in TEXT_INPUTS
-    }
 
 
 def build_text_encoder(

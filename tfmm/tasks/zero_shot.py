@@ -170,13 +170,15 @@ def load_encoder_run(spec: str, *, batch_size: int = 32) -> LoadedRun:
         >>> tfmm.predict(run, "photos.csv", zero_shot_labels=["cat", "dog"])
     """
     from tfmm.config import RunConfig
+    from tfmm.models import dual_encoder_heads
     from tfmm.models.build import assemble_model
-    from tfmm.tasks.contrastive import ContrastiveTask
 
     parsed = dual_encoders.parse_encoder_spec(spec)
     sizes = dual_encoders.preset_tower_sizes(parsed)
     config = RunConfig().replace(model={"task": "contrastive", "encoder": spec, "modalities": "both"},
                                  data=sizes, train={"batch_size": batch_size})
-    model = assemble_model(config, ContrastiveTask().build_head)
+    # The contrastive task's head for a dual encoder: the model's own similarity, scale (and bias).
+    model = assemble_model(config, lambda _, dims: dual_encoder_heads.build_pretrained_contrastive_head(
+        dims, parsed.family))
     preprocessor = dual_encoders.text_preprocessor(spec, sizes["sequence_length"])
     return LoadedRun(parsed.source, config, [], model, preprocessor)
