@@ -101,7 +101,6 @@ def test_scaling_in_numpy_and_in_the_graph_agree():
 def test_tasks_fit_calibrate_then_tune_and_skip_multilabel(tmp_path, caplog):
     """after_fit on a stand-in model: one predict pass, calibration.json, then thresholds tuned
     on the calibrated scores; --no-calibrate and multilabel write no calibration."""
-    from tfmm.config import RunConfig, save_config
     from tfmm.tasks.thresholds import load_thresholds, tune_thresholds
 
     rng = np.random.default_rng(4)
@@ -129,9 +128,8 @@ def test_tasks_fit_calibrate_then_tune_and_skip_multilabel(tmp_path, caplog):
 
     off = tmp_path / "off"
     off.mkdir()
-    save_config(RunConfig().replace(train={"calibrate": False}), str(off / "config.yaml"))
     (off / CALIBRATION_FILE).write_text("{}")  # from an earlier fit: removed
-    get_task("binary").after_fit(Model(), val_ds, y, str(off), ["no", "yes"])
+    get_task("binary").after_fit(Model(), val_ds, y, str(off), ["no", "yes"], calibrate=False)  # --no-calibrate
     assert not (off / CALIBRATION_FILE).exists() and Model.calls == 1  # nothing to do: no predict
 
     multi = tmp_path / "multilabel"

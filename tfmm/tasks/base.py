@@ -38,14 +38,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfmm.config import RunConfig, load_config
+from tfmm.config import RunConfig
 from tfmm.data.labels import ONE_HOT, LabelEncoding
 from tfmm.data.manifest import Manifest, check_manifest, read_manifest
 # A leaf module (numpy, scipy, scikit-learn, TensorFlow; no other tfmm import): the math of
 # the temperature the tasks fit and apply.
 from tfmm.evaluation import calibration
 from tfmm.files import write_json_atomic
-from tfmm.run_dir import CALIBRATION_FILE, CONFIG_FILE, LoadedRun
+from tfmm.run_dir import CALIBRATION_FILE, LoadedRun
 from tfmm.tasks.thresholds import tune_and_save
 
 logger = logging.getLogger(__name__)
@@ -162,10 +162,11 @@ class Task:
         return None
 
     def after_fit(self, model: keras.Model, val_ds, val_targets: Optional[np.ndarray], run_dir: str,
-                  labels: Sequence[str]) -> None:
-        """Runs once the model is trained and saved: calibrates (``calibration.json``), then
-        tunes the decision thresholds on the calibrated scores (``thresholds.json``)."""
-        calibrate = self._calibration_wanted(run_dir)
+                  labels: Sequence[str], *, calibrate: bool = True) -> None:
+        """Runs once the model is trained and saved: calibrates (``calibration.json``, when
+        ``calibrate``: the run's ``train.calibrate``), then tunes the decision thresholds on the
+        calibrated scores (``thresholds.json``)."""
+        calibrate = self._calibration_wanted(run_dir, calibrate)
         names = self.threshold_names(labels)
         if not calibrate and names is None:
             return
@@ -176,14 +177,12 @@ class Task:
         if names is not None:
             tune_and_save(scores, val_targets, run_dir, names)
 
-    def _calibration_wanted(self, run_dir: str) -> bool:
-        """Whether to fit a temperature: ``train.calibrate`` of the run's ``config.yaml``, for a
-        task with :attr:`calibration_activation`. A file from an earlier fit is removed."""
+    def _calibration_wanted(self, run_dir: str, wanted: bool) -> bool:
+        """Whether to fit a temperature: ``wanted`` (``train.calibrate``), for a task with
+        :attr:`calibration_activation`. A file from an earlier fit is removed."""
         path = os.path.join(run_dir, CALIBRATION_FILE)
         if os.path.exists(path):
             os.remove(path)
-        config_path = os.path.join(run_dir, CONFIG_FILE)
-        wanted = (load_config(config_path) if os.path.exists(config_path) else RunConfig()).train.calibrate
         if wanted and self.calibration_activation is None:
             logger.info("task %r: scores are not calibrated (%s)", self.name, self.uncalibrated_reason)
         return bool(wanted and self.calibration_activation is not None)

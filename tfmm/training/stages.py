@@ -82,15 +82,16 @@ def train_two_stage(config: RunConfig, run_dir: str, train_one: Callable, *, ove
     """
     if not overwrite and (resume.read_state(run_dir) or {}).get("status") == "finished":
         return train_one(config, run_dir, overwrite=False, **kwargs)  # raises RunFinishedError
+    dirs = stage1_dirs(run_dir, config)
     losses = {seed: _run_stage1(config, run_dir, seed, stage_dir, train_one, overwrite, **kwargs)
-              for seed, stage_dir in stage1_dirs(run_dir, config).items()}
+              for seed, stage_dir in dirs.items()}
     winner = min(losses, key=losses.get)
-    stage1_dir = stage1_dirs(run_dir, config)[winner]
+    stage1_dir = dirs[winner]
     strategy = kwargs.get("strategy")
     if strategy is None or distribute.is_chief(strategy):  # the chief alone writes shared files
         write_json_atomic(os.path.join(run_dir, STAGES_FILE), {
             "stage1": {str(s): {"run_dir": os.path.relpath(d, run_dir), "best_loss": losses[s]}
-                       for s, d in stage1_dirs(run_dir, config).items()},
+                       for s, d in dirs.items()},
             "stage1_winner_seed": winner, "stage2_from": os.path.relpath(stage1_dir, run_dir),
         })
     if len(losses) > 1:

@@ -182,7 +182,7 @@ def _train_one(config: RunConfig, run_dir: str, *, train_data, val_data, callbac
                overwrite: bool = False, initial_model: Optional[keras.Model] = None) -> TrainResult:
     """One ordinary run (one stage) in ``run_dir``; ``initial_model``'s weights, when given,
     replace the fresh model's before training (see :func:`tfmm.training.stages.copy_weights`)."""
-    config = _resolved(resolve_preset(config), strategy)
+    config = _resolved(config, strategy)  # the preset first, then the learning rate and epochs
     _check_writable(run_dir)
     start = resume.prepare_run(run_dir, config, strategy, overwrite=overwrite)
     with distribute.worker_output_dir(run_dir, strategy) as write_dir:
@@ -334,7 +334,8 @@ def _write_run(model, run_dir, start, inputs: _Inputs, history) -> dict:
     config, task, labels = inputs.config, get_task(inputs.config.model.task), inputs.labels
     atomic_save_model(model, os.path.join(run_dir, MODEL_FILE))
     y_val = task.encode_targets(inputs.val_m, labels) if inputs.val_m is not None else None
-    task.after_fit(model, inputs.val_ds, y_val, run_dir, labels)  # e.g. thresholds.json
+    task.after_fit(model, inputs.val_ds, y_val, run_dir, labels,  # calibration.json, thresholds.json
+                   calibrate=config.train.calibrate)
     hist = {k: list(start.prior_history.get(k, [])) + [float(v) for v in history.history.get(k, [])]
             for k in {**start.prior_history, **history.history}}
     write_json_atomic(os.path.join(run_dir, HISTORY_FILE), hist)
