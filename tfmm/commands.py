@@ -13,9 +13,10 @@ import sys
 from tfmm.cli_parser import config_from_args, read_flags
 
 
-def _with_read_flags(args):
+def _with_read_flags(args, load=None):
     """The ``--model`` run, with the reading flags given here in its data config (its path
-    when none is given: the run is loaded once, by the library call)."""
+    when none is given: the run is loaded once, by the library call). ``load``: how ``--model``
+    is loaded (default :func:`tfmm.run_dir.load_run`)."""
     overrides = read_flags(args)
     if not overrides:
         return args.model
@@ -23,7 +24,7 @@ def _with_read_flags(args):
 
     from tfmm.run_dir import load_run
 
-    run = load_run(args.model)
+    run = (load or load_run)(args.model)
     return dataclasses.replace(run, config=run.config.replace(data=overrides))
 
 
@@ -137,19 +138,11 @@ def _single_example(args):
 
 
 def _predict_model(args):
-    """What ``tfmm predict --model`` names: a run (path, or loaded with the reading flags), or a
-    pretrained CLIP / SigLIP spec made into an untrained contrastive run."""
-    from tfmm.models.dual_encoders import is_encoder_spec
+    """What ``tfmm predict --model`` names: a run, or a pretrained CLIP / SigLIP spec (an
+    untrained contrastive run, :func:`tfmm.tasks.zero_shot.as_run`), with the reading flags."""
+    from tfmm.tasks.zero_shot import as_run
 
-    if not is_encoder_spec(args.model):
-        return _with_read_flags(args)
-    import dataclasses
-
-    from tfmm.tasks.zero_shot import load_encoder_run
-
-    run = load_encoder_run(args.model)
-    overrides = read_flags(args)
-    return dataclasses.replace(run, config=run.config.replace(data=overrides)) if overrides else run
+    return _with_read_flags(args, load=as_run)
 
 
 def cmd_predict(args) -> int:
