@@ -59,6 +59,12 @@ CONFIG_FLAGS = [
     ("--hidden-dim", "model", "hidden_dim", dict(type=int, metavar="N",
                                                  help="head hidden layer width, 0 for none")),
     ("--dropout", "model", "dropout", dict(type=float, metavar="X", help="dropout after fusion")),
+    ("--feature-dropout", "model", "feature_dropout", dict(
+        type=float, metavar="X", help="dropout on each branch's features before its projection "
+                                      "(default: set by --preset; fast/balanced/best: 0.2, none: 0)")),
+    ("--head-ensemble", "model", "head_ensemble", dict(
+        type=int, metavar="N", help="average the scores of N heads; with two stages each is trained alone "
+                                    "first (default: set by --preset; balanced/best: 5, else 1)")),
     ("--freeze-image", "model", "freeze_image", dict(
         action=argparse.BooleanOptionalAction, default=None,
         help="keep the image encoder's weights fixed (default: set by --preset; none: not frozen)")),
@@ -184,7 +190,7 @@ CONFIG_FLAGS += [
              "run's model from it (default: set by --preset; on for balanced and best)")),
     ("--head-seeds", "train", "head_seeds", dict(
         type=int, metavar="N", help="two stages: train stage 1 with N seeds and fine-tune the one with "
-                                    "the lowest validation loss (default: set by --preset; best: 3, else 1)")),
+                                    "the lowest validation loss (default: set by --preset: 1)")),
 ]
 
 # The flags that say how a source is read, for the commands that read data without training.

@@ -131,6 +131,13 @@ class ModelConfig:
         projection_dim: each branch is projected to this width before fusion.
         hidden_dim: width of the head's hidden layer (0 for none).
         dropout: dropout rate after fusion.
+        feature_dropout: dropout rate on each branch's encoder features, before its projection
+            (training only; classification, binary, multilabel and matching heads). ``None``: the
+            preset decides (``fast``, ``balanced``, ``best``: 0.2; ``none``: 0).
+        head_ensemble: ``N`` > 1 builds N copies of the head (``fusion_head/member_1..N``, each its
+            own initialisation) and averages their scores. Under ``train.two_stage`` each member
+            is trained alone in stage 1 (one run per seed) before stage 2 fine-tunes the average.
+            ``None``: the preset decides (``balanced``, ``best``: 5; else 1).
         freeze_image / freeze_text: keep that encoder's weights fixed (and run it in
             inference mode: no dropout, BatchNorm on its moving statistics). ``None``: the
             preset decides (``train.preset``, see :mod:`tfmm.training.presets`; ``none``: off).
@@ -158,6 +165,8 @@ class ModelConfig:
     projection_dim: int = 256
     hidden_dim: int = 256
     dropout: float = 0.2
+    feature_dropout: Optional[float] = None
+    head_ensemble: Optional[int] = None
     freeze_image: Optional[bool] = None
     freeze_text: Optional[bool] = None
     unfreeze_image_blocks: Optional[int] = None
@@ -181,6 +190,10 @@ class ModelConfig:
         _check_positive("num_classes", self.num_classes, allow_zero=True)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1); received {self.dropout!r}")
+        if self.feature_dropout is not None and not 0.0 <= self.feature_dropout < 1.0:
+            raise ValueError(f"feature_dropout must be in [0, 1); received {self.feature_dropout!r}")
+        if self.head_ensemble is not None:
+            _check_positive("head_ensemble", self.head_ensemble)
         if not self.text_encoder:
             raise ValueError("text_encoder must not be empty; received ''")
         if not self.image_encoder:
@@ -239,7 +252,9 @@ class TrainConfig:
             (``balanced``, ``best``: on).
         head_seeds: ``two_stage``: train stage 1 with this many seeds (``seed``, ``seed + 1``,
             ...) and fine-tune the one with the best validation loss (``None``: the preset
-            decides; ``best``: 3, else 1).
+            decides: 1). With ``model.head_ensemble`` > 1 stage 1 trains one run per member
+            instead (head_seeds must then be 1). Stage 2 keeps its starting weights when none of
+            its epochs improves the validation loss on them.
     """
 
     epochs: Optional[int] = None

@@ -11,6 +11,7 @@ from tests.conftest import make_tiny_config
 from tfmm.cli_flags import config_from_args
 from tfmm.cli_parser import build_parser
 from tfmm.config import RunConfig, load_config
+from tfmm.models import head_ensemble
 from tfmm.training import presets, resume, stages
 from tfmm.training.train import train
 
@@ -21,22 +22,38 @@ def _resolved(**sections):
 
 # --- resolution (pure) ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("preset, frozen, blocks, two_stage, seeds, lr, epochs, augment", [
-    ("none", False, 0, False, 1, None, None, "none"),
-    ("fast", True, 0, False, 1, None, None, "none"),
-    ("balanced", False, presets.BALANCED_BLOCKS, True, 1, presets.BALANCED_LEARNING_RATE,
-     presets.BALANCED_EPOCHS, "none"),
-    ("best", False, presets.BEST_BLOCKS, True, presets.BEST_HEAD_SEEDS, presets.BALANCED_LEARNING_RATE,
-     presets.BEST_EPOCHS, "light"),
+@pytest.mark.parametrize("preset, frozen, blocks, two_stage, members, lr, epochs, augment, feature_dropout", [
+    ("none", False, 0, False, 1, None, None, "none", 0.0),
+    ("fast", True, 0, False, 1, None, None, "none", presets.FEATURE_DROPOUT),
+    ("balanced", False, presets.BALANCED_BLOCKS, True, presets.ENSEMBLE_HEADS, presets.BALANCED_LEARNING_RATE,
+     presets.BALANCED_EPOCHS, "none", presets.FEATURE_DROPOUT),
+    ("best", False, presets.BEST_BLOCKS, True, presets.ENSEMBLE_HEADS, presets.BALANCED_LEARNING_RATE,
+     presets.BEST_EPOCHS, "light", presets.FEATURE_DROPOUT),
 ])
-def test_each_preset_resolves_to_its_table(preset, frozen, blocks, two_stage, seeds, lr, epochs, augment):
+def test_each_preset_resolves_to_its_table(preset, frozen, blocks, two_stage, members, lr, epochs, augment,
+                                           feature_dropout):
     cfg = _resolved(train={"preset": preset})
     mc, tc = cfg.model, cfg.train
     assert (mc.freeze_image, mc.freeze_text) == (frozen, frozen)
     assert (mc.unfreeze_image_blocks, mc.unfreeze_text_layers) == (blocks, blocks)
-    assert (tc.two_stage, tc.head_seeds, tc.learning_rate, tc.epochs, mc.augment) == (
-        two_stage, seeds, lr, epochs, augment)
+    assert (tc.two_stage, tc.head_seeds, mc.head_ensemble, tc.learning_rate, tc.epochs, mc.augment) == (
+        two_stage, 1, members, lr, epochs, augment)
+    assert mc.feature_dropout == feature_dropout
     assert presets.resolve_preset(cfg) == cfg  # idempotent
+
+
+def test_head_seeds_and_head_ensemble_exclude_each_other():
+    seeds = _resolved(train={"preset": "balanced", "head_seeds": 3})  # the best of 3: no ensemble
+    assert (seeds.train.head_seeds, seeds.model.head_ensemble) == (3, 1)
+    with pytest.raises(ValueError, match="head_seeds=3 .* and head_ensemble=2 .* exclude each other"):
+        _resolved(train={"preset": "balanced", "head_seeds": 3}, model={"head_ensemble": 2})
+    # Scores that cannot be averaged: the preset leaves the head single; asked for explicitly, refused.
+    assert _resolved(train={"preset": "balanced"}, model={"task": "contrastive"}).model.head_ensemble == 1
+    assert _resolved(train={"preset": "best"}, model={"encoder": "clip:x"}).model.head_ensemble == 1
+    with pytest.raises(ValueError, match="feature_dropout must be in \\[0, 1\\); received 1.0"):
+        RunConfig().replace(model={"feature_dropout": 1.0})
+    with pytest.raises(ValueError, match="head_ensemble must be > 0; received 0"):
+        RunConfig().replace(model={"head_ensemble": 0})
 
 
 def test_no_preset_keeps_todays_defaults():
@@ -53,6 +70,7 @@ def test_explicit_values_win_over_the_preset():
     assert (cfg.model.unfreeze_image_blocks, cfg.model.unfreeze_text_layers) == (3, presets.BALANCED_BLOCKS)
     assert _resolved(train={"preset": "best"}, model={"augment": "strong"}).model.augment == "strong"
     assert _resolved(train={"preset": "best", "head_seeds": 1}).train.head_seeds == 1
+    assert _resolved(train={"preset": "fast"}, model={"feature_dropout": 0.0}).model.feature_dropout == 0.0
 
 
 def test_an_explicit_freeze_wins_over_the_presets_unfrozen_blocks_and_back():
@@ -105,14 +123,21 @@ def test_cli_preset_and_flags_reach_the_config():
 # --- one tiny two-stage run -----------------------------------------------------------------
 
 class _StartWeights(keras.callbacks.Callback):
-    """Each ``fit``'s model weights at its start, per top-level layer."""
+    """Each ``fit``'s model weights at its start and at its end (after early stopping's restore,
+    before stage 2's guard: user callbacks run before it), per top-level layer."""
 
     def __init__(self):
         super().__init__()
-        self.starts = []
+        self.starts, self.ends = [], []
+
+    def _weights(self):
+        return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in self.model.layers}
 
     def on_train_begin(self, logs=None):
-        self.starts.append({layer.name: [np.array(w) for w in layer.get_weights()] for layer in self.model.layers})
+        self.starts.append(self._weights())
+
+    def on_train_end(self, logs=None):
+        self.ends.append(self._weights())
 
 
 def _backbone_weights(model, encoder):
@@ -126,33 +151,60 @@ def _same(a, b):
 
 @pytest.fixture(scope="module")
 def two_stage_run(tiny_bert, demo_data, tmp_path_factory):
-    cfg = make_tiny_config(tiny_bert).replace(train={"preset": "balanced", "early_stopping_patience": 1})
+    # balanced with a 2-member ensemble head (the preset's 5, made cheaper): two stage-1 runs.
+    cfg = make_tiny_config(tiny_bert).replace(train={"preset": "balanced", "early_stopping_patience": 1},
+                                              model={"head_ensemble": 2})
     run_dir = str(tmp_path_factory.mktemp("runs") / "balanced")
     recorder = _StartWeights()
     result = train(cfg, demo_data["train"], demo_data["val"], run_dir, callbacks=[recorder], verbose=0)
-    stage1 = keras.models.load_model(os.path.join(run_dir, "stage1", "model.keras"), compile=False)
-    return {"run_dir": run_dir, "result": result, "starts": recorder.starts, "stage1": stage1}
+    stage1 = [keras.models.load_model(os.path.join(run_dir, d, "model.keras"), compile=False)
+              for d in ("stage1", "stage1_seed43")]
+    return {"run_dir": run_dir, "result": result, "starts": recorder.starts, "ends": recorder.ends,
+            "stage1": stage1}
 
 
 @pytest.mark.slow
 def test_two_stage_run_starts_stage2_from_stage1(two_stage_run, demo_data):
     run_dir, stage1, final = two_stage_run["run_dir"], two_stage_run["stage1"], two_stage_run["result"].model
-    s1_cfg = load_config(os.path.join(run_dir, "stage1", "config.yaml"))
-    assert (s1_cfg.train.preset, s1_cfg.model.freeze_image, s1_cfg.model.freeze_text) == ("fast", True, True)
-    assert resume.read_state(os.path.join(run_dir, "stage1"))["status"] == "finished"
+    for d in ("stage1", "stage1_seed43"):
+        s1_cfg = load_config(os.path.join(run_dir, d, "config.yaml"))
+        assert (s1_cfg.train.preset, s1_cfg.model.freeze_image, s1_cfg.model.freeze_text) == ("fast", True, True)
+        assert s1_cfg.model.head_ensemble == 1 and s1_cfg.model.feature_dropout == presets.FEATURE_DROPOUT
+        assert resume.read_state(os.path.join(run_dir, d))["status"] == "finished"
     with open(os.path.join(run_dir, stages.STAGES_FILE), encoding="utf-8") as f:
-        assert json.load(f)["stage2_from"] == "stage1"
-    # Stage 2's fit begins with stage 1's final weights, every layer (the head included).
+        record = json.load(f)
+    assert record["stage2_from"] == ["stage1", "stage1_seed43"]
+    # Stage 2's fit begins with stage 1's final weights: the encoders (frozen in stage 1, the same in
+    # both runs) and each ensemble member from its own stage-1 run's head.
     start = two_stage_run["starts"][-1]
-    for layer in stage1.layers:
-        if layer.weights:
+    for layer in stage1[0].layers:
+        if layer.weights and layer.name != "fusion_head":
             assert _same(start[layer.name], layer.get_weights()), layer.name
-    assert "fusion_head" in start or any("head" in name for name in start)
+    members = head_ensemble.members(final.get_layer("fusion_head"))
+    offset = 0
+    for member, single in zip(members, stage1):
+        n = len(member.get_weights())
+        assert _same(start["fusion_head"][offset:offset + n], single.get_layer("fusion_head").get_weights())
+        offset += n
+    assert not _same(stage1[0].get_layer("fusion_head").get_weights(), stage1[1].get_layer("fusion_head").get_weights())
     # Stage 2 trains only the top blocks of the encoders: the rest is stage 1's.
+    trained = two_stage_run["ends"][-1]
     for encoder, top in (("image_encoder", "block5"), ("text_encoder", "transformer_layer_0")):
-        before, after = _backbone_weights(stage1, encoder), _backbone_weights(final, encoder)
+        before = _backbone_weights(stage1[0], encoder)
+        final_encoder = final.get_layer(encoder)
+        saved = [np.array(w) for w in final_encoder.get_weights()]
+        final_encoder.set_weights(trained[encoder])  # the weights stage 2's epochs ended with
+        after = _backbone_weights(final, encoder)
+        final_encoder.set_weights(saved)
         changed = {name for name in after if not _same(before[name], after[name])}
         assert changed and all(name.startswith(top) for name in changed), (encoder, changed)
+    # The run keeps stage 2's weights only when an epoch improved stage 1's validation loss.
+    guard = record["stage2"]
+    assert guard["kept"] == ("stage2" if guard["best_val_loss"] < guard["start_val_loss"] else "stage1")
+    kept = start if guard["kept"] == "stage1" else trained
+    for layer in final.layers:
+        if layer.weights:
+            assert _same(kept[layer.name], layer.get_weights()), layer.name
 
 
 @pytest.mark.slow
@@ -189,7 +241,7 @@ def _fake_train_one(calls):
 
 def test_two_stage_picks_the_best_head_seed_and_resumes_after_stage1(tmp_path, monkeypatch):
     monkeypatch.setattr(stages, "load_stage1_model", lambda path: os.path.basename(path))
-    cfg = _resolved(train={"preset": "best", "seed": 42})  # head seeds 42, 43, 44: 43 has the lowest val loss
+    cfg = _resolved(train={"preset": "best", "seed": 42, "head_seeds": 3})  # 42, 43, 44: 43 has the lowest val loss
     run_dir, calls = str(tmp_path / "run"), []
     stages.train_two_stage(cfg, run_dir, _fake_train_one(calls))
     assert calls == [("stage1", 42, None), ("stage1_seed43", 43, None), ("stage1_seed44", 44, None),
@@ -206,3 +258,44 @@ def test_two_stage_picks_the_best_head_seed_and_resumes_after_stage1(tmp_path, m
     calls.clear()
     stages.train_two_stage(cfg, run_dir, _fake_train_one(calls), overwrite=True)
     assert [c[0] for c in calls] == ["stage1", "stage1_seed43", "stage1_seed44", "run"]
+
+
+def test_two_stage_ensemble_starts_stage2_from_every_member(tmp_path, monkeypatch):
+    monkeypatch.setattr(stages, "load_stage1_model", lambda path: os.path.basename(path))
+    cfg = _resolved(train={"preset": "balanced", "seed": 42}, model={"head_ensemble": 3})
+    run_dir, calls = str(tmp_path / "run"), []
+    stages.train_two_stage(cfg, run_dir, _fake_train_one(calls))
+    members = ["stage1", "stage1_seed43", "stage1_seed44"]
+    assert calls == [("stage1", 42, None), ("stage1_seed43", 43, None), ("stage1_seed44", 44, None),
+                     ("run", 42, members)]  # every member, in seed order, not only the lowest-loss one
+    with open(os.path.join(run_dir, stages.STAGES_FILE), encoding="utf-8") as f:
+        record = json.load(f)
+    assert record["stage2_from"] == members and record["stage1_winner_seed"] is None
+
+
+@pytest.mark.parametrize("flip, kept", [(True, "stage1"), (False, "stage2")])
+def test_stage2_keeps_its_starting_weights_unless_an_epoch_improves_on_them(tmp_path, flip, kept):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x @ np.array([1.0, -2.0, 0.5, 0.0], "float32") > 0).astype("float32")[:, None]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(keras.optimizers.SGD(0.05), "binary_crossentropy")
+    start = [np.array(w) for w in model.get_weights()]
+    record = tmp_path / "stages.json"
+    record.write_text(json.dumps({"stage2_from": "stage1"}))
+    guard = stages.KeepStartingWeights(model, (x, y), str(record))
+    y_fit = 1 - y if flip else y  # flipped labels: every epoch moves away from the validation targets
+    history = model.fit(x, y_fit, validation_data=(x, y), epochs=3, batch_size=16, verbose=0, callbacks=[guard])
+    saved = json.loads(record.read_text())
+    assert saved["stage2_from"] == "stage1" and saved["stage2"]["kept"] == kept
+    assert saved["stage2"]["best_val_loss"] == pytest.approx(min(history.history["val_loss"]))
+    p = 1 / (1 + np.exp(-(x @ start[0] + start[1])))  # the starting weights' loss, by hand
+    start_loss = float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
+    assert saved["stage2"]["start_val_loss"] == pytest.approx(start_loss, rel=1e-4)
+    if kept == "stage1":  # every epoch worse than the start: the start's weights are back
+        assert min(history.history["val_loss"]) >= guard.start_loss
+        assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), start))
+    else:
+        assert min(history.history["val_loss"]) < guard.start_loss
+        assert not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), start))

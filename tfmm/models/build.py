@@ -28,7 +28,7 @@ import keras
 
 from tfmm.config import RunConfig
 from tfmm.models import fusion, pair_heads  # noqa: F401  (registers the head layers for load_model)
-from tfmm.models import augmentation, dual_encoders, freezing, hub_vision, text, vision  # noqa: F401  (hub_vision: registers TokenPooling)
+from tfmm.models import augmentation, dual_encoders, freezing, head_ensemble, hub_vision, text, vision  # noqa: F401  (hub_vision: registers TokenPooling)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ def assemble_model(config: RunConfig, build_head: Callable[[RunConfig, dict], ke
         >>> model = assemble_model(cfg, tfmm.tasks.get_task("classification").build_head)
     """
     if config.model.encoder:  # one dual encoder (CLIP, SigLIP) gives both encoders, the task its head
+        if (config.model.head_ensemble or 1) > 1:
+            head_ensemble.build_head_ensemble(config, {}, build_head)  # raises: not for dual encoders
         return dual_encoders.build_dual_encoder_model(config, build_head)
     mc, dc = config.model, config.data
     inputs, features = {}, {}
@@ -78,7 +80,11 @@ def assemble_model(config: RunConfig, build_head: Callable[[RunConfig, dict], ke
         tokens = text.text_inputs(dc.sequence_length)
         inputs.update(tokens)
         features["text_features"] = call_encoder(text_encoder, tokens, frozen=mc.freeze_text)
-    head = build_head(config, {k: v.shape[-1] for k, v in features.items()})
+    dims = {k: v.shape[-1] for k, v in features.items()}
+    if (mc.head_ensemble or 1) > 1:
+        head = head_ensemble.build_head_ensemble(config, dims, build_head)
+    else:
+        head = build_head(config, dims)
     model = keras.Model(inputs, head(features), name=f"tfmm_{mc.modalities}")
     logger.info(
         "built %s model (%s, fusion=%s): %s parameters, %s trainable",

@@ -1,4 +1,5 @@
-"""The dense fusion head: per-branch projection -> fusion -> dropout -> [hidden] -> scores.
+"""The dense fusion head: per-branch [feature dropout] -> projection -> fusion -> dropout ->
+[hidden] -> scores.
 
 Tasks with one score per class (``tfmm.tasks``: classification, binary, multilabel) build
 their ``fusion_head`` with :func:`build_dense_head`, choosing the output width and activation.
@@ -26,12 +27,21 @@ def head_layers(units: int, activation: str, *, hidden_dim: int, dropout: float)
     return layers
 
 
+def feature_dropout(x, model_config, feature_name: str):
+    """``x`` through a ``Dropout(model_config.feature_dropout)`` named ``<branch>_feature_dropout``
+    (training only), or ``x`` itself when the rate is 0 / unset."""
+    rate = model_config.feature_dropout or 0.0
+    if not rate:
+        return x
+    return keras.layers.Dropout(rate, name=feature_name.replace("features", "feature_dropout"))(x)
+
+
 def build_dense_head(config, feature_dims: dict, *, units: int, activation: str) -> keras.Model:
     """The ``fusion_head`` model over per-modality feature vectors.
 
     Args:
-        config: the run config (its ``model`` section: ``projection_dim``, ``fusion``,
-            ``hidden_dim``, ``dropout``).
+        config: the run config (its ``model`` section: ``feature_dropout``, ``projection_dim``,
+            ``fusion``, ``hidden_dim``, ``dropout``).
         feature_dims: ``{"image_features": D_i, "text_features": D_t}`` for the modalities used.
         units: output width.
         activation: output activation (``softmax``, ``sigmoid``).
@@ -46,7 +56,8 @@ def build_dense_head(config, feature_dims: dict, *, units: int, activation: str)
         for name, dim in feature_dims.items()
     }
     projected = [
-        keras.layers.Dense(mc.projection_dim, activation="relu", name=name.replace("features", "projection"))(x)
+        keras.layers.Dense(mc.projection_dim, activation="relu", name=name.replace("features", "projection"))(
+            feature_dropout(x, mc, name))
         for name, x in inputs.items()
     ]
     x = Fusion(mc.fusion, name="fusion")(projected)

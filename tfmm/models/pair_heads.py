@@ -21,6 +21,8 @@ import math
 
 import keras
 
+from tfmm.models.heads import feature_dropout
+
 
 
 @keras.saving.register_keras_serializable(package="tfmm")
@@ -70,7 +72,8 @@ def build_matching_head(config, feature_dims: dict) -> keras.Model:
     """The ``fusion_head`` of a matching model: features -> ``[B, 1]`` match probability.
 
     Each modality's features are standardized
-    (:func:`tfmm.models.pair_heads.standardize_features`) and projected linearly to
+    (:func:`tfmm.models.pair_heads.standardize_features`), dropped out at ``feature_dropout``
+    (training only, when > 0) and projected linearly to
     ``projection_dim`` (``image_projection``, ``text_projection``), then
     :class:`PairInteraction` -> dropout -> ``hidden_dim`` ReLU layer (when > 0) -> dropout
     -> ``match_score`` (sigmoid, float32).
@@ -87,7 +90,8 @@ def build_matching_head(config, feature_dims: dict) -> keras.Model:
     inputs = {name: keras.Input(shape=(d,), dtype="float32", name=name) for name, d in feature_dims.items()}
     u, v = (
         keras.layers.Dense(mc.projection_dim, name=f"{modality}_projection")(
-            standardize_features(inputs[f"{modality}_features"], modality))
+            feature_dropout(standardize_features(inputs[f"{modality}_features"], modality), mc,
+                            f"{modality}_features"))
         for modality in ("image", "text")
     )
     x = PairInteraction(name="interaction")([u, v])

@@ -33,7 +33,7 @@ import tensorflow as tf
 from tfmm import plots
 from tfmm.config import RunConfig
 from tfmm.data.manifest import Manifest
-from tfmm.models import text
+from tfmm.models import head_ensemble, text
 from tfmm.run_dir import LOGS_DIR
 from tfmm.tasks import get_task
 
@@ -172,7 +172,8 @@ def fused_embedding_model(model: keras.Model) -> keras.Model:
     """A model from the fused model's inputs to ``[fused embedding, scores]``.
 
     The embedding is the output of the ``fusion`` layer inside the nested ``fusion_head``
-    model (before dropout and the dense head); the encoders and head share the trained
+    model (before dropout and the dense head; of its first member, for an ensemble head:
+    :mod:`tfmm.models.head_ensemble`); the encoders and head share the trained
     weights. ``model`` may also be a trainer on cached features
     (:func:`tfmm.training.cached_fit.build_cached_trainer`): its ``image_features`` /
     ``text_features`` inputs go straight into the head.
@@ -182,13 +183,18 @@ def fused_embedding_model(model: keras.Model) -> keras.Model:
     """
     try:
         head = model.get_layer("fusion_head")
-        fusion = head.get_layer("fusion")
+        parts = head_ensemble.members(head)
+        fusion = (parts[0] if parts else head).get_layer("fusion")
     except ValueError as e:
         raise ValueError(
             "fused_embedding_model needs a tfmm model with a nested 'fusion_head' model holding "
             f"a 'fusion' layer; received model {model.name!r}: {e}"
         ) from e
-    head_outputs = keras.Model(head.input, [fusion.output, head.output], name="fusion_head_embedding")
+    if parts:  # an ensemble head: the first member's fused embedding, the ensemble's scores
+        embedding = keras.Model(parts[0].input, fusion.output)(head.input)
+    else:
+        embedding = fusion.output
+    head_outputs = keras.Model(head.input, [embedding, head.output], name="fusion_head_embedding")
     inputs = model.input
     features = {}
     for name in head.input:

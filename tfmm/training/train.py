@@ -217,7 +217,8 @@ def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks,
     save_labels(inputs.labels, os.path.join(run_dir, LABELS_FILE))
     write_data_sources(run_dir, train_data, val_data)
     model, optimizer_config = _build_and_compile(run_dir, start, strategy, inputs, initial_model)
-    history = _fit(model, run_dir, start, strategy, inputs, optimizer_config, callbacks, verbose)
+    history = _fit(model, run_dir, start, strategy, inputs, optimizer_config, callbacks, verbose,
+                   from_previous_stage=initial_model is not None)
     hist = _write_run(model, run_dir, start, inputs, history)
     return TrainResult(model, hist, run_dir, inputs.config, inputs.labels, initial_epoch=start.initial_epoch)
 
@@ -302,17 +303,23 @@ def _build_and_compile(run_dir, start, strategy, inputs: _Inputs, initial_model=
     return model, optimizer_config
 
 
-def _fit(model, run_dir, start, strategy, inputs: _Inputs, optimizer_config, callbacks, verbose):
+def _fit(model, run_dir, start, strategy, inputs: _Inputs, optimizer_config, callbacks, verbose,
+         from_previous_stage: bool = False):
     """``model.fit`` with the run's callbacks (and class weights, ``train.class_weight``), on
-    cached encoder features when it can; the ``History``."""
+    cached encoder features when it can; the ``History``. A run started from a previous stage's
+    weights keeps them when no epoch improves their validation loss
+    (:class:`tfmm.training.stages.KeepStartingWeights`; not on a resumed run)."""
     config = inputs.config
     class_weight = losses.class_weights(get_task(config.model.task), config, inputs.train_m, inputs.labels)
     backup = resume.TrainingBackup(start.backup_dir, save_freq=config.train.save_every or "epoch")
     fit_callbacks = (
         default_callbacks(run_dir, config, inputs.val_ds is not None, start.best if start.resumed else None)
         + reporting_callbacks(run_dir, config, inputs.val_ds, inputs.val_m, inputs.labels) + list(callbacks or [])
-        + [backup]  # the backup last: each epoch is logged before it counts as done
     )
+    if from_previous_stage and inputs.val_ds is not None and not start.resumed:  # after early stopping's restore
+        record = os.path.join(run_dir, stages.STAGES_FILE) if start.chief else ""
+        fit_callbacks.append(stages.KeepStartingWeights(model, inputs.val_ds, record))
+    fit_callbacks.append(backup)  # the backup last: each epoch is logged before it counts as done
     cached = feature_cache.cached_modalities(config, strategy=strategy, manifests=(inputs.train_m, inputs.val_m))
     if cached:  # frozen encoders run once; the rest trains on their stored features
         return cached_fit.fit_with_cached_features(
