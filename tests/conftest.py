@@ -186,6 +186,7 @@ def xdist_group_of(item) -> str:
     return ""
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the markers to group the tests
 def pytest_collection_modifyitems(config, items):
     for item in items:
         group = xdist_group_of(item)
