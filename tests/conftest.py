@@ -53,6 +53,28 @@ def tiny_bert(tmp_path_factory) -> str:
     return make_tiny_bert_preset(str(tmp_path_factory.mktemp("tiny_bert")))
 
 
+def make_tiny_vit_preset(folder: str) -> str:
+    """Writes a tiny KerasHub ViT image preset (1 layer, width 8, 16-px patches of 32-px images;
+    LayerNorm only, no BatchNorm) with its image converter (pixels to [-1, 1]).
+
+    For tests where the image branch only has to exist (distribution, resuming): VGG16's 15M
+    parameters cost seconds per step and per backup; this one has a few thousand."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(3)
+    keras_hub.models.ViTBackbone(image_shape=(32, 32, 3), patch_size=16, num_layers=1, num_heads=2,
+                                 hidden_dim=8, mlp_dim=16).save_to_preset(folder)
+    keras_hub.layers.ViTImageConverter(image_size=(32, 32), scale=1 / 127.5, offset=-1.0).save_to_preset(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> str:
+    """Path of a tiny ViT preset folder (:func:`make_tiny_vit_preset`); use as ``keras_hub:<path>``."""
+    return make_tiny_vit_preset(str(tmp_path_factory.mktemp("tiny_vit")))
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> dict:
     """A small demo dataset (32x32 PNGs): ``{"train", "val", "test"}`` -> manifest path."""
@@ -164,6 +186,7 @@ def xdist_group_of(item) -> str:
     return ""
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the markers to group the tests
 def pytest_collection_modifyitems(config, items):
     for item in items:
         group = xdist_group_of(item)

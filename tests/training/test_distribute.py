@@ -146,9 +146,12 @@ def _env(tf_config=None):
     return env
 
 
-def _train_args(demo_data, tiny_bert, run_dir, *extra):
+def _train_args(demo_data, tiny_bert, tiny_vit, run_dir, *extra):
+    """The tiny run's flags with the tiny ViT as image encoder (the strategy is the point here,
+    not VGG16: its 15M parameters made every step and every backup of these runs slow)."""
     return ["train", "--data", demo_data["train"], "--val-data", demo_data["val"], "--output-dir", run_dir,
-            "--text-encoder", f"keras_nlp:{tiny_bert}", "--image-weights", "none", "--image-size", "32",
+            "--text-encoder", f"keras_nlp:{tiny_bert}", "--image-encoder", f"keras_hub:{tiny_vit}",
+            "--image-weights", "imagenet", "--image-size", "32",
             "--sequence-length", "8", "--projection-dim", "16", "--hidden-dim", "16", "--dropout", "0.1",
             "--batch-size", "8", "--learning-rate", "1e-3", "--early-stopping-patience", "0", *extra]
 
@@ -205,9 +208,9 @@ def _metadata(run_dir):
 
 
 @pytest.mark.slow
-def test_mirrored_two_cpus_killed_mid_epoch_resumes(demo_data, tiny_bert, tmp_path, spawn):
+def test_mirrored_two_cpus_killed_mid_epoch_resumes(demo_data, tiny_bert, tiny_vit, tmp_path, spawn):
     run_dir = str(tmp_path / "run")
-    args = _train_args(demo_data, tiny_bert, run_dir, "--epochs", "2", "--strategy", "mirrored",
+    args = _train_args(demo_data, tiny_bert, tiny_vit, run_dir, "--epochs", "2", "--strategy", "mirrored",
                        "--devices", "CPU:0,CPU:1", "--save-every", "2")
     log1 = str(tmp_path / "attempt1.log")
     paused = str(tmp_path / "paused")
@@ -261,7 +264,7 @@ def test_mirrored_two_cpus_killed_mid_epoch_resumes(demo_data, tiny_bert, tmp_pa
     # A finished run is not retrained by accident.
     from tfmm.cli import main
 
-    assert main(_train_args(demo_data, tiny_bert, run_dir, "--epochs", "2")) == 2
+    assert main(_train_args(demo_data, tiny_bert, tiny_vit, run_dir, "--epochs", "2")) == 2
 
 
 @pytest.mark.slow
@@ -301,11 +304,11 @@ def _log_loss(run, manifest_path):
 
 
 @pytest.mark.slow
-def test_two_workers_on_localhost_match_single_process(demo_data, tiny_bert, tmp_path, spawn):
+def test_two_workers_on_localhost_match_single_process(demo_data, tiny_bert, tiny_vit, tmp_path, spawn):
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     run_dir = str(tmp_path / "multi")
-    args = _train_args(demo_data, tiny_bert, run_dir, "--epochs", "1", "--strategy", "multi_worker")
+    args = _train_args(demo_data, tiny_bert, tiny_vit, run_dir, "--epochs", "1", "--strategy", "multi_worker")
     procs = []
     for index in range(2):
         log = str(tmp_path / f"worker{index}.log")
@@ -315,7 +318,7 @@ def test_two_workers_on_localhost_match_single_process(demo_data, tiny_bert, tmp
     # The same global batch (2 workers x 8) in one process, for comparison.
     single_dir = str(tmp_path / "single")
     single_log = str(tmp_path / "single.log")
-    single = spawn([], _train_args(demo_data, tiny_bert, single_dir, "--epochs", "1", "--batch-size", "16",
+    single = spawn([], _train_args(demo_data, tiny_bert, tiny_vit, single_dir, "--epochs", "1", "--batch-size", "16",
                                     "--strategy", "one_device"), single_log)
     logs = [_wait(p, log) for p, log in procs]
     _wait(single, single_log)
