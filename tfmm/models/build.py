@@ -51,9 +51,8 @@ def assemble_model(config: RunConfig, build_head: Callable[[RunConfig, dict], ke
         ...                                  "modalities": "image"}, data={"image_size": 32})
         >>> model = assemble_model(cfg, tfmm.tasks.get_task("classification").build_head)
     """
+    head_ensemble.check_supported(config)
     if config.model.encoder:  # one dual encoder (CLIP, SigLIP) gives both encoders, the task its head
-        if (config.model.head_ensemble or 1) > 1:
-            head_ensemble.build_head_ensemble(config, {}, build_head)  # raises: not for dual encoders
         return dual_encoders.build_dual_encoder_model(config, build_head)
     mc, dc = config.model, config.data
     inputs, features = {}, {}

@@ -23,6 +23,17 @@ def member_name(i: int) -> str:
     return f"{MEMBER_PREFIX}{i}"
 
 
+def check_supported(config) -> None:
+    """Raises ``ValueError`` when ``config.model.head_ensemble`` > 1 asks to average scores that
+    cannot be averaged (a task outside ``ENSEMBLE_TASKS``, a CLIP/SigLIP ``encoder``'s head)."""
+    mc = config.model
+    n = mc.head_ensemble or 1
+    if n > 1 and (mc.task not in ENSEMBLE_TASKS or mc.encoder):
+        what = f"encoder {mc.encoder!r}" if mc.encoder else f"task {mc.task!r}"
+        raise ValueError(f"head_ensemble={n} averages the scores of {n} heads, for tasks {list(ENSEMBLE_TASKS)} "
+                         f"with separate encoders; received {what}. Use head_ensemble=1 (--head-ensemble 1).")
+
+
 def build_head_ensemble(config, feature_dims: dict, build_head: Callable) -> keras.Model:
     """``config.model.head_ensemble`` heads from ``build_head`` over ``feature_dims``, averaged.
 
@@ -38,12 +49,8 @@ def build_head_ensemble(config, feature_dims: dict, build_head: Callable) -> ker
     Raises:
         ValueError: the task's or the encoder's scores cannot be averaged.
     """
-    mc = config.model
-    n = mc.head_ensemble
-    if mc.task not in ENSEMBLE_TASKS or mc.encoder:
-        what = f"encoder {mc.encoder!r}" if mc.encoder else f"task {mc.task!r}"
-        raise ValueError(f"head_ensemble={n} averages the scores of {n} heads, for tasks {list(ENSEMBLE_TASKS)} "
-                         f"with separate encoders; received {what}. Use head_ensemble=1 (--head-ensemble 1).")
+    check_supported(config)
+    n = config.model.head_ensemble
     inputs = {name: keras.Input(shape=(dim,), dtype="float32", name=name) for name, dim in feature_dims.items()}
     outputs = []
     for i in range(1, n + 1):
