@@ -5,13 +5,14 @@ the real-image example's frozen features (EfficientNet-Lite0 + MiniLM, Tux Paint
 feature cache of ``examples/real_images/``), pools the 605 rows and draws ``--splits`` seeded
 stratified 60/20/20 splits; on each it trains tfmm's dense head (``tfmm.models.heads``, the
 example's head: dropout 0.5, Adam 1e-3, early stopping on the validation loss, patience 8)
-with and without feature dropout, the average of ``--members`` such heads each trained alone
-(what the ``balanced`` preset's stage 1 builds), and scikit-learn's logistic regression with
-``C`` chosen on validation. It prints each one's mean test accuracy over the splits, its
+with and without feature dropout, the average of ``--members`` such heads each trained alone,
+that average trained on the cached features of ``--views`` augmented copies of each training
+image as well (``tfmm.training.feature_views.cached_view_features``: what the ``balanced``
+preset's stage 1 builds), and scikit-learn's logistic regression with ``C`` chosen on validation. It prints each one's mean test accuracy over the splits, its
 paired difference to logistic regression with the standard error over all test rows, and
 how many splits it won.
 
-    python benchmarks/head_splits.py                 # 10 splits, about 10 minutes on 2 cores
+    python benchmarks/head_splits.py                 # 10 splits, about 25 minutes on 2 cores
     python benchmarks/head_splits.py --splits 3
 """
 
@@ -36,6 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--splits", type=int, default=10, help="random splits (seeds 0..N-1)")
     parser.add_argument("--members", type=int, default=5, help="heads averaged in the ensemble")
     parser.add_argument("--feature-dropout", type=float, default=0.2)
+    parser.add_argument("--views", type=int, default=4, help="augmented copies per training image")
     return parser.parse_args(argv)
 
 
@@ -48,8 +50,10 @@ def split(labels: np.ndarray, seed: int) -> tuple:
     return train, val, test
 
 
-def head_scores(config, x: dict, y: np.ndarray, parts: tuple, seed: int, epochs: int, patience: int):
-    """Test-row class probabilities of one tfmm dense head trained on ``parts[0]``."""
+def head_scores(config, x: dict, y: np.ndarray, parts: tuple, seed: int, epochs: int, patience: int,
+                views: np.ndarray = None):
+    """Test-row class probabilities of one tfmm dense head trained on ``parts[0]`` (and, given
+    ``views`` ``[V, N, D]``, on those rows' augmented image features too)."""
     import keras
 
     from tfmm.models.heads import build_dense_head
@@ -60,9 +64,38 @@ def head_scores(config, x: dict, y: np.ndarray, parts: tuple, seed: int, epochs:
     head = build_dense_head(config, dims, units=config.model.num_classes, activation="softmax")
     head.compile(keras.optimizers.Adam(config.train.learning_rate), "sparse_categorical_crossentropy")
     take = lambda rows: {k: v[rows] for k, v in x.items()}  # noqa: E731
-    head.fit(take(train), y[train], validation_data=(take(val), y[val]), epochs=epochs, batch_size=32, verbose=0,
+    train_x, train_y = take(train), y[train]
+    if views is not None:
+        copies = 1 + len(views)
+        train_x = {k: np.concatenate([v, *views[:, train]] if k == "image_features" else [v] * copies)
+                   for k, v in train_x.items()}
+        train_y = np.concatenate([train_y] * copies)
+    head.fit(train_x, train_y, validation_data=(take(val), y[val]), epochs=epochs, batch_size=32, verbose=0,
              callbacks=[keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)])
     return head.predict(take(test), verbose=0)
+
+
+def view_features(config, paths: dict, views: int) -> np.ndarray:
+    """``[views, 605, D]``: the frozen image encoder's features of ``views`` augmented copies of
+    every stamp (tfmm's feature cache, seeded views), rows in the splits' order."""
+    import keras
+
+    import tfmm
+    from tfmm.data.manifest import check_manifest
+    from tfmm.models.vision import build_image_encoder
+    from tfmm.training.feature_views import cached_view_features
+
+    mc, dc = config.model, config.data
+    keras.utils.set_random_seed(config.train.seed)
+    encoder = build_image_encoder(mc.image_encoder, weights=mc.image_weights, image_size=dc.image_size,
+                                  trainable=False)
+    out = []
+    for split in train_tuxpaint.tuxpaint_stamps.SPLITS:
+        manifest = check_manifest(tfmm.read_manifest(paths[split], dc))
+        stacked = cached_view_features(encoder, manifest, config=config, cache_dir=config.train.cache_dir,
+                                       views=views, verbose=0)[0]
+        out.append(stacked.reshape(views, len(manifest), -1))
+    return np.concatenate(out, axis=1)
 
 
 def main(argv=None) -> dict:
@@ -71,13 +104,16 @@ def main(argv=None) -> dict:
     config = train_tuxpaint.make_config(args, modalities="both")
     features, labels = baseline.encoder_features(config, paths, config.train.cache_dir)
     splits = train_tuxpaint.tuxpaint_stamps.SPLITS
+    views = view_features(config, paths, args.views)
     x = {f"{m}_features": np.concatenate([features[s][m] for s in splits]) for m in ("image", "text")}
     names = np.concatenate([labels[s] for s in splits])
     classes = sorted(set(names))
     y = np.array([classes.index(v) for v in names])
     config = config.replace(model={"num_classes": len(classes)})
+    averaged = f"{args.members} heads averaged, feature dropout"
+    with_views = f"{averaged}, {args.views} augmented views"
     variants = {"one head": 0.0, "one head, feature dropout": args.feature_dropout,
-                f"{args.members} heads averaged, feature dropout": args.feature_dropout}
+                averaged: args.feature_dropout, with_views: args.feature_dropout}
     correct = {name: [] for name in ["logistic regression", *variants]}
     for seed in range(args.splits):
         parts = split(y, seed)
@@ -87,7 +123,8 @@ def main(argv=None) -> dict:
         for name, rate in variants.items():
             cfg = config.replace(model={"feature_dropout": rate})
             members = args.members if "averaged" in name else 1
-            probs = np.mean([head_scores(cfg, x, y, parts, args.seed + k, args.epochs, args.patience)
+            probs = np.mean([head_scores(cfg, x, y, parts, args.seed + k, args.epochs, args.patience,
+                                         views=views if name == with_views else None)
                              for k in range(members)], axis=0)
             correct[name].append(probs.argmax(axis=1) == y[parts[2]])
         print(f"split {seed}: " + ", ".join(f"{n} {c[-1].mean():.3f}" for n, c in correct.items()), flush=True)

@@ -160,9 +160,9 @@ CONFIG_FLAGS += [
 CONFIG_FLAGS += [
     ("--preset", "train", "preset", dict(
         choices=config.PRESETS, help="a named recipe for the options not given: fast (frozen encoders, "
-                                     "cached features, a head), balanced (fast, then the top block of both "
-                                     "encoders fine-tuned from it), best (balanced deeper and longer, "
-                                     "augmented, 3 head seeds); none: every option at its own default; "
+                                     "cached features, a head), balanced (5 fast heads averaged, then the "
+                                     "top block of both encoders fine-tuned from them), best (balanced "
+                                     "deeper and longer, augmented); none: every option at its own default; "
                                      "flags given win; see README, Getting the best accuracy "
                                      "(default: none)")),
     ("--loss", "train", "loss", dict(choices=config.LOSSES,
@@ -191,6 +191,11 @@ CONFIG_FLAGS += [
     ("--head-seeds", "train", "head_seeds", dict(
         type=int, metavar="N", help="two stages: train stage 1 with N seeds and fine-tune the one with "
                                     "the lowest validation loss (default: set by --preset: 1)")),
+    ("--feature-views", "train", "feature_views", dict(
+        type=int, metavar="N", help="with frozen, cached encoders: also train the head on the image features of "
+                                    "N augmented copies of each training image, computed once and cached "
+                                    "(--augment's layers, light when none; default: set by --preset; "
+                                    "balanced/best: 4, else 0)")),
 ]
 
 # The flags that say how a source is read, for the commands that read data without training.

@@ -255,6 +255,11 @@ class TrainConfig:
             decides: 1). With ``model.head_ensemble`` > 1 stage 1 trains one run per member
             instead (head_seeds must then be 1). Stage 2 keeps its starting weights when none of
             its epochs improves the validation loss on them.
+        feature_views: with every used encoder frozen and cached, also cache the image
+            encoder's features of this many randomly augmented copies of each training image
+            (made by ``model.augment``'s layers, ``light`` when it is ``none``; seeded, so every
+            run and stage-1 member shares them) and train the head on the originals and the
+            copies. ``None``: the preset decides (``balanced``, ``best``: 4; else 0).
     """
 
     epochs: Optional[int] = None
@@ -281,6 +286,7 @@ class TrainConfig:
     calibrate: bool = True
     two_stage: Optional[bool] = None
     head_seeds: Optional[int] = None
+    feature_views: Optional[int] = None
 
     def __post_init__(self):
         if self.epochs is not None:
@@ -300,6 +306,8 @@ class TrainConfig:
         _check_positive("focal_gamma", self.focal_gamma, allow_zero=True)
         if self.head_seeds is not None:
             _check_positive("head_seeds", self.head_seeds)
+        if self.feature_views is not None:
+            _check_positive("feature_views", self.feature_views, allow_zero=True)
         if isinstance(self.devices, (list, tuple)):  # YAML list -> the flag's string form
             object.__setattr__(self, "devices", ",".join(str(d).strip() for d in self.devices))
         if not isinstance(self.devices, str) or (self.devices and not all(d.strip() for d in self.devices.split(","))):

@@ -11,7 +11,9 @@ It changes images only when called with ``training=True`` (``fit``); called in i
 without a flag (``predict``, ``evaluate``, a bare ``model(x)``, the serving signature) it
 returns its input unchanged, so exported graphs and predictions are those of the same model
 without it. A frozen encoder's features then differ every epoch, so they are not cached
-(see :func:`tfmm.training.feature_cache.cached_modalities`).
+(see :func:`tfmm.training.feature_cache.cached_modalities`), unless ``--feature-views N`` turns
+the augmentation into N cached augmented copies of each training image
+(:func:`tfmm.training.feature_views.cached_view_features`).
 """
 
 from __future__ import annotations

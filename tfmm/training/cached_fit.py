@@ -14,6 +14,7 @@ import logging
 from typing import Callable, Optional, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfmm.config import RunConfig
@@ -22,7 +23,8 @@ from tfmm.data.pipeline import make_dataset, pipeline_options
 from tfmm.models import augmentation, text
 from tfmm.tasks import get_task
 from tfmm.training import precision
-from tfmm.training.feature_cache import PARTS, cached_features, used_modalities
+from tfmm.training.feature_cache import PARTS, cached_features, feature_views, used_modalities
+from tfmm.training.feature_views import cached_view_features
 
 logger = logging.getLogger(__name__)
 
@@ -65,24 +67,31 @@ def cached_dataset(
     preprocessor=None,
     batch_size: int = 32,
     shuffle: bool = False,
+    repeats: int = 1,
 ) -> tf.data.Dataset:
     """``({feature_name: [B, D], raw inputs...}, targets)`` batches over cached features.
 
     Shuffling uses ``config.train.seed`` and ``shuffle_buffer`` exactly as
     :func:`tfmm.data.pipeline.make_dataset`, so rows come in the same order as without the cache.
     A modality that is not cached is read by ``make_dataset`` (deterministically) and
-    zipped with the cached features.
+    zipped with the cached features. ``repeats`` > 1: ``features`` hold ``repeats`` copies of
+    the rows one after the other (the cached views of :func:`fit_with_cached_features`), and
+    the targets are repeated to match (every modality must then be cached).
     """
     tc, task = config.train, get_task(config.model.task)
     raw = [m for m in used_modalities(config) if PARTS[m][1] not in features]
+    if repeats > 1 and raw:
+        raise ValueError(f"repeats={repeats} needs every used modality cached; {raw[0]} is not")
 
     def shuffled(ds):
         if not shuffle:
             return ds
-        return ds.shuffle(min(tc.shuffle_buffer, len(manifest)), seed=tc.seed, reshuffle_each_iteration=True)
+        return ds.shuffle(min(tc.shuffle_buffer, len(manifest) * repeats), seed=tc.seed,
+                          reshuffle_each_iteration=True)
 
     if not raw:
-        targets = task.encode_targets(manifest, labels)
+        targets = tf.nest.map_structure(lambda t: np.concatenate([t] * repeats),
+                                        task.encode_targets(manifest, labels))
         ds = shuffled(tf.data.Dataset.from_tensor_slices((features, targets))).batch(batch_size)
     else:
         raw_ds = make_dataset(
@@ -152,11 +161,20 @@ def fit_with_cached_features(
                     cache_dir=cache_dir, preprocessor=preprocessor, batch_size=batch_size,
                     verbose=verbose,
                 )
+    views = feature_views(config)
+    if views:  # the originals, then each augmented view of them; the other features repeated to match
+        augmented, _, _ = cached_view_features(
+            model.get_layer(PARTS["image"][0]), train_manifest, config=config, cache_dir=cache_dir,
+            views=views, batch_size=batch_size, verbose=verbose)
+        features["train"] = {name: np.concatenate([x, augmented] if name == PARTS["image"][1] else [x] * (1 + views))
+                             for name, x in features["train"].items()}
+        logger.info("training on %d rows: %d training rows and %d augmented views of their images",
+                    len(train_manifest) * (1 + views), len(train_manifest), views)
     with strategy.scope(), precision.dtype_policy(config.train.mixed_precision):
         trainer = build_cached_trainer(model, config, cached)
         compile_fn(trainer)
     common = dict(config=config, labels=labels, preprocessor=preprocessor, batch_size=batch_size)
-    train_ds = cached_dataset(train_manifest, features["train"], shuffle=True, **common)
+    train_ds = cached_dataset(train_manifest, features["train"], shuffle=True, repeats=1 + views, **common)
     val_ds = cached_dataset(val_manifest, features["val"], **common) if val_manifest is not None else None
     for callback in callbacks:
         if isinstance(callback, keras.callbacks.ModelCheckpoint):

@@ -26,6 +26,13 @@ digests), each caption. Change any of them and the features are recomputed; noth
 to be deleted by hand. A cache folder is written under a temporary name and renamed when
 complete, so an interrupted extraction is never reused.
 
+Augmented views (``--feature-views N``, set by the ``balanced`` and ``best`` presets for their
+stage 1): with every used encoder frozen, it also stores the image
+encoder's features of N augmented copies of each training image (``--augment``'s layers,
+seeded), in ``CACHE_DIR/image_views-<key>/`` (:mod:`tfmm.training.feature_views`), and the head
+trains on the originals and the copies: the augmentation of an image branch at the cost of N
+more passes of the encoder, once. Memory: ``(1 + N) x rows x D`` float32 features.
+
 Same results: for encoders without dropout (VGG16, ResNet: BatchNorm is in inference mode
 when frozen), cached and uncached training with the same seed give the same weights within
 float tolerance. Keras 3 still applies a frozen encoder's *internal dropout* during plain
@@ -81,9 +88,25 @@ def augmented_modalities(config: RunConfig) -> list:
     return ["image"] if config.model.augment != "none" and config.model.uses_image else []
 
 
+def feature_views(config: RunConfig) -> int:
+    """How many augmented views of each training image's frozen features are cached and trained
+    on (``train.feature_views``): 0 unless every used encoder is frozen and the image is used."""
+    views = config.train.feature_views or 0
+    if not views or not config.model.uses_image or frozen_modalities(config) != used_modalities(config):
+        return 0
+    return views
+
+
+def view_augment(config: RunConfig) -> str:
+    """The augmentation that makes the cached views: ``model.augment``, ``light`` when ``none``."""
+    return config.model.augment if config.model.augment != "none" else "light"
+
+
 def cacheable_modalities(config: RunConfig) -> list:
-    """The frozen modalities whose features are the same every epoch (frozen, not augmented)."""
-    return [m for m in frozen_modalities(config) if m not in augmented_modalities(config)]
+    """The frozen modalities whose features can be stored: not augmented in training, or augmented
+    into a fixed number of cached views (:func:`feature_views`)."""
+    augmented = [] if feature_views(config) else augmented_modalities(config)
+    return [m for m in frozen_modalities(config) if m not in augmented]
 
 
 def cached_modalities(
@@ -111,7 +134,7 @@ def cached_modalities(
                 "--freeze-text, or drop --cache-features."
             )
         return []
-    augmented = [m for m in frozen if m in augmented_modalities(config)]
+    augmented = [m for m in frozen if m not in cacheable_modalities(config)]
     if augmented:
         logger.log(logging.WARNING if wanted else logging.INFO,
                    "feature cache: not caching the frozen %s encoder's features: --augment %s changes its "
@@ -216,7 +239,7 @@ def cache_folder(cache_dir: str, modality: str, key: str) -> str:
     return os.path.join(cache_dir, f"{modality}-{key[:32]}")
 
 
-def _load(folder: str, key: str, rows: int) -> Optional[np.ndarray]:
+def load_entry(folder: str, key: str, rows: int) -> Optional[np.ndarray]:
     try:
         with open(os.path.join(folder, KEY_FILE), encoding="utf-8") as f:
             if json.load(f).get("key") != key:
@@ -234,7 +257,7 @@ def _load(folder: str, key: str, rows: int) -> Optional[np.ndarray]:
     return features
 
 
-def _store(folder: str, key: str, parts: dict, features: np.ndarray, info: dict) -> None:
+def store_entry(folder: str, key: str, parts: dict, features: np.ndarray, info: dict) -> None:
     tmp = f"{folder}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -304,7 +327,7 @@ def cached_features(
     """
     key, parts = cache_key(modality, encoder, manifest, config, preprocessor)
     folder = cache_folder(cache_dir, modality, key)
-    features = _load(folder, key, len(manifest))
+    features = load_entry(folder, key, len(manifest))
     if features is not None:
         logger.info("feature cache hit: %s features of %d rows from %s", modality, len(manifest), folder)
         return features, folder, True
@@ -313,7 +336,8 @@ def cached_features(
     features = extract_features(encoder, modality, manifest, config=config, preprocessor=preprocessor,
                                 batch_size=batch_size, verbose=verbose)
     info = {"source": manifest.source, "image_weights": config.model.image_weights}
-    _store(folder, key, parts, features, info)
+    store_entry(folder, key, parts, features, info)
     return features, folder, False
+
 
 

@@ -14,8 +14,9 @@ fast       both encoders frozen, their features computed once and cached, only t
            head trains (epochs take milliseconds; early stopping on the validation loss);
            dropout ``FEATURE_DROPOUT`` on each branch's features
 balanced   two stages (:mod:`tfmm.training.stages`): ``ENSEMBLE_HEADS`` ``fast`` heads first,
-           each alone with its own seed (``RUN/stage1``, ``RUN/stage1_seed<S>``), averaged into
-           one head; then the top ``BALANCED_BLOCKS`` block(s) of both encoders unfrozen and
+           each alone with its own seed (``RUN/stage1``, ``RUN/stage1_seed<S>``) on the cached
+           features of the training images and of ``FEATURE_VIEWS`` augmented copies of each,
+           averaged into one head; then the top ``BALANCED_BLOCKS`` block(s) of both encoders unfrozen and
            fine-tuned with that head at
            ``BALANCED_LEARNING_RATE`` (encoders at that x ``encoder_lr_scale``) for
            ``BALANCED_EPOCHS`` epochs, stopped early on the validation loss; stage 1's weights
@@ -60,31 +61,35 @@ BEST_EPOCHS = 10
 # accuracy 0.8826 vs 0.8736 for one such head and 0.8810 for logistic regression: a tie).
 FEATURE_DROPOUT = 0.2
 ENSEMBLE_HEADS = 5
+# Stage 1 of the two-stage presets trains on the frozen image features of 4 augmented copies of
+# each training image as well as the originals (--feature-views; measured over the same 10
+# splits, figures in benchmarks/RESULTS.md).
+FEATURE_VIEWS = 4
 
 # What each option is when no preset (or the preset) leaves it open.
 NO_PRESET = {
     "model": {"freeze_image": False, "freeze_text": False, "unfreeze_image_blocks": 0, "unfreeze_text_layers": 0,
               "feature_dropout": 0.0, "head_ensemble": 1},
-    "train": {"two_stage": False, "head_seeds": 1},
+    "train": {"two_stage": False, "head_seeds": 1, "feature_views": 0},
 }
 _FROZEN = {"freeze_image": True, "freeze_text": True, "unfreeze_image_blocks": 0, "unfreeze_text_layers": 0}
 PRESETS = {
     "none": {},
     "fast": {"model": {**_FROZEN, "feature_dropout": FEATURE_DROPOUT, "head_ensemble": 1},
-             "train": {"two_stage": False, "head_seeds": 1}},
+             "train": {"two_stage": False, "head_seeds": 1, "feature_views": 0}},
     "balanced": {
         "model": {"freeze_image": False, "freeze_text": False, "feature_dropout": FEATURE_DROPOUT,
                   "head_ensemble": ENSEMBLE_HEADS,
                   "unfreeze_image_blocks": BALANCED_BLOCKS, "unfreeze_text_layers": BALANCED_BLOCKS},
-        "train": {"two_stage": True, "head_seeds": 1, "learning_rate": BALANCED_LEARNING_RATE,
-                  "epochs": BALANCED_EPOCHS},
+        "train": {"two_stage": True, "head_seeds": 1, "feature_views": FEATURE_VIEWS,
+                  "learning_rate": BALANCED_LEARNING_RATE, "epochs": BALANCED_EPOCHS},
     },
     "best": {
         "model": {"freeze_image": False, "freeze_text": False, "feature_dropout": FEATURE_DROPOUT,
                   "head_ensemble": ENSEMBLE_HEADS,
                   "unfreeze_image_blocks": BEST_BLOCKS, "unfreeze_text_layers": BEST_BLOCKS, "augment": "light"},
-        "train": {"two_stage": True, "head_seeds": 1, "learning_rate": BALANCED_LEARNING_RATE,
-                  "epochs": BEST_EPOCHS},
+        "train": {"two_stage": True, "head_seeds": 1, "feature_views": FEATURE_VIEWS,
+                  "learning_rate": BALANCED_LEARNING_RATE, "epochs": BEST_EPOCHS},
     },
 }
 # Options whose "not given" is their default value rather than None.
