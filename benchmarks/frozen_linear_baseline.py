@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -130,7 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def start_benchmark(args, title: str) -> tuple:
     """Logging, the machine header, the prepared split and its ``data:`` line: ``(paths, source)``."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    train_tuxpaint.configure_logging()
     common.print_header(title)
     paths = train_tuxpaint.prepare(args)
     with open(paths["source"], encoding="utf-8") as f:

@@ -10,9 +10,10 @@ that average trained on the cached features of ``--views`` augmented copies of e
 image as well (``tfmm.training.feature_views.cached_view_features``: what the ``balanced``
 preset's stage 1 builds), and scikit-learn's logistic regression with ``C`` chosen on validation. It prints each one's mean test accuracy over the splits, its
 paired difference to logistic regression with the standard error over all test rows, and
-how many splits it won.
+how many splits it won, and its test ECE after temperature scaling fitted on the validation rows
+(tfmm's calibration), averaged over the splits.
 
-    python benchmarks/head_splits.py                 # 10 splits, about 25 minutes on 2 cores
+    python benchmarks/head_splits.py                 # 10 splits, about 16 minutes on 2 cores
     python benchmarks/head_splits.py --splits 3
 """
 
@@ -52,8 +53,8 @@ def split(labels: np.ndarray, seed: int) -> tuple:
 
 def head_scores(config, x: dict, y: np.ndarray, parts: tuple, seed: int, epochs: int, patience: int,
                 views: np.ndarray = None):
-    """Test-row class probabilities of one tfmm dense head trained on ``parts[0]`` (and, given
-    ``views`` ``[V, N, D]``, on those rows' augmented image features too)."""
+    """``(validation, test)`` class probabilities of one tfmm dense head trained on ``parts[0]``
+    (and, given ``views`` ``[V, N, D]``, on those rows' augmented image features too)."""
     import keras
 
     from tfmm.models.heads import build_dense_head
@@ -72,7 +73,14 @@ def head_scores(config, x: dict, y: np.ndarray, parts: tuple, seed: int, epochs:
         train_y = np.concatenate([train_y] * copies)
     head.fit(train_x, train_y, validation_data=(take(val), y[val]), epochs=epochs, batch_size=32, verbose=0,
              callbacks=[keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)])
-    return head.predict(take(test), verbose=0)
+    return head.predict(take(val), verbose=0), head.predict(take(test), verbose=0)
+
+
+def calibrated(val_probs: np.ndarray, y_val: np.ndarray, test_probs: np.ndarray) -> np.ndarray:
+    """The test probabilities after tfmm's temperature scaling fitted on the validation rows."""
+    from tfmm.evaluation.calibration import fit_report, scale_probabilities
+
+    return scale_probabilities(test_probs, fit_report(val_probs, y_val, "softmax")["temperature"], "softmax")
 
 
 def view_features(config, paths: dict, views: int) -> np.ndarray:
@@ -98,6 +106,15 @@ def view_features(config, paths: dict, views: int) -> np.ndarray:
     return np.concatenate(out, axis=1)
 
 
+def ece_summary(per_split: list, ece) -> str:
+    """``mean (worst); pooled`` ECE of ``[(probabilities, targets), ...]``: each split's test rows
+    alone, and all splits' test rows together (ECE of few rows is mostly its own sampling noise:
+    ``benchmarks/ece_noise.py``)."""
+    each = [ece(p, t) for p, t in per_split]
+    pooled = ece(np.concatenate([p for p, _ in per_split]), np.concatenate([t for _, t in per_split]))
+    return f"{np.mean(each):.4f} ({np.max(each):.4f}); {pooled:.4f}"
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     paths, _ = baseline.start_benchmark(args, "tfmm's head vs logistic regression over random splits (Tux Paint)")
@@ -115,6 +132,7 @@ def main(argv=None) -> dict:
     variants = {"one head": 0.0, "one head, feature dropout": args.feature_dropout,
                 averaged: args.feature_dropout, with_views: args.feature_dropout}
     correct = {name: [] for name in ["logistic regression", *variants]}
+    ece = {name: [] for name in variants}
     for seed in range(args.splits):
         parts = split(y, seed)
         stacked = np.concatenate(list(x.values()), axis=1)
@@ -123,11 +141,14 @@ def main(argv=None) -> dict:
         for name, rate in variants.items():
             cfg = config.replace(model={"feature_dropout": rate})
             members = args.members if "averaged" in name else 1
-            probs = np.mean([head_scores(cfg, x, y, parts, args.seed + k, args.epochs, args.patience,
-                                         views=views if name == with_views else None)
-                             for k in range(members)], axis=0)
+            scores = [head_scores(cfg, x, y, parts, args.seed + k, args.epochs, args.patience,
+                                  views=views if name == with_views else None) for k in range(members)]
+            val_probs, probs = (np.mean([s[i] for s in scores], axis=0) for i in (0, 1))
             correct[name].append(probs.argmax(axis=1) == y[parts[2]])
+            ece[name].append((calibrated(val_probs, y[parts[1]], probs), y[parts[2]]))
         print(f"split {seed}: " + ", ".join(f"{n} {c[-1].mean():.3f}" for n, c in correct.items()), flush=True)
+    from tfmm.evaluation.calibration import expected_calibration_error
+
     base = np.concatenate(correct["logistic regression"]).astype(float)
     rows = []
     for name, per_split in correct.items():
@@ -135,8 +156,10 @@ def main(argv=None) -> dict:
         d = flat - base
         wins = sum(a.mean() > b.mean() for a, b in zip(per_split, correct["logistic regression"]))
         rows.append([name, f"{flat.mean():.4f}", f"{d.mean():+.4f} +- {np.sqrt(d.var(ddof=1) / len(d)):.4f}",
-                     "" if name == "logistic regression" else f"{wins} of {args.splits}"])
-    common.print_table(["model", "mean test acc", "- logistic regression (paired SE)", "splits won"], rows)
+                     "" if name == "logistic regression" else f"{wins} of {args.splits}",
+                     ece_summary(ece[name], expected_calibration_error) if name in ece else ""])
+    common.print_table(["model", "mean test acc", "- logistic regression (paired SE)", "splits won",
+                        "calibrated test ECE: per split, mean (worst); all test rows pooled"], rows)
     return correct
 
 

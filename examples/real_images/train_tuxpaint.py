@@ -134,9 +134,17 @@ def train_and_evaluate(config, paths: dict, output_dir: str, *, verbose=2) -> di
     return {**metrics, "run_dir": run_dir}
 
 
+def configure_logging() -> None:
+    """tfmm's INFO lines, as the ``tfmm`` command prints them, without TensorFlow's and absl's
+    (collectives, the projector checkpoint's sharding callback)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging()
     paths = prepare(args)
     with open(paths["source"], encoding="utf-8") as f:
         source = json.load(f)
