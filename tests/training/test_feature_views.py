@@ -56,6 +56,11 @@ def test_feature_views_flag_and_presets():
     assert resolved == {"none": 0, "fast": 0, "balanced": FEATURE_VIEWS, "best": FEATURE_VIEWS}
     given = resolve_preset(RunConfig().replace(train={"preset": "balanced", "feature_views": 1}))
     assert given.train.feature_views == 1
+    contrastive = RunConfig().replace(model={"task": "contrastive"})
+    assert resolve_preset(contrastive.replace(train={"preset": "balanced"})).train.feature_views == 0
+    asked = contrastive.replace(model={"freeze_image": True, "freeze_text": True}, train={"feature_views": 2})
+    with pytest.raises(ValueError, match=r"feature_views=2 .* does not fit task 'contrastive'"):
+        feature_cache.feature_views(asked)
 
 
 def test_view_features_are_the_encoder_on_seeded_augmented_images(demo_data, tmp_path, monkeypatch):

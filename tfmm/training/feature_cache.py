@@ -90,8 +90,16 @@ def augmented_modalities(config: RunConfig) -> list:
 
 def feature_views(config: RunConfig) -> int:
     """How many augmented views of each training image's frozen features are cached and trained
-    on (``train.feature_views``): 0 unless every used encoder is frozen and the image is used."""
+    on (``train.feature_views``): 0 unless every used encoder is frozen and the image is used.
+
+    Raises:
+        ValueError: views asked for with ``task: contrastive``, whose in-batch negatives would
+            then include copies of the positive pair's own caption.
+    """
     views = config.train.feature_views or 0
+    if views and config.model.task == "contrastive":
+        raise ValueError(f"feature_views={views} (--feature-views) does not fit task 'contrastive': copies of a "
+                         "row would be each other's in-batch negatives; received both. Drop --feature-views.")
     if not views or not config.model.uses_image or frozen_modalities(config) != used_modalities(config):
         return 0
     return views

@@ -126,7 +126,10 @@ def _given_wins(config: RunConfig, table: dict) -> dict:
         model["head_ensemble"] = 1  # the best of N heads asked for, not their average
     if mc.head_ensemble is None and (mc.encoder or mc.task not in ENSEMBLE_TASKS):
         model["head_ensemble"] = 1  # scores that cannot be averaged (contrastive, CLIP/SigLIP heads)
-    return {**table, "model": model}
+    train = dict(table.get("train", {}))
+    if config.train.feature_views is None and mc.task == "contrastive":
+        train["feature_views"] = 0  # copies of a row would be each other's in-batch negatives
+    return {**table, "model": model, "train": train}
 
 
 def resolve_preset(config: RunConfig) -> RunConfig:
