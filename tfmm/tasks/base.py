@@ -92,6 +92,8 @@ class Task:
         calibration_activation: ``"softmax"`` / ``"sigmoid"``: the model's output, whose
             temperature is fitted after ``fit``; ``None``: the task's scores are not calibrated.
         uncalibrated_reason: why not, for the log.
+        in_batch_negatives: the loss takes the batch's other rows as negatives, so training rows
+            must not be repeated (``--feature-views`` is refused).
     """
 
     name: str = ""
@@ -101,6 +103,7 @@ class Task:
     single_label: bool = True
     calibration_activation: Optional[str] = None
     uncalibrated_reason: str = "its scores are not one softmax or sigmoid decision"
+    in_batch_negatives: bool = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

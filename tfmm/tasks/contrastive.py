@@ -39,6 +39,7 @@ class ContrastiveTask(Task):
     encoding = PAIR_IDS
     fixed_labels = ()
     validation_summaries = False  # the model's output is an in-batch similarity matrix
+    in_batch_negatives = True
     serving_output_names = ("similarity", "image_embedding", "text_embedding")
 
     def labels_required(self, config) -> bool:

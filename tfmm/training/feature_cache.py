@@ -60,6 +60,7 @@ from tfmm.data.manifest import Manifest
 from tfmm.data.pipeline import make_dataset
 from tfmm.files import publish_dir
 from tfmm.models import text
+from tfmm.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +98,9 @@ def feature_views(config: RunConfig) -> int:
             then include copies of the positive pair's own caption.
     """
     views = config.train.feature_views or 0
-    if views and config.model.task == "contrastive":
-        raise ValueError(f"feature_views={views} (--feature-views) does not fit task 'contrastive': copies of a "
-                         "row would be each other's in-batch negatives; received both. Drop --feature-views.")
+    if views and get_task(config.model.task).in_batch_negatives:
+        raise ValueError(f"feature_views={views} (--feature-views) does not fit task {config.model.task!r}: copies of "
+                         "a row would be each other's in-batch negatives; received both. Drop --feature-views.")
     if not views or not config.model.uses_image or frozen_modalities(config) != used_modalities(config):
         return 0
     return views

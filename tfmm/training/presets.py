@@ -43,6 +43,7 @@ import logging
 
 from tfmm.config import RunConfig
 from tfmm.models.head_ensemble import ENSEMBLE_TASKS
+from tfmm.tasks import get_task
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _given_wins(config: RunConfig, table: dict) -> dict:
     if mc.head_ensemble is None and (mc.encoder or mc.task not in ENSEMBLE_TASKS):
         model["head_ensemble"] = 1  # scores that cannot be averaged (contrastive, CLIP/SigLIP heads)
     train = dict(table.get("train", {}))
-    if config.train.feature_views is None and mc.task == "contrastive":
+    if config.train.feature_views is None and get_task(mc.task).in_batch_negatives:
         train["feature_views"] = 0  # copies of a row would be each other's in-batch negatives
     return {**table, "model": model, "train": train}
 
