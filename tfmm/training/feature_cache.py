@@ -217,9 +217,13 @@ def _tokenizer_identity(preprocessor) -> dict:
 
 
 def cache_key(
-    modality: str, encoder: keras.Model, manifest: Manifest, config: RunConfig, preprocessor=None
+    modality: str, encoder: keras.Model, manifest: Manifest, config: RunConfig, preprocessor=None,
+    extra: Optional[dict] = None,
 ) -> tuple:
     """The cache key of one encoder's features over one manifest.
+
+    ``extra``: more parts the features depend on (the augmented views of
+    :mod:`tfmm.training.feature_views`), added to the dict before it is hashed.
 
     Returns:
         ``(key, parts)``: the sha256 hex digest and the dict it was computed from.
@@ -239,6 +243,7 @@ def cache_key(
     else:  # a dual encoder (--encoder) names both branches' encoder
         parts.update(encoder=mc.encoder or mc.text_encoder, pooling=mc.text_pooling,
                      sequence_length=dc.sequence_length, tokenizer=_tokenizer_identity(preprocessor))
+    parts.update(extra or {})
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return key, parts
 
@@ -301,6 +306,13 @@ def extract_features(
     Returns:
         float32 ``[N, D]`` features, row ``i`` for ``manifest.frame.iloc[i]``.
     """
+    ds = encoder_inputs(manifest, modality, config=config, preprocessor=preprocessor, batch_size=batch_size)
+    return np.asarray(encoder.predict(ds, verbose=verbose), dtype=np.float32)
+
+
+def encoder_inputs(manifest: Manifest, modality: str, *, config: RunConfig, preprocessor=None,
+                   batch_size: int = 32) -> tf.data.Dataset:
+    """Batches of what ``modality``'s encoder reads (images, or the token inputs), in row order."""
     # Row order matters (features are matched to rows by position): force determinism.
     dc = dataclasses.replace(config.data, deterministic=True, cache_in_memory=False)
     ds = make_dataset(
@@ -309,7 +321,7 @@ def extract_features(
     )
     if modality == "image":
         ds = ds.map(lambda features: features["image"])
-    return np.asarray(encoder.predict(ds, verbose=verbose), dtype=np.float32)
+    return ds
 
 
 def cached_features(
@@ -347,6 +359,3 @@ def cached_features(
     info = {"source": manifest.source, "image_weights": config.model.image_weights}
     store_entry(folder, key, parts, features, info)
     return features, folder, False
-
-
-

@@ -13,9 +13,6 @@ every stage-1 head of a head ensemble on the same rows shares one entry.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 
 import keras
@@ -23,9 +20,8 @@ import numpy as np
 
 from tfmm.config import RunConfig
 from tfmm.data.manifest import Manifest
-from tfmm.data.pipeline import make_dataset
 from tfmm.models.augmentation import ImageAugmentation
-from tfmm.training.feature_cache import cache_folder, cache_key, load_entry, store_entry, view_augment
+from tfmm.training.feature_cache import cache_folder, cache_key, encoder_inputs, load_entry, store_entry, view_augment
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +32,7 @@ def _view_features(encoder, manifest: Manifest, *, config: RunConfig, views: int
                    batch_size: int, verbose) -> np.ndarray:
     """The encoder's features of ``views`` augmented copies of every row's image, ``[views * N, D]``
     (view 0's rows first). Augmentation runs eagerly, batch by batch, seeded per view."""
-    dc = dataclasses.replace(config.data, deterministic=True, cache_in_memory=False)
-    ds = make_dataset(manifest, config=dc, modalities="image", batch_size=batch_size).map(
-        lambda features: features["image"])
+    ds = encoder_inputs(manifest, "image", config=config, batch_size=batch_size)
     batches = -(-len(manifest) // batch_size)
     progress = keras.utils.Progbar(views * batches, unit_name="batch") if verbose not in (0, False) else None
     out = []
@@ -73,9 +67,8 @@ def cached_view_features(
         ``manifest.frame.iloc[i]``), the cache folder, and whether it was reused.
     """
     mode = view_augment(config)
-    _, parts = cache_key("image", encoder, manifest, config)
-    parts = {**parts, "views": views, "augment": mode, "view_seed": VIEW_SEED}
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    key, parts = cache_key("image", encoder, manifest, config,
+                           extra={"views": views, "augment": mode, "view_seed": VIEW_SEED})
     folder = cache_folder(cache_dir, "image_views", key)
     features = load_entry(folder, key, views * len(manifest))
     if features is not None:
