@@ -98,3 +98,53 @@ def test_train_with_mixed_precision_and_xla(tiny_config, demo_data, tmp_path):
     scores = run.predict_scores(read_manifest(demo_data["test"]))
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_captions_are_tokenized_once_when_the_dataset_is_made(setup, preprocessor, monkeypatch):
+    """A small manifest's captions are tokenized eagerly, once, when the dataset is made (the
+    tokens travel with the rows); the elements equal the per-batch tokenizing pipeline's."""
+    from tfmm.data import pipeline
+
+    manifest, labels = setup
+    calls = []
+
+    def counting(texts):
+        calls.append((tf.executing_eagerly(), texts.shape[0]))
+        return preprocessor(texts)
+
+    cfg = DataConfig(image_size=32, sequence_length=8)
+    up_front = make_dataset(manifest, config=cfg, preprocessor=counting, labels=labels, batch_size=16,
+                            shuffle=True, seed=3)
+    assert calls == [(True, 72)]
+    assert "tokens" not in up_front.element_spec[0]
+    monkeypatch.setattr(pipeline, "PRETOKENIZE_BYTES", 0)
+    per_batch = make_dataset(manifest, config=cfg, preprocessor=counting, labels=labels, batch_size=16,
+                             shuffle=True, seed=3)
+    assert calls[1:] == [(False, None)]  # traced once in the batch map, called per batch
+    for a, b in zip(_epochs(up_front), _epochs(per_batch)):
+        for x, y in zip(a, b):
+            for u, v in zip(x, y):
+                np.testing.assert_array_equal(u, v)
+
+
+def test_a_preprocessor_padding_to_each_batch_tokenizes_per_batch(setup, monkeypatch):
+    """Outputs whose width changes from call to call (padding to the longest caption) cannot be
+    computed up front: every batch is then tokenized as it comes, with its own width."""
+    from tfmm.data import pipeline
+
+    manifest, labels = setup
+    monkeypatch.setattr(pipeline, "PRETOKENIZE_CHUNK", 8)
+
+    def pad_to_longest(texts):
+        lengths = tf.strings.length(texts)
+        width = tf.reduce_max(lengths)
+        ids = tf.cast(tf.sequence_mask(lengths, width), tf.int32)
+        return {"token_ids": ids, "padding_mask": ids > 0}
+
+    assert pipeline.tokenize_up_front(pad_to_longest, manifest.frame["text"].to_numpy(dtype=str)) is None
+    ds = make_dataset(manifest, config=DataConfig(image_size=32, sequence_length=8), preprocessor=pad_to_longest,
+                      labels=labels, batch_size=8, modalities="text")
+    texts = manifest.frame["text"].to_numpy(dtype=str)
+    widths = [f["token_ids"].shape[1] for f, _ in ds]
+    expected = [max(len(t.encode()) for t in texts[i:i + 8]) for i in range(0, len(texts), 8)]
+    assert widths == expected and len(set(widths)) > 1

@@ -110,3 +110,26 @@ def test_preprocessor_traces_once_for_every_dataset_and_eager_call(tiny_bert):
     for batch in batches:
         np.testing.assert_array_equal(batch, eager)
     assert eager.shape == (2, 8) and (eager[:, 0] == pre._special["start_id"]).all()
+
+
+def test_preprocessors_of_one_vocabulary_share_one_traced_tokenizer(tiny_bert):
+    """Each run, reload and export builds its own preprocessor; the tokenizer's tables and
+    traced graph are made once per vocabulary, options and length, not once per preprocessor."""
+    from tfmm.models.text import load_text_preprocessor
+    from tfmm.models.wordpiece_preprocessor import KerasHubTextPreprocessor
+
+    a = load_text_preprocessor(f"keras_nlp:{tiny_bert}", 8)
+    b = load_text_preprocessor(f"keras_nlp:{tiny_bert}", 8)
+    longer = load_text_preprocessor(f"keras_nlp:{tiny_bert}", 12)
+    assert a is not b and a._pack is b._pack and a.tokenizer is b.tokenizer
+    assert longer._pack is not a._pack
+    texts = tf.constant(["a red circle", "this thing is blue"])
+    ds = tf.data.Dataset.from_tensor_slices(texts).batch(2)
+    from_a, from_b = next(iter(ds.map(a))), next(iter(ds.map(b)))
+    np.testing.assert_array_equal(from_a["token_ids"], from_b["token_ids"])
+    assert a._pack.experimental_get_tracing_count() == 1
+    np.testing.assert_array_equal(longer(texts)["token_ids"][:, :8], from_a["token_ids"])
+    assert longer(texts)["token_ids"].shape == (2, 12)
+    vocabulary = a.tokenizer.get_vocabulary()
+    with pytest.raises(ValueError, match=r"no \[SEP\] token"):
+        KerasHubTextPreprocessor.from_vocabulary([t for t in vocabulary if t != "[SEP]"], 8)

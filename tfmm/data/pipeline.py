@@ -5,6 +5,11 @@ list -> shuffle (seeded) -> map(read + decode + resize) -> batch -> map(tokenize
 or, when the decoded images fit in memory, list -> map(read + decode + resize) -> cache ->
 shuffle -> batch -> map(tokenize) -> prefetch (the same seeded order). A folder written by
 ``tfmm prepare`` (sharded TFRecords, see :mod:`tfmm.data.tfrecords`) replaces the list of files.
+
+When the token arrays of a manifest's captions are small (:data:`PRETOKENIZE_BYTES`), the
+captions are tokenized once, when the dataset is made, and the tokens travel with the rows
+instead of the ``map(tokenize)`` step: the same values, without running (and instantiating)
+the tokenizer again in every epoch's iterator.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from tfmm.config import DataConfig
@@ -24,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 # DataConfig.cache_in_memory=None caches decoded images when they take at most this much.
 AUTO_CACHE_BYTES = 1 << 30
+# Captions are tokenized once, up front, when their int32 token arrays take at most this much
+# (``sequence_length`` x 3 arrays x 4 bytes a row: 87,000 rows at 64 tokens).
+PRETOKENIZE_BYTES = 64 << 20
+PRETOKENIZE_CHUNK = 4096  # rows per tokenizer call when tokenizing up front
 
 
 def make_dataset(
@@ -69,8 +79,11 @@ def make_dataset(
     with_targets = labels is not None and manifest.has_labels
     in_memory = should_cache_in_memory(config, len(frame), use_image)
 
+    tokens = None
+    if use_text and manifest.records is None and len(frame) * config.sequence_length * 12 <= PRETOKENIZE_BYTES:
+        tokens = tokenize_up_front(preprocessor, frame["text"].to_numpy(dtype=str))
     ds, load = _rows_and_loader(manifest, config, labels=labels if with_targets else None,
-                                encoding=as_encoding(targets),
+                                encoding=as_encoding(targets), tokens=tokens,
                                 use_image=use_image, shuffle_records=shuffle and not in_memory, seed=seed)
 
     def shuffled(d):
@@ -95,7 +108,7 @@ def make_dataset(
         if use_image:
             features["image"] = batch["image"]
         if use_text:
-            features.update(preprocessor(batch["text"]))
+            features.update(batch["tokens"] if tokens is not None else preprocessor(batch["text"]))
         return (features, batch["targets"]) if with_targets else features
 
     ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
@@ -105,9 +118,10 @@ def make_dataset(
 
 
 def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, encoding, use_image: bool,
-                     shuffle_records: bool, seed: int) -> tuple:
+                     shuffle_records: bool, seed: int, tokens: Optional[dict] = None) -> tuple:
     """Step 1 of :func:`make_dataset`: ``(dataset of rows, load)``, ``load`` reading and decoding
-    one row. ``labels`` is ``None`` for a pipeline without targets."""
+    one row. ``labels`` is ``None`` for a pipeline without targets; ``tokens`` (the captions
+    tokenized up front, one row per manifest row) travel with the rows as ``"tokens"``."""
     frame = manifest.frame
     if manifest.records is not None:
         # 1'. records of a `tfmm prepare` folder (read in parallel when shuffling).
@@ -120,6 +134,8 @@ def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, encoding
         columns = {"image": frame["image"].to_numpy(dtype=str), "text": frame["text"].to_numpy(dtype=str)}
         if labels is not None:
             columns["targets"] = encoding.encode(frame, labels)
+        if tokens is not None:
+            columns["tokens"] = tokens
         # 1. list: one element per row.
         ds = tf.data.Dataset.from_tensor_slices(columns)
 
@@ -130,8 +146,32 @@ def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, encoding
                                             config.max_image_pixels, name=example["image"])
             if labels is not None:
                 out["targets"] = example["targets"]
+            if tokens is not None:
+                out["tokens"] = example["tokens"]
             return out
     return ds, load
+
+
+def tokenize_up_front(preprocessor, texts) -> Optional[dict]:
+    """The preprocessor's outputs for all ``texts`` (``{name: array [rows, ...]}``), tokenized in
+    chunks of :data:`PRETOKENIZE_CHUNK`; ``None`` when they cannot stand for per-batch calls (an
+    output that is not a dense tensor with one row per text, or whose shape past the rows
+    changes from chunk to chunk, as a preprocessor padding to each batch's longest text does):
+    the pipeline then tokenizes each batch as it goes."""
+    chunks = []
+    for start in range(0, len(texts), PRETOKENIZE_CHUNK):
+        part = texts[start:start + PRETOKENIZE_CHUNK]
+        out = preprocessor(tf.constant(part))
+        if not isinstance(out, dict) or not all(
+                isinstance(v, tf.Tensor) and v.shape.rank and v.shape[0] == len(part) for v in out.values()):
+            return None
+        out = {name: value.numpy() for name, value in out.items()}
+        if chunks and any(out[name].shape[1:] != chunks[0][name].shape[1:] for name in out):
+            return None
+        chunks.append(out)
+    if not chunks:
+        return None
+    return {name: np.concatenate([c[name] for c in chunks]) for name in chunks[0]}
 
 
 def pipeline_options(config: DataConfig) -> tf.data.Options:

@@ -9,6 +9,7 @@ in the serving graph. It imports nothing above :mod:`tfmm.data`; the text-encode
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -61,6 +62,32 @@ def _read_tokenizer(source: str) -> tuple:
     return list(reference.get_vocabulary()), options
 
 
+@functools.lru_cache(maxsize=8)
+def _shared_tokenizer(vocabulary: tuple, options: tuple, sequence_length: int) -> tuple:
+    """``(WordPieceTokenizer, pack, special ids)`` for one vocabulary, options and length, made once
+    per process.
+
+    ``pack`` (strings ``[B]`` -> the packed ``TEXT_INPUTS``) is traced once: every preprocessor
+    with the same vocabulary shares it, so each ``tf.data`` map (train, validation, feature
+    extraction, callbacks, a reloaded run, an export) calls one concrete function instead of
+    tracing the tokenizer again and building its lookup tables again (about a second each).
+    """
+    tokenizer = WordPieceTokenizer(list(vocabulary), **dict(options))
+    special = {}
+    for name, token in (("start_id", "[CLS]"), ("end_id", "[SEP]"), ("pad_id", "[PAD]")):
+        if token not in vocabulary:
+            raise ValueError(f"the vocabulary ({len(vocabulary)} tokens) has no {token} token, which BERT "
+                             "packing needs; received a vocabulary starting with "
+                             f"{list(vocabulary[:5])}")
+        special[name] = vocabulary.index(token)
+
+    def tokenize_and_pack(strings):
+        return pack_single_segment(tokenizer.tokenize(strings), sequence_length, **special)
+
+    pack = tf.function(tokenize_and_pack, autograph=False, input_signature=[tf.TensorSpec([None], tf.string)])
+    return tokenizer, pack, special
+
+
 class KerasHubTextPreprocessor(tf.Module):
     """Strings -> ``{token_ids, segment_ids, padding_mask}`` int32, for tf.data and export.
 
@@ -97,18 +124,9 @@ class KerasHubTextPreprocessor(tf.Module):
 
     def _build(self, vocabulary: list, options: dict, sequence_length: int) -> None:
         tf.Module.__init__(self, name="text_preprocessor")
-        self.tokenizer = WordPieceTokenizer(vocabulary, **options)
+        self.tokenizer, self._pack, self._special = _shared_tokenizer(
+            tuple(vocabulary), tuple(sorted(options.items())), sequence_length)
         self.sequence_length = sequence_length
-        self._special = {name: vocabulary.index(token) for name, token in
-                         (("start_id", "[CLS]"), ("end_id", "[SEP]"), ("pad_id", "[PAD]"))}
-        # Traced once per preprocessor: every tf.data map (train, validation, feature
-        # extraction, callbacks) and the export call the same concrete function instead of
-        # tracing the tokenizer again (seconds each time).
-        self._pack = tf.function(self._tokenize_and_pack, autograph=False,
-                                 input_signature=[tf.TensorSpec([None], tf.string)])
-
-    def _tokenize_and_pack(self, strings):
-        return pack_single_segment(self.tokenizer.tokenize(strings), self.sequence_length, **self._special)
 
     def __call__(self, strings):
         strings = tf.convert_to_tensor(strings, tf.string)
