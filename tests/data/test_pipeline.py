@@ -101,26 +101,34 @@ def test_train_with_mixed_precision_and_xla(tiny_config, demo_data, tmp_path):
 
 
 def test_captions_are_tokenized_once_when_the_dataset_is_made(setup, preprocessor, monkeypatch):
-    """A small manifest's captions are tokenized eagerly, once, when the dataset is made (the
+    """A small manifest's captions are tokenized once, in chunks, when the dataset is made (the
     tokens travel with the rows); the elements equal the per-batch tokenizing pipeline's."""
     from tfmm.data import pipeline
 
     manifest, labels = setup
-    calls = []
+    texts = manifest.frame["text"].to_numpy(dtype=str)
+    monkeypatch.setattr(pipeline, "PRETOKENIZE_CHUNK", 16)  # 72 rows: 5 chunks
+    chunked = pipeline.tokenize_up_front(preprocessor, texts)
+    whole = preprocessor(tf.constant(texts))
+    assert sorted(chunked) == sorted(whole) and chunked["token_ids"].shape == (72, 8)
+    for name in whole:
+        np.testing.assert_array_equal(chunked[name], whole[name].numpy())
 
-    def counting(texts):
-        calls.append((tf.executing_eagerly(), texts.shape[0]))
-        return preprocessor(texts)
+    made, original = [], pipeline.tokenize_up_front
 
+    def spy(preprocessor, texts):
+        made.append(len(texts))
+        return original(preprocessor, texts)
+
+    monkeypatch.setattr(pipeline, "tokenize_up_front", spy)
     cfg = DataConfig(image_size=32, sequence_length=8)
-    up_front = make_dataset(manifest, config=cfg, preprocessor=counting, labels=labels, batch_size=16,
+    up_front = make_dataset(manifest, config=cfg, preprocessor=preprocessor, labels=labels, batch_size=16,
                             shuffle=True, seed=3)
-    assert calls == [(True, 72)]
-    assert "tokens" not in up_front.element_spec[0]
-    monkeypatch.setattr(pipeline, "PRETOKENIZE_BYTES", 0)
-    per_batch = make_dataset(manifest, config=cfg, preprocessor=counting, labels=labels, batch_size=16,
+    assert made == [72] and "tokens" not in up_front.element_spec[0]
+    monkeypatch.setattr(pipeline, "PRETOKENIZE_BYTES", 72 * 8 * 12 - 1)  # one byte short: per batch
+    per_batch = make_dataset(manifest, config=cfg, preprocessor=preprocessor, labels=labels, batch_size=16,
                              shuffle=True, seed=3)
-    assert calls[1:] == [(False, None)]  # traced once in the batch map, called per batch
+    assert made == [72]
     for a, b in zip(_epochs(up_front), _epochs(per_batch)):
         for x, y in zip(a, b):
             for u, v in zip(x, y):
