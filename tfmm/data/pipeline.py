@@ -153,13 +153,16 @@ def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, encoding
 
 
 def tokenize_up_front(preprocessor, texts) -> Optional[dict]:
-    """The preprocessor's outputs for all ``texts`` (``{name: array [rows, ...]}``), run as a
-    ``tf.function`` on chunks of :data:`PRETOKENIZE_CHUNK` texts; ``None`` when they cannot stand for per-batch calls (an
+    """The preprocessor's outputs for all ``texts`` (``{name: array [rows, ...]}``), computed on
+    chunks of :data:`PRETOKENIZE_CHUNK` texts; ``None`` when they cannot stand for per-batch calls (an
     output that is not a dense tensor with one row per text, or whose shape past the rows
     changes from chunk to chunk, as a preprocessor padding to each batch's longest text does):
     the pipeline then tokenizes each batch as it goes."""
-    # As a graph, as in the per-batch map (a KerasHub tokenizer called eagerly takes another path).
-    graph = tf.function(preprocessor, input_signature=[tf.TensorSpec([None], tf.string)])
+    # tfmm's preprocessors (tf.Modules) run their tokenizer's traced graph when called eagerly,
+    # reusing it from call to call; any other callable runs as a tf.function, as in the
+    # per-batch map (a KerasHub tokenizer called eagerly takes another path).
+    graph = preprocessor if isinstance(preprocessor, tf.Module) else tf.function(
+        preprocessor, input_signature=[tf.TensorSpec([None], tf.string)])
     chunks = []
     for start in range(0, len(texts), PRETOKENIZE_CHUNK):
         part = texts[start:start + PRETOKENIZE_CHUNK]
