@@ -79,11 +79,8 @@ def make_dataset(
     with_targets = labels is not None and manifest.has_labels
     in_memory = should_cache_in_memory(config, len(frame), use_image)
 
-    tokens = None
-    if use_text and manifest.records is None and len(frame) * config.sequence_length * 12 <= PRETOKENIZE_BYTES:
-        tokens = tokenize_up_front(preprocessor, frame["text"].to_numpy(dtype=str))
     ds, load = _rows_and_loader(manifest, config, labels=labels if with_targets else None,
-                                encoding=as_encoding(targets), tokens=tokens,
+                                encoding=as_encoding(targets), preprocessor=preprocessor if use_text else None,
                                 use_image=use_image, shuffle_records=shuffle and not in_memory, seed=seed)
 
     def shuffled(d):
@@ -102,13 +99,14 @@ def make_dataset(
     # 4. batch.
     ds = ds.batch(batch_size)
 
-    # 5. tokenize whole batches (faster than per example), then split features/targets.
+    # 5. tokenize whole batches (faster than per example) unless tokenized up front, then split
+    # features/targets.
     def to_model_inputs(batch):
         features = {}
         if use_image:
             features["image"] = batch["image"]
         if use_text:
-            features.update(batch["tokens"] if tokens is not None else preprocessor(batch["text"]))
+            features.update(batch["tokens"] if "tokens" in batch else preprocessor(batch["text"]))
         return (features, batch["targets"]) if with_targets else features
 
     ds = ds.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE)
@@ -118,10 +116,11 @@ def make_dataset(
 
 
 def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, encoding, use_image: bool,
-                     shuffle_records: bool, seed: int, tokens: Optional[dict] = None) -> tuple:
+                     shuffle_records: bool, seed: int, preprocessor=None) -> tuple:
     """Step 1 of :func:`make_dataset`: ``(dataset of rows, load)``, ``load`` reading and decoding
-    one row. ``labels`` is ``None`` for a pipeline without targets; ``tokens`` (the captions
-    tokenized up front, one row per manifest row) travel with the rows as ``"tokens"``."""
+    one row. ``labels`` is ``None`` for a pipeline without targets; ``preprocessor`` (``None``
+    without text) tokenizes a manifest's captions up front when :func:`should_tokenize_up_front`
+    says so, and the tokens travel with the rows as ``"tokens"``."""
     frame = manifest.frame
     if manifest.records is not None:
         # 1'. records of a `tfmm prepare` folder (read in parallel when shuffling).
@@ -134,8 +133,10 @@ def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, encoding
         columns = {"image": frame["image"].to_numpy(dtype=str), "text": frame["text"].to_numpy(dtype=str)}
         if labels is not None:
             columns["targets"] = encoding.encode(frame, labels)
-        if tokens is not None:
-            columns["tokens"] = tokens
+        if preprocessor is not None and should_tokenize_up_front(config, len(frame)):
+            tokens = tokenize_up_front(preprocessor, columns["text"])
+            if tokens is not None:
+                columns["tokens"] = tokens
         # 1. list: one element per row.
         ds = tf.data.Dataset.from_tensor_slices(columns)
 
@@ -146,7 +147,7 @@ def _rows_and_loader(manifest: Manifest, config: DataConfig, *, labels, encoding
                                             config.max_image_pixels, name=example["image"])
             if labels is not None:
                 out["targets"] = example["targets"]
-            if tokens is not None:
+            if "tokens" in example:
                 out["tokens"] = example["tokens"]
             return out
     return ds, load
@@ -191,6 +192,13 @@ def pipeline_options(config: DataConfig) -> tf.data.Options:
     options.deterministic = config.deterministic
     options.autotune.enabled = config.tf_data_autotune
     return options
+
+
+def should_tokenize_up_front(config: DataConfig, n_rows: int) -> bool:
+    """Whether :func:`make_dataset` tokenizes a manifest's ``n_rows`` captions when it is made:
+    when their int32 token arrays (``config.sequence_length`` x 3 arrays x 4 bytes a row) take at
+    most :data:`PRETOKENIZE_BYTES`."""
+    return n_rows * config.sequence_length * 12 <= PRETOKENIZE_BYTES
 
 
 def should_cache_in_memory(config: DataConfig, n_rows: int, use_image: bool = True) -> bool:
