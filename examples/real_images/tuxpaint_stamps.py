@@ -218,7 +218,8 @@ def image_file_name(stamp: Stamp) -> str:
 
 
 def flatten_onto_white(source: str, target: str) -> None:
-    """Writes ``source`` as an RGB PNG, its transparent parts made white (tfmm reads RGB)."""
+    """Writes ``source`` as an RGB PNG, its transparent parts made white (what tfmm's decoder does
+    with a transparent PNG too; flattened here so the manifests' images are plain RGB files)."""
     from PIL import Image
 
     with Image.open(source) as image:

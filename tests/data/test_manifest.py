@@ -139,6 +139,30 @@ def test_decode_image_formats_to_rgb_eager_and_in_map(tmp_path, mode, fmt, ext):
         np.testing.assert_allclose(eager[..., 0], eager[..., 2])
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_png_pixels_are_composited_over_white(tmp_path, mode):
+    # Left half transparent but storing black (what cut-out stickers hold), right half half-opaque red/grey.
+    rgba = np.zeros((4, 8, 4), np.uint8)
+    rgba[:, 4:] = (200, 40, 40, 128) if mode == "RGBA" else (90, 90, 90, 128)
+    image = Image.fromarray(rgba, "RGBA")
+    if mode == "LA":
+        image = image.convert("LA")
+    elif mode == "P":  # a palette with one fully transparent entry (tRNS), the right half opaque
+        image = Image.fromarray(np.where(np.arange(8)[None, :] < 4, 0, 1).astype(np.uint8).repeat(4, 0), "P")
+        image.putpalette([0, 0, 0, 90, 90, 90] + [0] * 762)
+        image.info["transparency"] = 0
+    path = str(tmp_path / "sticker.png")
+    image.save(path)
+    decoded = decode_image(tf.io.read_file(path), 8).numpy()
+    np.testing.assert_allclose(decoded[:, :4], 255.0)  # transparent -> white, not the stored black
+    right = {"RGBA": (200 * 128 + 255 * 127) / 255, "LA": (90 * 128 + 255 * 127) / 255, "P": 90.0}[mode]
+    np.testing.assert_allclose(decoded[:, 4:, 0], right, atol=0.6)
+    reference = np.asarray(Image.alpha_composite(Image.new("RGBA", (8, 4), "white"),
+                                                 Image.open(path).convert("RGBA")).convert("RGB"), np.float32)
+    reference = tf.image.resize(reference, (8, 8)).numpy()  # decode_image's square output
+    np.testing.assert_allclose(decoded, reference, atol=1.0)  # PIL's compositing, which rounds to integers
+
+
 def test_make_dataset_shapes_targets_and_seeded_shuffle(demo_data, tiny_bert):
     from tfmm.models.text import load_text_preprocessor
 

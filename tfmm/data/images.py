@@ -11,6 +11,12 @@ from typing import Optional
 
 import tensorflow as tf
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# What a transparent pixel shows: white, as an image viewer or a web page shows a cut-out
+# product photo or a sticker. A PNG's transparent pixels still store colours (often black, or
+# what the picture held before it was cut out), which the encoder would otherwise see.
+BACKGROUND = 255.0
+
 
 def _header_uint(header, start: int, length: int, *, big_endian: bool):
     """Unsigned integer of ``length`` bytes at ``start`` of a uint8 header vector (int64)."""
@@ -51,7 +57,7 @@ def image_header_size(image_bytes):
 
     return tf.case(
         [
-            (tf.equal(magic, b"\x89PNG\r\n\x1a\n"), png),
+            (tf.equal(magic, PNG_MAGIC), png),
             (tf.equal(tf.strings.substr(magic, 0, 4), b"GIF8"), gif),
             (tf.equal(tf.strings.substr(magic, 0, 2), b"BM"), bmp),
             (tf.equal(tf.strings.substr(magic, 0, 2), b"\xff\xd8"), jpeg),
@@ -61,11 +67,27 @@ def image_header_size(image_bytes):
     )
 
 
+def _decode_rgb(image_bytes) -> tf.Tensor:
+    """Encoded bytes -> ``[H, W, 3]`` float32 in ``[0, 255]``; a PNG's alpha (RGBA, grey + alpha,
+    or a palette with transparency) composited over :data:`BACKGROUND`."""
+    def png():
+        rgba = tf.cast(tf.io.decode_png(image_bytes, channels=4), tf.float32)
+        alpha = rgba[..., 3:] / 255.0
+        return rgba[..., :3] * alpha + BACKGROUND * (1.0 - alpha)
+
+    def other():
+        return tf.cast(tf.io.decode_image(image_bytes, channels=3, expand_animations=False), tf.float32)
+
+    image = tf.cond(tf.equal(tf.strings.substr(image_bytes, 0, len(PNG_MAGIC)), PNG_MAGIC), png, other)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
 def decode_image(image_bytes, image_size: int, max_pixels: Optional[int] = None, name=None):
     """Encoded JPEG/PNG/GIF/BMP bytes -> ``[S, S, 3]`` float32 RGB in ``[0, 255]``.
 
-    Grayscale and RGBA become RGB; a GIF gives its first frame. The serving export uses
-    this same function, so training and serving see identical pixels.
+    Grayscale becomes RGB; a transparent PNG is composited over white (:data:`BACKGROUND`); a
+    GIF gives its first frame. The serving export uses this same function, so training and
+    serving see identical pixels.
 
     Args:
         image_bytes: scalar string tensor of encoded image bytes.
@@ -84,13 +106,12 @@ def decode_image(image_bytes, image_size: int, max_pixels: Optional[int] = None,
              "refusing to decode;"] + what + ["height", height, "width", width],
         ))
     with tf.control_dependencies(checks):
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    image = tf.image.resize(image, (image_size, image_size), method="bilinear")
-    return tf.cast(image, tf.float32)
+        image = _decode_rgb(image_bytes)
+    return tf.image.resize(image, (image_size, image_size), method="bilinear")
 
 
 # First bytes of each format tf.io.decode_image reads.
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+IMAGE_MAGIC = (b"\xff\xd8\xff", PNG_MAGIC, b"GIF87a", b"GIF89a", b"BM")
 
 
 def _first(indices: tf.Tensor, n: tf.Tensor) -> tf.Tensor:

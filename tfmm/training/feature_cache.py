@@ -66,7 +66,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 # Bump when tfmm.data.decode_image or the text packing changes what an encoder is fed.
-PREPROCESSING_VERSION = "decode_image:rgb,bilinear,float32;text:bert_pack/1"
+PREPROCESSING_VERSION = "decode_image:rgb,png_alpha_over_white,bilinear,float32;text:bert_pack/1"
 FEATURES_FILE = "features.npy"
 KEY_FILE = "key.json"
 
