@@ -23,6 +23,11 @@ from tfmm.run_dir import load_run  # noqa: E402
 from tfmm.serving.export import export_for_serving  # noqa: E402
 from tfmm.training.train import train  # noqa: E402
 from tfmm.tuning import tune  # noqa: E402  (KerasTuner is imported only when a search runs)
+from tfmm.training.tracing_log import quiet_new_model_retracing as _quiet_new_model_retracing  # noqa: E402
+
+# Each stage, seed, ensemble member or tuning trial is a new Keras model; TensorFlow would warn
+# that their step functions "retraced" (tfmm.training.tracing_log).
+_quiet_new_model_retracing()
 
 __version__ = "0.1.0"
 
