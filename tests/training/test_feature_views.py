@@ -6,7 +6,9 @@ import os
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
+import tensorflow as tf
 
 from tfmm.cli_parser import build_parser, config_from_args
 from tfmm.config import RunConfig
@@ -14,7 +16,7 @@ from tfmm.data.images import decode_image
 from tfmm.data.manifest import read_manifest
 from tfmm.models.augmentation import ImageAugmentation
 from tfmm.models.vision import build_image_encoder
-from tfmm.training import feature_cache, feature_views
+from tfmm.training import cached_fit, feature_cache, feature_views
 from tfmm.training.presets import FEATURE_VIEWS, resolve_preset
 from tfmm.training.train import train
 
@@ -26,15 +28,22 @@ def _frozen_image_config(**train):
         train={"batch_size": 8, "epochs": 2, "learning_rate": 1e-3, **train})
 
 
-def test_views_apply_only_with_every_used_encoder_frozen():
+def test_views_apply_with_the_image_encoder_frozen():
     frozen = _frozen_image_config(feature_views=3)
     assert feature_cache.feature_views(frozen) == 3
     assert feature_cache.feature_views(frozen.replace(train={"feature_views": 0})) == 0
     assert feature_cache.feature_views(frozen.replace(model={"freeze_image": False})) == 0  # the encoder trains
     both = frozen.replace(model={"modalities": "both", "freeze_text": False})
-    assert feature_cache.feature_views(both) == 0  # the text encoder trains: rows must line up with raw text
+    assert feature_cache.feature_views(both) == 3  # a trained text encoder reads each caption once per view
     assert feature_cache.feature_views(both.replace(model={"freeze_text": True})) == 3
     assert feature_cache.feature_views(frozen.replace(model={"modalities": "text", "freeze_text": True})) == 0
+    # Views an epoch trains on: only where the image features are cached.
+    assert feature_cache.trained_views(both) == 3 and feature_cache.trained_views(frozen) == 3
+    assert feature_cache.trained_views(both.replace(train={"cache_features": False})) == 0
+    prepared = read_manifest(pd.DataFrame({"image": ["a.png"], "text": ["t"], "label": ["x"]}))
+    prepared.records = ["train-00000.tfrecord"]
+    assert feature_cache.trained_views(both, manifests=(prepared,)) == 0  # TFRecords beside a trained text encoder
+    assert feature_cache.trained_views(both.replace(model={"freeze_text": True}), manifests=(prepared,)) == 3
     # --augment with a frozen image encoder: not cached, unless it makes the cached views.
     light = frozen.replace(model={"augment": "light"})
     assert feature_cache.cached_modalities(light.replace(train={"feature_views": 0})) == []
@@ -122,3 +131,32 @@ def test_head_trains_on_originals_and_cached_views(demo_data, tmp_path, caplog, 
     assert result.config.train.feature_views == 2
     # The learning-rate schedule spans the epochs' real steps: 1 + 2 copies of each row.
     assert set(steps) == {-(-3 * n // 8)}
+
+
+def test_views_beside_a_trained_text_encoder_pair_each_caption_with_its_image_views(demo_data, tiny_config):
+    from tfmm.data.manifest import build_label_vocab
+    from tfmm.models.text import load_text_preprocessor
+
+    manifest = read_manifest(demo_data["val"])
+    n, views = len(manifest), 2
+    config = tiny_config.replace(model={"freeze_image": True}, train={"feature_views": views, "shuffle_buffer": 1000})
+    labels = build_label_vocab(manifest)
+    preprocessor = load_text_preprocessor(config.model.text_encoder, config.data.sequence_length)
+    # Feature row v * n + i (view v of row i) holds the number v * n + i, so each element says which row it is.
+    features = {"image_features": np.arange((1 + views) * n, dtype=np.float32)[:, None].repeat(4, axis=1)}
+    ds = cached_fit.cached_dataset(manifest, features, config=config, labels=labels, preprocessor=preprocessor,
+                                   batch_size=8, shuffle=True, repeats=1 + views)
+    tokens = {k: np.asarray(v) for k, v in preprocessor(tf.constant(manifest.frame["text"].tolist())).items()}
+    targets = [labels.index(v) for v in manifest.frame["label"]]
+    orders = []
+    for _ in range(2):  # two epochs, reshuffled
+        seen = []
+        for x, y in ds:
+            for row, ids, target in zip(x["image_features"][:, 0].numpy().astype(int), x["token_ids"].numpy(),
+                                        y.numpy().argmax(axis=1)):
+                np.testing.assert_array_equal(ids, tokens["token_ids"][row % n])  # the caption of its row
+                assert target == targets[row % n]
+                seen.append(row)
+        assert sorted(seen) == list(range((1 + views) * n))  # every view of every row, once
+        orders.append(seen)
+    assert orders[0] != orders[1] and orders[0] != sorted(orders[0])

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 
 from tfmm.config import RunConfig
@@ -76,17 +77,19 @@ def cached_dataset(
     A modality that is not cached is read by ``make_dataset`` (deterministically) and
     zipped with the cached features. ``repeats`` > 1: ``features`` hold ``repeats`` copies of
     the rows one after the other (the cached views of :func:`fit_with_cached_features`), and
-    the targets are repeated to match (every modality must then be cached).
+    the targets (and a modality read by ``make_dataset``: each caption once per view) are
+    repeated to match.
     """
     tc, task = config.train, get_task(config.model.task)
     raw = [m for m in used_modalities(config) if PARTS[m][1] not in features]
+    rows = len(manifest) * repeats
     if repeats > 1 and raw:
-        raise ValueError(f"repeats={repeats} needs every used modality cached; {raw[0]} is not")
+        manifest = dataclasses.replace(manifest, frame=pd.concat([manifest.frame] * repeats, ignore_index=True))
 
     def shuffled(ds):
         if not shuffle:
             return ds
-        return ds.shuffle(min(tc.shuffle_buffer, len(manifest) * repeats), seed=tc.seed,
+        return ds.shuffle(min(tc.shuffle_buffer, rows), seed=tc.seed,
                           reshuffle_each_iteration=True)
 
     if not raw:
@@ -161,7 +164,7 @@ def fit_with_cached_features(
                     cache_dir=cache_dir, preprocessor=preprocessor, batch_size=batch_size,
                     verbose=verbose,
                 )
-    views = feature_views(config)
+    views = feature_views(config) if "image" in cached else 0
     if views:  # the originals, then each augmented view of them; the other features repeated to match
         augmented, _, _ = cached_view_features(
             model.get_layer(PARTS["image"][0]), train_manifest, config=config, cache_dir=cache_dir,

@@ -91,7 +91,8 @@ def augmented_modalities(config: RunConfig) -> list:
 
 def feature_views(config: RunConfig) -> int:
     """How many augmented views of each training image's frozen features are cached and trained
-    on (``train.feature_views``): 0 unless every used encoder is frozen and the image is used.
+    on (``train.feature_views``): 0 unless the image is used and its encoder frozen (a trained
+    text encoder then reads each row's caption once per view).
 
     Raises:
         ValueError: views asked for with ``task: contrastive``, whose in-batch negatives would
@@ -101,7 +102,21 @@ def feature_views(config: RunConfig) -> int:
     if views and get_task(config.model.task).in_batch_negatives:
         raise ValueError(f"feature_views={views} (--feature-views) does not fit task {config.model.task!r}: copies of "
                          "a row would be each other's in-batch negatives; received both. Drop --feature-views.")
-    if not views or not config.model.uses_image or frozen_modalities(config) != used_modalities(config):
+    if not views or "image" not in frozen_modalities(config):
+        return 0
+    return views
+
+
+def trained_views(config: RunConfig, strategy: Optional[tf.distribute.Strategy] = None, manifests: Sequence = ()) -> int:
+    """The augmented views an epoch of :func:`tfmm.training.train.train` adds to each training row:
+    :func:`feature_views` when the image features are cached (:func:`cached_modalities`'s rules:
+    the cache not turned off, not under ``MultiWorkerMirroredStrategy``, no prepared TFRecords
+    beside a trained text encoder), else 0."""
+    views = feature_views(config)
+    if not views or config.train.cache_features is False or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 0
+    partial = cacheable_modalities(config) != used_modalities(config)
+    if partial and any(m is not None and m.records is not None for m in manifests):
         return 0
     return views
 

@@ -280,8 +280,8 @@ def _prepare_inputs(run_dir, config: RunConfig, train_data, val_data, strategy) 
     train_ds = make_dataset(train_m, shuffle=True, seed=config.train.seed,
                             shuffle_buffer=config.train.shuffle_buffer, **common)
     val_ds = make_dataset(val_m, **common) if val_m is not None else None
-    # A head on cached features with --feature-views sees each row 1 + N times per epoch.
-    views = feature_cache.feature_views(config) if feature_cache.head_only_cached(config, strategy) else 0
+    # With --feature-views and the image features cached, an epoch sees each row 1 + N times.
+    views = feature_cache.trained_views(config, strategy, (train_m, val_m))
     return _Inputs(config, labels, train_m, val_m, preprocessor, train_ds, val_ds, global_batch,
                    steps_per_epoch=math.ceil(len(train_m) * (1 + views) / global_batch))
 
