@@ -55,11 +55,21 @@ def head_scores(config, x: dict, y: np.ndarray, parts: tuple, seed: int, epochs:
                 views: np.ndarray = None):
     """``(validation, test)`` class probabilities of one tfmm dense head trained on ``parts[0]``
     (and, given ``views`` ``[V, N, D]``, on those rows' augmented image features too)."""
+    head = train_head(config, x, y, parts, seed, epochs, patience, views)
+    take = lambda rows: {k: v[rows] for k, v in x.items()}  # noqa: E731
+    return head.predict(take(parts[1]), verbose=0), head.predict(take(parts[2]), verbose=0)
+
+
+def train_head(config, x: dict, y: np.ndarray, parts: tuple, seed: int, epochs: int, patience: int,
+               views: np.ndarray = None):
+    """One tfmm dense head (``fusion_head``) trained on rows ``parts[0]`` of the features ``x``
+    (and, given ``views`` ``[V, N, D]``, on those rows' augmented image features too), stopped
+    early on rows ``parts[1]``."""
     import keras
 
     from tfmm.models.heads import build_dense_head
 
-    train, val, test = parts
+    train, val, _ = parts
     keras.utils.set_random_seed(seed)
     dims = {k: v.shape[1] for k, v in x.items()}
     head = build_dense_head(config, dims, units=config.model.num_classes, activation="softmax")
@@ -73,7 +83,7 @@ def head_scores(config, x: dict, y: np.ndarray, parts: tuple, seed: int, epochs:
         train_y = np.concatenate([train_y] * copies)
     head.fit(train_x, train_y, validation_data=(take(val), y[val]), epochs=epochs, batch_size=32, verbose=0,
              callbacks=[keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)])
-    return head.predict(take(val), verbose=0), head.predict(take(test), verbose=0)
+    return head
 
 
 def calibrated(val_probs: np.ndarray, y_val: np.ndarray, test_probs: np.ndarray) -> np.ndarray:

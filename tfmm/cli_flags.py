@@ -108,7 +108,8 @@ CONFIG_FLAGS = [
         type=float, metavar="X", help="peak AdamW learning rate (default: set by --preset, else 1e-3 when "
                                       "every encoder is frozen, else 1e-4; two stages: stage 2's)")),
     ("--encoder-lr-scale", "train", "encoder_lr_scale", dict(
-        type=float, metavar="X", help="encoders train at --learning-rate x X, the head at --learning-rate")),
+        type=float, metavar="X", help="encoders train at --learning-rate x X, the head at --learning-rate "
+                                      "(default: set by --preset; balanced: 0.2, else 0.1)")),
     ("--weight-decay", "train", "weight_decay", dict(type=float, metavar="X", help="AdamW weight decay")),
     ("--warmup-fraction", "train", "warmup_fraction", dict(
         type=float, metavar="X", help="share of steps warming the learning rate up")),
@@ -192,7 +193,7 @@ CONFIG_FLAGS += [
         type=int, metavar="N", help="two stages: train stage 1 with N seeds and fine-tune the one with "
                                     "the lowest validation loss (default: set by --preset: 1)")),
     ("--feature-views", "train", "feature_views", dict(
-        type=int, metavar="N", help="with frozen, cached encoders: also train the head on the image features of "
+        type=int, metavar="N", help="with a frozen, cached image encoder: also train on the image features of "
                                     "N augmented copies of each training image, computed once and cached "
                                     "(--augment's layers, light when none; default: set by --preset; "
                                     "balanced/best: 4, else 0)")),

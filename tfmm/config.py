@@ -238,7 +238,7 @@ class TrainConfig:
         mixed_precision: ``none``, ``mixed_float16`` or ``mixed_bfloat16``.
         jit_compile: compile train steps with XLA (``None``: Keras' ``"auto"``).
         encoder_lr_scale: the encoders' weights train at ``learning_rate x`` this; the
-            head at ``learning_rate``.
+            head at ``learning_rate``. ``None``: the preset decides (``balanced``: 0.2; else 0.1).
         preset: a named recipe (one of ``PRESETS``) that fills in the options left to ``None``
             (see :mod:`tfmm.training.presets`); ``none``: every option at its own default.
         loss: ``auto`` (the task's loss) or ``focal`` (focal cross-entropy, for imbalance).
@@ -255,11 +255,12 @@ class TrainConfig:
             decides: 1). With ``model.head_ensemble`` > 1 stage 1 trains one run per member
             instead (head_seeds must then be 1). Stage 2 keeps its starting weights when none of
             its epochs improves the validation loss on them.
-        feature_views: with every used encoder frozen and cached, also cache the image
-            encoder's features of this many randomly augmented copies of each training image
-            (made by ``model.augment``'s layers, ``light`` when it is ``none``; seeded, so every
-            run and stage-1 member shares them) and train the head on the originals and the
-            copies. ``None``: the preset decides (``balanced``, ``best``: 4; else 0).
+        feature_views: with the image encoder frozen and cached, also cache its features of
+            this many randomly augmented copies of each training image (made by
+            ``model.augment``'s layers, ``light`` when it is ``none``; seeded, so every run and
+            stage-1 member shares them) and train on the originals and the copies (a text
+            encoder that trains reads each caption once per copy). ``None``: the preset decides
+            (``balanced``, ``best``: 4; else 0).
     """
 
     epochs: Optional[int] = None
@@ -278,7 +279,7 @@ class TrainConfig:
     cache_dir: str = ""
     mixed_precision: str = "none"
     jit_compile: Optional[bool] = None
-    encoder_lr_scale: float = 0.1
+    encoder_lr_scale: Optional[float] = None
     preset: str = "none"
     loss: str = "auto"
     focal_gamma: float = 2.0
@@ -299,7 +300,8 @@ class TrainConfig:
         _check_positive("shuffle_buffer", self.shuffle_buffer)
         _check_choice("strategy", self.strategy, STRATEGIES)
         _check_positive("save_every", self.save_every, allow_zero=True)
-        _check_positive("encoder_lr_scale", self.encoder_lr_scale)
+        if self.encoder_lr_scale is not None:
+            _check_positive("encoder_lr_scale", self.encoder_lr_scale)
         _check_choice("preset", self.preset, PRESETS)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("class_weight", self.class_weight, CLASS_WEIGHTS)

@@ -80,6 +80,8 @@ def test_learning_rate_and_epochs_defaults():
     assert resolve_train_defaults(both).train.epochs == 10
     assert resolve_train_defaults(both, head_only_cached=True).train.epochs == optimizer.HEAD_EPOCHS == 50
     assert resolve_train_defaults(both.replace(train={"epochs": 3}), head_only_cached=True).train.epochs == 3
+    assert resolve_train_defaults(both).train.encoder_lr_scale == optimizer.ENCODER_LR_SCALE == 0.1
+    assert resolve_train_defaults(both.replace(train={"encoder_lr_scale": 0.3})).train.encoder_lr_scale == 0.3
     assert feature_cache.head_only_cached(both) and not feature_cache.head_only_cached(one)
     assert not feature_cache.head_only_cached(both.replace(train={"cache_features": False}))
     with pytest.raises(ValueError, match="learning_rate must be > 0; received 0"):
@@ -88,7 +90,7 @@ def test_learning_rate_and_epochs_defaults():
 
     parse = build_parser().parse_args
     tc = config_from_args(parse(["train", "--data", "d", "--output-dir", "r"])).train
-    assert (tc.learning_rate, tc.epochs, tc.encoder_lr_scale) == (None, None, 0.1)
+    assert (tc.learning_rate, tc.epochs, tc.encoder_lr_scale) == (None, None, None)  # the preset's, else 0.1
     tc = config_from_args(parse(["train", "--data", "d", "--output-dir", "r", "--learning-rate", "3e-3",
                                  "--epochs", "7", "--encoder-lr-scale", "0.5"])).train
     assert (tc.learning_rate, tc.epochs, tc.encoder_lr_scale) == (3e-3, 7, 0.5)

@@ -22,23 +22,24 @@ def _resolved(**sections):
 
 # --- resolution (pure) ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("preset, frozen, blocks, two_stage, members, lr, epochs, augment, feature_dropout", [
-    ("none", False, 0, False, 1, None, None, "none", 0.0),
-    ("fast", True, 0, False, 1, None, None, "none", presets.FEATURE_DROPOUT),
-    ("balanced", False, presets.BALANCED_BLOCKS, True, presets.ENSEMBLE_HEADS, presets.BALANCED_LEARNING_RATE,
-     presets.BALANCED_EPOCHS, "none", presets.FEATURE_DROPOUT),
-    ("best", False, presets.BEST_BLOCKS, True, presets.ENSEMBLE_HEADS, presets.BALANCED_LEARNING_RATE,
-     presets.BEST_EPOCHS, "light", presets.FEATURE_DROPOUT),
+@pytest.mark.parametrize("preset, frozen, blocks, two_stage, members, lr, scale, epochs, augment, feature_dropout", [
+    ("none", (False, False), (0, 0), False, 1, None, 0.1, None, "none", 0.0),
+    ("fast", (True, True), (0, 0), False, 1, None, 0.1, None, "none", presets.FEATURE_DROPOUT),
+    ("balanced", (True, False), (0, presets.BALANCED_TEXT_LAYERS), True, presets.ENSEMBLE_HEADS,
+     presets.BALANCED_LEARNING_RATE, presets.BALANCED_ENCODER_LR_SCALE, presets.BALANCED_EPOCHS, "none",
+     presets.FEATURE_DROPOUT),
+    ("best", (False, False), (presets.BEST_BLOCKS,) * 2, True, presets.ENSEMBLE_HEADS, presets.BALANCED_LEARNING_RATE,
+     0.1, presets.BEST_EPOCHS, "light", presets.FEATURE_DROPOUT),
 ])
-def test_each_preset_resolves_to_its_table(preset, frozen, blocks, two_stage, members, lr, epochs, augment,
+def test_each_preset_resolves_to_its_table(preset, frozen, blocks, two_stage, members, lr, scale, epochs, augment,
                                            feature_dropout):
     cfg = _resolved(train={"preset": preset})
     mc, tc = cfg.model, cfg.train
-    assert (mc.freeze_image, mc.freeze_text) == (frozen, frozen)
-    assert (mc.unfreeze_image_blocks, mc.unfreeze_text_layers) == (blocks, blocks)
+    assert (mc.freeze_image, mc.freeze_text) == frozen
+    assert (mc.unfreeze_image_blocks, mc.unfreeze_text_layers) == blocks
     assert (tc.two_stage, tc.head_seeds, mc.head_ensemble, tc.learning_rate, tc.epochs, mc.augment) == (
         two_stage, 1, members, lr, epochs, augment)
-    assert mc.feature_dropout == feature_dropout
+    assert (mc.feature_dropout, tc.encoder_lr_scale) == (feature_dropout, scale)
     assert presets.resolve_preset(cfg) == cfg  # idempotent
 
 
@@ -67,16 +68,20 @@ def test_explicit_values_win_over_the_preset():
     cfg = _resolved(train={"preset": "balanced", "epochs": 2, "learning_rate": 5e-5, "two_stage": False},
                     model={"unfreeze_image_blocks": 3, "augment": "strong"})
     assert (cfg.train.epochs, cfg.train.learning_rate, cfg.train.two_stage) == (2, 5e-5, False)
-    assert (cfg.model.unfreeze_image_blocks, cfg.model.unfreeze_text_layers) == (3, presets.BALANCED_BLOCKS)
+    assert (cfg.model.unfreeze_image_blocks, cfg.model.unfreeze_text_layers) == (3, presets.BALANCED_TEXT_LAYERS)
+    assert cfg.model.freeze_image is False  # top image blocks asked for: that encoder is not frozen whole
+    assert _resolved(train={"preset": "balanced", "encoder_lr_scale": 0.5}).train.encoder_lr_scale == 0.5
     assert _resolved(train={"preset": "best"}, model={"augment": "strong"}).model.augment == "strong"
     assert _resolved(train={"preset": "best", "head_seeds": 1}).train.head_seeds == 1
     assert _resolved(train={"preset": "fast"}, model={"feature_dropout": 0.0}).model.feature_dropout == 0.0
 
 
 def test_an_explicit_freeze_wins_over_the_presets_unfrozen_blocks_and_back():
-    frozen = _resolved(train={"preset": "balanced"}, model={"freeze_image": True})
+    frozen = _resolved(train={"preset": "best"}, model={"freeze_image": True})
     assert (frozen.model.freeze_image, frozen.model.unfreeze_image_blocks) == (True, 0)
-    assert (frozen.model.freeze_text, frozen.model.unfreeze_text_layers) == (False, presets.BALANCED_BLOCKS)
+    assert (frozen.model.freeze_text, frozen.model.unfreeze_text_layers) == (False, presets.BEST_BLOCKS)
+    text_frozen = _resolved(train={"preset": "balanced"}, model={"freeze_text": True})
+    assert (text_frozen.model.freeze_text, text_frozen.model.unfreeze_text_layers) == (True, 0)
     partial = _resolved(train={"preset": "fast"}, model={"unfreeze_text_layers": 2})
     assert (partial.model.freeze_text, partial.model.unfreeze_text_layers) == (False, 2)
     assert (partial.model.freeze_image, partial.model.unfreeze_image_blocks) == (True, 0)
@@ -129,9 +134,11 @@ class _StartWeights(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.starts, self.ends = [], []
+        self.full_model = None  # set by training on cached features: the model its trainer shares layers with
 
     def _weights(self):
-        return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in self.model.layers}
+        model = self.full_model or self.model
+        return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in model.layers}
 
     def on_train_begin(self, logs=None):
         self.starts.append(self._weights())
@@ -151,9 +158,11 @@ def _same(a, b):
 
 @pytest.fixture(scope="module")
 def two_stage_run(tiny_bert, demo_data, tmp_path_factory):
-    # balanced with a 2-member ensemble head (the preset's 5, made cheaper): two stage-1 runs.
-    cfg = make_tiny_config(tiny_bert).replace(train={"preset": "balanced", "early_stopping_patience": 1},
-                                              model={"head_ensemble": 2})
+    # balanced with a 2-member ensemble head (the preset's 5, made cheaper): two stage-1 runs; the
+    # tiny BERT has one layer (the preset trains the top 2) and the views are 1 (the preset's 4).
+    cfg = make_tiny_config(tiny_bert).replace(train={"preset": "balanced", "early_stopping_patience": 1,
+                                                     "feature_views": 1},
+                                              model={"head_ensemble": 2, "unfreeze_text_layers": 1})
     run_dir = str(tmp_path_factory.mktemp("runs") / "balanced")
     recorder = _StartWeights()
     result = train(cfg, demo_data["train"], demo_data["val"], run_dir, callbacks=[recorder], verbose=0)
@@ -187,9 +196,12 @@ def test_two_stage_run_starts_stage2_from_stage1(two_stage_run, demo_data):
         assert _same(start["fusion_head"][offset:offset + n], single.get_layer("fusion_head").get_weights())
         offset += n
     assert not _same(stage1[0].get_layer("fusion_head").get_weights(), stage1[1].get_layer("fusion_head").get_weights())
-    # Stage 2 trains only the top blocks of the encoders: the rest is stage 1's.
+    # Stage 2 trains only the text encoder's top layer (the image encoder stays frozen, its features
+    # and their views cached): the rest is stage 1's.
     trained = two_stage_run["ends"][-1]
-    for encoder, top in (("image_encoder", "block5"), ("text_encoder", "transformer_layer_0")):
+    assert _same([np.array(w) for w in final.get_layer("image_encoder").get_weights()], trained["image_encoder"])
+    assert _same(trained["image_encoder"], [np.array(w) for w in stage1[0].get_layer("image_encoder").get_weights()])
+    for encoder, top in (("text_encoder", "transformer_layer_0"),):
         before = _backbone_weights(stage1[0], encoder)
         final_encoder = final.get_layer(encoder)
         saved = [np.array(w) for w in final_encoder.get_weights()]
@@ -214,7 +226,9 @@ def test_two_stage_run_config_evaluates_and_exports(two_stage_run, demo_data, tm
 
     run_dir = two_stage_run["run_dir"]
     cfg = load_config(os.path.join(run_dir, "config.yaml"))
-    assert (cfg.train.two_stage, cfg.model.unfreeze_image_blocks, cfg.model.freeze_image) == (True, 1, False)
+    assert (cfg.train.two_stage, cfg.model.unfreeze_image_blocks, cfg.model.freeze_image) == (True, 0, True)
+    assert (cfg.model.unfreeze_text_layers, cfg.train.encoder_lr_scale, cfg.train.feature_views) == (
+        1, presets.BALANCED_ENCODER_LR_SCALE, 1)
     assert (cfg.train.epochs, cfg.train.learning_rate) == (1, 1e-3)  # the tiny config's, given explicitly
     assert presets.resolve_preset(cfg) == cfg
     metrics = tfmm.evaluate(run_dir, demo_data["test"])

@@ -34,6 +34,8 @@ HEAD_LEARNING_RATE = 1e-3
 FINE_TUNE_LEARNING_RATE = 1e-4
 DEFAULT_EPOCHS = 10
 HEAD_EPOCHS = 50
+# The encoders' share of the learning rate when neither the config nor its preset sets one.
+ENCODER_LR_SCALE = 0.1
 # The sub-models of build_model whose trainable variables train at learning_rate x encoder_lr_scale.
 ENCODER_LAYERS = ("image_encoder", "text_encoder")
 
@@ -48,7 +50,8 @@ def all_encoders_frozen(config: RunConfig) -> bool:
 
 
 def resolve_train_defaults(config: RunConfig, *, head_only_cached: bool = False) -> RunConfig:
-    """``config`` with ``train.learning_rate`` and ``train.epochs`` set when left to ``None``.
+    """``config`` with ``train.learning_rate``, ``train.epochs`` and ``train.encoder_lr_scale``
+    (:data:`ENCODER_LR_SCALE`) set when left to ``None``.
 
     Args:
         config: the run config.
@@ -56,7 +59,7 @@ def resolve_train_defaults(config: RunConfig, *, head_only_cached: bool = False)
             :func:`tfmm.training.feature_cache.cached_modalities`): epochs are cheap.
 
     Returns:
-        The config with both fields set (unchanged when the user set them).
+        The config with those fields set (unchanged when the user set them).
 
     Example:
         >>> resolve_train_defaults(RunConfig().replace(model={"freeze_image": True,
@@ -68,6 +71,8 @@ def resolve_train_defaults(config: RunConfig, *, head_only_cached: bool = False)
         updates["learning_rate"] = HEAD_LEARNING_RATE if all_encoders_frozen(config) else FINE_TUNE_LEARNING_RATE
     if tc.epochs is None:
         updates["epochs"] = HEAD_EPOCHS if head_only_cached else DEFAULT_EPOCHS
+    if tc.encoder_lr_scale is None:
+        updates["encoder_lr_scale"] = ENCODER_LR_SCALE
     return config.replace(train=updates) if updates else config
 
 
