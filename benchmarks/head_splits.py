@@ -33,13 +33,21 @@ import frozen_linear_baseline as baseline  # noqa: E402
 import train_tuxpaint  # noqa: E402
 
 
-def parse_args(argv=None):
-    parser = train_tuxpaint.build_parser(__doc__, default_out="runs/head_splits")
+def split_parser(description: str, default_out: str):
+    """The example's flags plus the splits, the ensemble's members, feature dropout and views
+    (defaults: the ``balanced`` preset's)."""
+    from tfmm.training import presets
+
+    parser = train_tuxpaint.build_parser(description, default_out=default_out)
     parser.add_argument("--splits", type=int, default=10, help="random splits (seeds 0..N-1)")
-    parser.add_argument("--members", type=int, default=5, help="heads averaged in the ensemble")
-    parser.add_argument("--feature-dropout", type=float, default=0.2)
-    parser.add_argument("--views", type=int, default=4, help="augmented copies per training image")
-    return parser.parse_args(argv)
+    parser.add_argument("--members", type=int, default=presets.ENSEMBLE_HEADS, help="heads averaged in the ensemble")
+    parser.add_argument("--feature-dropout", type=float, default=presets.FEATURE_DROPOUT)
+    parser.add_argument("--views", type=int, default=presets.FEATURE_VIEWS, help="augmented copies per training image")
+    return parser
+
+
+def parse_args(argv=None):
+    return split_parser(__doc__, "runs/head_splits").parse_args(argv)
 
 
 def split(labels: np.ndarray, seed: int) -> tuple:
@@ -125,9 +133,11 @@ def ece_summary(per_split: list, ece) -> str:
     return f"{np.mean(each):.4f} ({np.max(each):.4f}); {pooled:.4f}"
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    paths, _ = baseline.start_benchmark(args, "tfmm's head vs logistic regression over random splits (Tux Paint)")
+def pooled_rows(args, title: str) -> tuple:
+    """The example's 605 rows pooled from its three splits: ``(config, paths, x, y, classes, views)``
+    with ``x`` the frozen features ``{"image_features", "text_features"}``, ``y`` the class ids
+    and ``views`` the augmented image features ``[V, 605, D]``."""
+    paths, _ = baseline.start_benchmark(args, title)
     config = train_tuxpaint.make_config(args, modalities="both")
     features, labels = baseline.encoder_features(config, paths, config.train.cache_dir)
     splits = train_tuxpaint.tuxpaint_stamps.SPLITS
@@ -135,7 +145,13 @@ def main(argv=None) -> dict:
     x = {f"{m}_features": np.concatenate([features[s][m] for s in splits]) for m in ("image", "text")}
     names = np.concatenate([labels[s] for s in splits])
     classes = sorted(set(names))
-    y = np.array([classes.index(v) for v in names])
+    return config, paths, x, np.array([classes.index(v) for v in names]), classes, views
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    config, paths, x, y, classes, views = pooled_rows(
+        args, "tfmm's head vs logistic regression over random splits (Tux Paint)")
     config = config.replace(model={"num_classes": len(classes)})
     averaged = f"{args.members} heads averaged, feature dropout"
     with_views = f"{averaged}, {args.views} augmented views"

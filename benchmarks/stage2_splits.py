@@ -22,10 +22,14 @@ logistic regression and to stage 1 with the standard error over all test rows, a
 
     python benchmarks/stage2_splits.py              # 10 splits, about 40 minutes on 2 cores
     python benchmarks/stage2_splits.py --splits 3
+    python benchmarks/stage2_splits.py --first-split 10   # 10 more splits: seeds 10..19
+
+Each run's per-row results go to ``OUTPUT_DIR/stage2_splits_<first>-<last>.json``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -44,11 +48,9 @@ from tfmm.training import presets  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = train_tuxpaint.build_parser(__doc__, default_out="runs/stage2_splits")
-    parser.add_argument("--splits", type=int, default=10, help="random splits (seeds 0..N-1)")
-    parser.add_argument("--members", type=int, default=presets.ENSEMBLE_HEADS, help="stage-1 heads averaged")
-    parser.add_argument("--feature-dropout", type=float, default=presets.FEATURE_DROPOUT)
-    parser.add_argument("--views", type=int, default=presets.FEATURE_VIEWS, help="augmented copies per image")
+    parser = head_splits.split_parser(__doc__, "runs/stage2_splits")
+    parser.add_argument("--first-split", type=int, default=0,
+                        help="seed of the first split (--first-split 10 --splits 10: splits 10..19)")
     parser.add_argument("--text-layers", type=int, default=presets.BALANCED_TEXT_LAYERS,
                         help="top MiniLM layers trained in stage 2")
     parser.add_argument("--stage2-learning-rate", type=float, default=presets.BALANCED_LEARNING_RATE)
@@ -121,24 +123,19 @@ def main(argv=None) -> dict:
     from tfmm.models.text import load_text_preprocessor
 
     args = parse_args(argv)
-    paths, _ = baseline.start_benchmark(args, "balanced's stage 2 vs stage 1 vs logistic regression over random splits")
-    config = train_tuxpaint.make_config(args, modalities="both")
-    features, labels = baseline.encoder_features(config, paths, config.train.cache_dir)
+    config, paths, x, y, classes, views = head_splits.pooled_rows(
+        args, "balanced's stage 2 vs stage 1 vs logistic regression over random splits")
     splits = train_tuxpaint.tuxpaint_stamps.SPLITS
-    views = head_splits.view_features(config, paths, args.views)
-    x = {f"{m}_features": np.concatenate([features[s][m] for s in splits]) for m in ("image", "text")}
     texts = np.concatenate([pd.read_csv(paths[s])["text"].astype(str).to_numpy() for s in splits])
     preprocessor = load_text_preprocessor(config.model.text_encoder, config.data.sequence_length)
     tokens = {k: np.asarray(v) for k, v in preprocessor(tf.constant(texts)).items()}
-    names = np.concatenate([labels[s] for s in splits])
-    classes = sorted(set(names))
-    y = np.array([classes.index(v) for v in names])
     config = config.replace(model={"num_classes": len(classes), "feature_dropout": args.feature_dropout})
     stage1_name = f"stage 1: {args.members} heads averaged, {args.views} views"
     stage2_name = f"stage 2: + MiniLM top {args.text_layers} layers"
     correct = {name: [] for name in ("logistic regression", stage1_name, stage2_name)}
     kept = 0
-    for seed in range(args.splits):
+    seeds = range(args.first_split, args.first_split + args.splits)
+    for seed in seeds:
         parts = head_splits.split(y, seed)
         train, val, test = parts
         stacked = np.concatenate(list(x.values()), axis=1)
@@ -157,6 +154,11 @@ def main(argv=None) -> dict:
     for reference in ("logistic regression", stage1_name):
         common.print_table([h.format(reference) for h in header], summary(correct, reference, args.splits))
     print(f"stage 2 kept stage 1's weights on {kept} of {args.splits} splits (no epoch lowered the validation loss)")
+    out = os.path.join(args.output_dir, f"stage2_splits_{seeds.start}-{seeds.stop - 1}.json")
+    with open(out, "w", encoding="utf-8") as f:  # per split and test row: right or wrong, to pool runs
+        json.dump({"splits": list(seeds), "correct": {n: [c.astype(int).tolist() for c in v]
+                                                      for n, v in correct.items()}}, f)
+    print(f"results: {out}")
     return correct
 
 

@@ -162,8 +162,9 @@ CONFIG_FLAGS += [
     ("--preset", "train", "preset", dict(
         choices=config.PRESETS, help="a named recipe for the options not given: fast (frozen encoders, "
                                      "cached features, a head), balanced (5 fast heads averaged, then the "
-                                     "top block of both encoders fine-tuned from them), best (balanced "
-                                     "deeper and longer, augmented); none: every option at its own default; "
+                                     "text encoder's top 2 layers fine-tuned with them on the cached image "
+                                     "features), best (stage 2 through both encoders, deeper, longer, "
+                                     "augmented); none: every option at its own default; "
                                      "flags given win; see README, Getting the best accuracy "
                                      "(default: none)")),
     ("--loss", "train", "loss", dict(choices=config.LOSSES,
