@@ -38,12 +38,15 @@ def test_views_apply_with_the_image_encoder_frozen():
     assert feature_cache.feature_views(both.replace(model={"freeze_text": True})) == 3
     assert feature_cache.feature_views(frozen.replace(model={"modalities": "text", "freeze_text": True})) == 0
     # Views an epoch trains on: only where the image features are cached.
-    assert feature_cache.trained_views(both) == 3 and feature_cache.trained_views(frozen) == 3
-    assert feature_cache.trained_views(both.replace(train={"cache_features": False})) == 0
+    def trained_views(config, manifests=()):
+        return feature_cache.cached_views(config, feature_cache.cached_modalities(config, manifests=manifests))
+
+    assert trained_views(both) == 3 and trained_views(frozen) == 3
+    assert trained_views(both.replace(train={"cache_features": False})) == 0
     prepared = read_manifest(pd.DataFrame({"image": ["a.png"], "text": ["t"], "label": ["x"]}))
     prepared.records = ["train-00000.tfrecord"]
-    assert feature_cache.trained_views(both, manifests=(prepared,)) == 0  # TFRecords beside a trained text encoder
-    assert feature_cache.trained_views(both.replace(model={"freeze_text": True}), manifests=(prepared,)) == 3
+    assert trained_views(both, manifests=(prepared,)) == 0  # TFRecords beside a trained text encoder
+    assert trained_views(both.replace(model={"freeze_text": True}), manifests=(prepared,)) == 3
     # --augment with a frozen image encoder: not cached, unless it makes the cached views.
     light = frozen.replace(model={"augment": "light"})
     assert feature_cache.cached_modalities(light.replace(train={"feature_views": 0})) == []

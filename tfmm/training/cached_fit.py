@@ -24,7 +24,7 @@ from tfmm.data.pipeline import make_dataset, pipeline_options
 from tfmm.models import augmentation, text
 from tfmm.tasks import get_task
 from tfmm.training import precision
-from tfmm.training.feature_cache import PARTS, cached_features, feature_views, used_modalities
+from tfmm.training.feature_cache import PARTS, cached_features, cached_views, used_modalities
 from tfmm.training.feature_views import cached_view_features
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def fit_with_cached_features(
                     cache_dir=cache_dir, preprocessor=preprocessor, batch_size=batch_size,
                     verbose=verbose,
                 )
-    views = feature_views(config) if "image" in cached else 0
+    views = cached_views(config, cached)
     if views:  # the originals, then each augmented view of them; the other features repeated to match
         augmented, _, _ = cached_view_features(
             model.get_layer(PARTS["image"][0]), train_manifest, config=config, cache_dir=cache_dir,

@@ -107,18 +107,10 @@ def feature_views(config: RunConfig) -> int:
     return views
 
 
-def trained_views(config: RunConfig, strategy: Optional[tf.distribute.Strategy] = None, manifests: Sequence = ()) -> int:
-    """The augmented views an epoch of :func:`tfmm.training.train.train` adds to each training row:
-    :func:`feature_views` when the image features are cached (:func:`cached_modalities`'s rules:
-    the cache not turned off, not under ``MultiWorkerMirroredStrategy``, no prepared TFRecords
-    beside a trained text encoder), else 0."""
-    views = feature_views(config)
-    if not views or config.train.cache_features is False or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return 0
-    partial = cacheable_modalities(config) != used_modalities(config)
-    if partial and any(m is not None and m.records is not None for m in manifests):
-        return 0
-    return views
+def cached_views(config: RunConfig, cached: Sequence[str]) -> int:
+    """The augmented views an epoch adds to each training row: :func:`feature_views` when the
+    image features are among ``cached`` (what :func:`cached_modalities` chose), else 0."""
+    return feature_views(config) if "image" in cached else 0
 
 
 def view_augment(config: RunConfig) -> str:

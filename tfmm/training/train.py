@@ -205,6 +205,7 @@ class _Inputs:
     val_ds: Optional[tf.data.Dataset]
     global_batch: int
     steps_per_epoch: int
+    cached: list  # the frozen encoders whose features are cached (feature_cache.cached_modalities)
 
 
 def _train_in(run_dir, start, strategy, config, train_data, val_data, callbacks, verbose,
@@ -280,10 +281,11 @@ def _prepare_inputs(run_dir, config: RunConfig, train_data, val_data, strategy) 
     train_ds = make_dataset(train_m, shuffle=True, seed=config.train.seed,
                             shuffle_buffer=config.train.shuffle_buffer, **common)
     val_ds = make_dataset(val_m, **common) if val_m is not None else None
+    cached = feature_cache.cached_modalities(config, strategy=strategy, manifests=(train_m, val_m))
     # With --feature-views and the image features cached, an epoch sees each row 1 + N times.
-    views = feature_cache.trained_views(config, strategy, (train_m, val_m))
+    views = feature_cache.cached_views(config, cached)
     return _Inputs(config, labels, train_m, val_m, preprocessor, train_ds, val_ds, global_batch,
-                   steps_per_epoch=math.ceil(len(train_m) * (1 + views) / global_batch))
+                   steps_per_epoch=math.ceil(len(train_m) * (1 + views) / global_batch), cached=cached)
 
 
 def _build_and_compile(run_dir, start, strategy, inputs: _Inputs, initial_model=None) -> tuple:
@@ -322,10 +324,9 @@ def _fit(model, run_dir, start, strategy, inputs: _Inputs, optimizer_config, cal
         record = os.path.join(run_dir, stages.STAGES_FILE) if start.chief else ""
         fit_callbacks.append(stages.KeepStartingWeights(model, inputs.val_ds, record))
     fit_callbacks.append(backup)  # the backup last: each epoch is logged before it counts as done
-    cached = feature_cache.cached_modalities(config, strategy=strategy, manifests=(inputs.train_m, inputs.val_m))
-    if cached:  # frozen encoders run once; the rest trains on their stored features
+    if inputs.cached:  # frozen encoders run once; the rest trains on their stored features
         return cached_fit.fit_with_cached_features(
-            model, config, inputs.train_m, inputs.val_m, cached=cached, labels=inputs.labels,
+            model, config, inputs.train_m, inputs.val_m, cached=inputs.cached, labels=inputs.labels,
             compile_fn=lambda m: compile_model(m, optimizer_config, inputs.steps_per_epoch),
             cache_dir=config.train.cache_dir or os.path.join(run_dir, DEFAULT_CACHE_DIR),
             preprocessor=inputs.preprocessor, strategy=strategy, batch_size=inputs.global_batch,
