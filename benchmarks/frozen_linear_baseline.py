@@ -131,11 +131,18 @@ def start_benchmark(args, title: str) -> tuple:
     """Logging, the machine header, the prepared split and its ``data:`` line: ``(paths, source)``."""
     train_tuxpaint.configure_logging()
     common.print_header(title)
-    paths = train_tuxpaint.prepare(args)
+    return prepare_split(args)
+
+
+def prepare_split(args, folds: int = None, fold: int = 0) -> tuple:
+    """The prepared split (fold ``fold`` of ``folds``, given ``folds``) and its ``data:`` line:
+    ``(paths, source)``."""
+    paths = train_tuxpaint.prepare(args, folds=folds, fold=fold)
     with open(paths["source"], encoding="utf-8") as f:
         source = json.load(f)
+    which = f", fold {fold} of {folds}" if folds else ""
     print(f"data: {source['package']} {source['package_version']}, rows {source['rows']}, "
-          f"{len(source['classes'])} classes, split seed {args.split_seed}")
+          f"{len(source['classes'])} classes, split seed {args.split_seed}{which}")
     return paths, source
 
 

@@ -101,3 +101,36 @@ def test_prepare_dataset_splits_stratified_and_disjoint(stamps_dir, tmp_path):
 def test_no_usable_stamp_names_the_folder(tmp_path):
     with pytest.raises(ValueError, match="no usable stamp under"):
         stamps_mod.collect_stamps(str(tmp_path))
+
+
+def test_folds_test_every_stamp_once_stratified_beside_the_fixed_split(stamps_dir, tmp_path):
+    out = str(tmp_path / "data")
+    fixed = stamps_mod.prepare_dataset(stamps_dir, out, seed=3, min_per_class=10)
+    tested, validated = [], []
+    for fold in range(5):
+        paths = stamps_mod.prepare_dataset(stamps_dir, out, seed=3, min_per_class=10, folds=5, fold=fold)
+        assert paths["test"] == os.path.join(out, f"test_fold{fold}of5.csv")
+        rows = {split: _read(paths[split]) for split in stamps_mod.SPLITS}
+        assert {k: len(v) for k, v in rows.items()} == {"train": 27, "val": 9, "test": 9}
+        images = {split: {r["image"] for r in part} for split, part in rows.items()}
+        assert len(set.union(*images.values())) == 45  # the three parts are disjoint and cover all
+        for part in rows.values():  # stratified: 20/15/10 stamps are 4/3/2 per fifth
+            assert [sum(r["label"] == t for r in part) for t in ("animals", "food", "town")] in (
+                [4, 3, 2], [12, 9, 6])
+        tested += sorted(images["test"])
+        validated.append(images["val"])
+        assert json.load(open(paths["source"], encoding="utf-8"))["fold"] == f"{fold} of 5"
+    assert len(tested) == len(set(tested)) == 45  # every stamp is a test row exactly once
+    # Fold k validates on the part fold k + 1 tests on.
+    assert validated[0] == {r["image"] for r in _read(os.path.join(out, "test_fold1of5.csv"))}
+    # The fixed split's files are left as they were.
+    assert _read(fixed["test"]) == _read(stamps_mod.prepare_dataset(
+        stamps_dir, str(tmp_path / "again"), seed=3, min_per_class=10)["test"])
+
+
+def test_folds_refuse_too_few_stamps_per_topic(stamps_dir):
+    stamps, _ = stamps_mod.collect_stamps(stamps_dir, min_per_class=10)
+    with pytest.raises(ValueError, match=r"12 folds need >= 12 stamps per topic.*'town': 10"):
+        stamps_mod.fold_split(stamps, folds=12, fold=0)
+    with pytest.raises(ValueError, match="received folds=5, fold=5"):
+        stamps_mod.fold_split(stamps, folds=5, fold=5)

@@ -79,12 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
-def prepare(args: argparse.Namespace) -> dict:
-    """Finds (or downloads) the package and writes the manifests; returns their paths."""
+def prepare(args: argparse.Namespace, folds: int = None, fold: int = 0) -> dict:
+    """Finds (or downloads) the package and writes the manifests (of fold ``fold`` of ``folds``,
+    given ``folds``: :func:`tuxpaint_stamps.fold_split`); returns their paths."""
     stamps = tuxpaint_stamps.find_or_fetch_stamps(args.stamps_dir, os.path.join(args.output_dir, "package"))
     return tuxpaint_stamps.prepare_dataset(
         stamps, os.path.join(args.output_dir, "data"), seed=args.split_seed,
-        min_per_class=args.min_per_class,
+        min_per_class=args.min_per_class, folds=folds, fold=fold,
     )
 
 

@@ -212,6 +212,37 @@ def stratified_split(
     return {name: sorted(part, key=lambda s: s.image) for name, part in zip(SPLITS, (train, val, test))}
 
 
+def fold_split(stamps: Sequence[Stamp], *, folds: int, fold: int, seed: int = 0) -> dict:
+    """Fold ``fold`` of a stratified, seeded ``folds``-fold cross-validation.
+
+    The stamps are cut into ``folds`` stratified parts; fold ``k`` tests on part ``k``, stops
+    early on part ``k + 1`` (mod ``folds``) and trains on the rest. Over the ``folds`` folds every
+    stamp is a test row exactly once (5 folds: 60/20/20, the proportions of
+    :func:`stratified_split`).
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``, each sorted by image path.
+
+    Raises:
+        ValueError: ``folds`` < 3, ``fold`` outside ``[0, folds)``, or a class with fewer
+            stamps than ``folds``.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if folds < 3 or not 0 <= fold < folds:
+        raise ValueError(f"folds must be >= 3 and fold in [0, folds); received folds={folds!r}, fold={fold!r}")
+    stamps = sorted(stamps, key=lambda s: s.image)
+    labels = [s.label for s in stamps]
+    small = {k: n for k, n in collections.Counter(labels).items() if n < folds}
+    if small:
+        raise ValueError(f"{folds} folds need >= {folds} stamps per topic; these have fewer: {small}")
+    parts = [test for _, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(stamps, labels)]
+    test, val = set(parts[fold]), set(parts[(fold + 1) % folds])
+    chosen = {"train": [i for i in range(len(stamps)) if i not in test | val], "val": sorted(val),
+              "test": sorted(test)}
+    return {name: [stamps[i] for i in chosen[name]] for name in SPLITS}
+
+
 def image_file_name(stamp: Stamp) -> str:
     """Where a stamp's flattened image goes, relative to the manifests' folder."""
     return "images/" + stamp.image.replace("/", "__")
@@ -247,16 +278,24 @@ def prepare_dataset(
     test_fraction: float = 0.2,
     exclude: Iterable[str] = DEFAULT_EXCLUDE,
     min_per_class: int = 10,
+    folds: Optional[int] = None,
+    fold: int = 0,
 ) -> dict:
     """Writes ``out_dir/{train,val,test}.csv``, ``out_dir/images/`` and ``out_dir/source.json``.
 
-    Images already written are kept, so preparing again with another seed is quick.
+    Images already written are kept, so preparing again with another seed is quick. Given
+    ``folds``, the split is fold ``fold`` of :func:`fold_split` (the fractions are then unused)
+    and the files are named ``train_fold{fold}of{folds}.csv`` etc., beside the others.
 
     Returns:
         ``{"train": path, "val": path, "test": path, "source": path}``.
     """
     stamps, left_out = collect_stamps(stamps_dir, exclude=exclude, min_per_class=min_per_class)
-    splits = stratified_split(stamps, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if folds:
+        splits, suffix = fold_split(stamps, folds=folds, fold=fold, seed=seed), f"_fold{fold}of{folds}"
+    else:
+        splits, suffix = stratified_split(stamps, val_fraction=val_fraction, test_fraction=test_fraction,
+                                          seed=seed), ""
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     for stamp in stamps:
         target = os.path.join(out_dir, image_file_name(stamp))
@@ -264,7 +303,7 @@ def prepare_dataset(
             flatten_onto_white(os.path.join(stamps_dir, stamp.image), target)
     paths = {}
     for name, part in splits.items():
-        paths[name] = os.path.join(out_dir, f"{name}.csv")
+        paths[name] = os.path.join(out_dir, f"{name}{suffix}.csv")
         write_manifest(paths[name], part)
     source = {
         "package": PACKAGE,
@@ -272,13 +311,14 @@ def prepare_dataset(
         "license": "GPL-2 (Debian copyright file of the package)",
         "stamps_dir": os.path.abspath(stamps_dir),
         "seed": seed,
+        "fold": f"{fold} of {folds}" if folds else None,
         "rows": {name: len(part) for name, part in splits.items()},
         "classes": dict(sorted(collections.Counter(s.label for s in stamps).items())),
         "left_out": left_out,
         "exclude": list(exclude),
         "min_per_class": min_per_class,
     }
-    paths["source"] = os.path.join(out_dir, "source.json")
+    paths["source"] = os.path.join(out_dir, f"source{suffix}.json")
     with open(paths["source"], "w", encoding="utf-8") as f:
         json.dump(source, f, indent=2)
     return paths
