@@ -40,24 +40,13 @@ FEATURE_SETS = {"fused": ("image", "text"), "image-only": ("image",), "text-only
 def encoder_features(config, paths: dict, cache_dir: str) -> dict:
     """``{split: {"image": [N, D], "text": [N, H]}}`` and ``{split: labels}`` from the frozen
     encoders (tfmm's builders, tfmm's input pipeline and feature cache)."""
-    import keras
-
     import tfmm
     from tfmm.data.manifest import check_manifest
-    from tfmm.models.text import build_text_encoder, load_text_preprocessor
-    from tfmm.models.vision import build_image_encoder
+    from tfmm.models.text import load_text_preprocessor
     from tfmm.training.feature_cache import cached_features
 
     mc, dc = config.model, config.data
-    # Seeded and built in build_model's order, so even random (--image-weights none) encoders
-    # are the ones tfmm's run uses, and the feature cache is shared with it.
-    keras.utils.set_random_seed(config.train.seed)
-    encoders = {
-        "image": build_image_encoder(mc.image_encoder, weights=mc.image_weights,
-                                     image_size=dc.image_size, trainable=False),
-        "text": build_text_encoder(mc.text_encoder, sequence_length=dc.sequence_length,
-                                   pooling=mc.text_pooling, trainable=False),
-    }
+    encoders = frozen_encoders(config)
     preprocessor = load_text_preprocessor(mc.text_encoder, dc.sequence_length)
     features, labels = {}, {}
     for split in train_tuxpaint.tuxpaint_stamps.SPLITS:
@@ -69,6 +58,26 @@ def encoder_features(config, paths: dict, cache_dir: str) -> dict:
             for modality, encoder in encoders.items()
         }
     return features, labels
+
+
+def frozen_encoders(config, modalities=("image", "text")) -> dict:
+    """``{modality: frozen encoder}``, seeded and built in build_model's order (image first), so
+    even random (``--image-weights none``) encoders are the ones tfmm's run uses, and the
+    feature cache is shared with it."""
+    import keras
+
+    from tfmm.models.text import build_text_encoder
+    from tfmm.models.vision import build_image_encoder
+
+    mc, dc = config.model, config.data
+    keras.utils.set_random_seed(config.train.seed)
+    build = {
+        "image": lambda: build_image_encoder(mc.image_encoder, weights=mc.image_weights,
+                                             image_size=dc.image_size, trainable=False),
+        "text": lambda: build_text_encoder(mc.text_encoder, sequence_length=dc.sequence_length,
+                                           pooling=mc.text_pooling, trainable=False),
+    }
+    return {m: build[m]() for m in ("image", "text") if m in modalities}
 
 
 def fit_logistic_regression(x_train, y_train, x_val, y_val, c_grid=C_GRID, seed: int = 0):

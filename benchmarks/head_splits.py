@@ -104,20 +104,14 @@ def calibrated(val_probs: np.ndarray, y_val: np.ndarray, test_probs: np.ndarray)
 def view_features(config, paths: dict, views: int) -> np.ndarray:
     """``[views, 605, D]``: the frozen image encoder's features of ``views`` augmented copies of
     every stamp (tfmm's feature cache, seeded views), rows in the splits' order."""
-    import keras
-
     import tfmm
     from tfmm.data.manifest import check_manifest
-    from tfmm.models.vision import build_image_encoder
     from tfmm.training.feature_views import cached_view_features
 
-    mc, dc = config.model, config.data
-    keras.utils.set_random_seed(config.train.seed)
-    encoder = build_image_encoder(mc.image_encoder, weights=mc.image_weights, image_size=dc.image_size,
-                                  trainable=False)
+    encoder = baseline.frozen_encoders(config, modalities=("image",))["image"]
     out = []
     for split in train_tuxpaint.tuxpaint_stamps.SPLITS:
-        manifest = check_manifest(tfmm.read_manifest(paths[split], dc))
+        manifest = check_manifest(tfmm.read_manifest(paths[split], config.data))
         stacked = cached_view_features(encoder, manifest, config=config, cache_dir=config.train.cache_dir,
                                        views=views, verbose=0)[0]
         out.append(stacked.reshape(views, len(manifest), -1))

@@ -354,15 +354,26 @@ def cached_features(
         ...                                      cache_dir="runs/a/feature_cache")
     """
     key, parts = cache_key(modality, encoder, manifest, config, preprocessor)
-    folder = cache_folder(cache_dir, modality, key)
-    features = load_entry(folder, key, len(manifest))
+    return load_or_extract(
+        cache_folder(cache_dir, modality, key), key, parts, len(manifest),
+        lambda: extract_features(encoder, modality, manifest, config=config, preprocessor=preprocessor,
+                                 batch_size=batch_size, verbose=verbose),
+        what=f"{modality} features of {len(manifest)} rows", manifest=manifest, config=config)
+
+
+def load_or_extract(folder: str, key: str, parts: dict, rows: int, extract, *, what: str, manifest: Manifest,
+                    config: RunConfig) -> tuple:
+    """The entry in ``folder`` when its key is ``key`` (``rows`` rows), else ``extract()``'s
+    features, stored there; logs the hit or the miss, naming ``what`` and where.
+
+    Returns:
+        ``(features, folder, hit)``.
+    """
+    features = load_entry(folder, key, rows)
     if features is not None:
-        logger.info("feature cache hit: %s features of %d rows from %s", modality, len(manifest), folder)
+        logger.info("feature cache hit: %s from %s", what, folder)
         return features, folder, True
-    logger.info("feature cache miss: extracting %s features of %d rows (%s) into %s",
-                modality, len(manifest), manifest.source, folder)
-    features = extract_features(encoder, modality, manifest, config=config, preprocessor=preprocessor,
-                                batch_size=batch_size, verbose=verbose)
-    info = {"source": manifest.source, "image_weights": config.model.image_weights}
-    store_entry(folder, key, parts, features, info)
+    logger.info("feature cache miss: extracting %s (%s) into %s", what, manifest.source, folder)
+    features = extract()
+    store_entry(folder, key, parts, features, {"source": manifest.source, "image_weights": config.model.image_weights})
     return features, folder, False

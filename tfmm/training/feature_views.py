@@ -21,7 +21,7 @@ import numpy as np
 from tfmm.config import RunConfig
 from tfmm.data.manifest import Manifest
 from tfmm.models.augmentation import ImageAugmentation
-from tfmm.training.feature_cache import cache_folder, cache_key, encoder_inputs, load_entry, store_entry, view_augment
+from tfmm.training.feature_cache import cache_folder, cache_key, encoder_inputs, load_or_extract, view_augment
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +69,9 @@ def cached_view_features(
     mode = view_augment(config)
     key, parts = cache_key("image", encoder, manifest, config,
                            extra={"views": views, "augment": mode, "view_seed": VIEW_SEED})
-    folder = cache_folder(cache_dir, "image_views", key)
-    features = load_entry(folder, key, views * len(manifest))
-    if features is not None:
-        logger.info("feature cache hit: %d augmented views of %d images from %s", views, len(manifest), folder)
-        return features, folder, True
-    logger.info("feature cache miss: extracting image features of %d augmented views (%s) of %d rows (%s) into %s",
-                views, mode, len(manifest), manifest.source, folder)
-    features = _view_features(encoder, manifest, config=config, views=views, mode=mode,
-                              batch_size=batch_size, verbose=verbose)
-    store_entry(folder, key, parts, features, {"source": manifest.source, "image_weights": config.model.image_weights})
-    return features, folder, False
+    return load_or_extract(
+        cache_folder(cache_dir, "image_views", key), key, parts, views * len(manifest),
+        lambda: _view_features(encoder, manifest, config=config, views=views, mode=mode, batch_size=batch_size,
+                               verbose=verbose),
+        what=f"image features of {views} augmented views ({mode}) of {len(manifest)} rows", manifest=manifest,
+        config=config)
