@@ -176,10 +176,12 @@ def main(argv=None) -> dict:
     for fold in folds:
         paths, source = baseline.prepare_split(args, args.folds or None, fold or 0)
         runs["baseline"].append(run_baseline(args, paths))
+        fold_count = len(runs["baseline"])
         for preset in args.presets:  # the table so far after each preset (a long run can be cut short)
             name = preset if fold is None else f"{preset}_fold{fold}of{args.folds}"
             runs["presets"][preset].append(run_preset(args, preset, paths, name))
-            print_results({p: r[-1] for p, r in runs["presets"].items() if r}, runs["baseline"][-1])
+            this_fold = {p: r[-1] for p, r in runs["presets"].items() if len(r) == fold_count}
+            print_results(this_fold, runs["baseline"][-1])
             write_results(out, runs, source)
     summary = pooled if args.folds else (lambda r: r[-1])
     results = {"presets": {p: summary(r) for p, r in runs["presets"].items()}, "baseline": summary(runs["baseline"])}
