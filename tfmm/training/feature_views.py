@@ -13,8 +13,6 @@ every stage-1 head of a head ensemble on the same rows shares one entry.
 
 from __future__ import annotations
 
-import logging
-
 import keras
 import numpy as np
 
@@ -22,8 +20,6 @@ from tfmm.config import RunConfig
 from tfmm.data.manifest import Manifest
 from tfmm.models.augmentation import ImageAugmentation
 from tfmm.training.feature_cache import cache_folder, cache_key, encoder_inputs, load_or_extract, view_augment
-
-logger = logging.getLogger(__name__)
 
 VIEW_SEED = 1000
 
