@@ -85,7 +85,8 @@ def run_preset(args, preset: str, paths: dict, name: str = None) -> dict:
     test = tfmm.evaluate(run_dir, paths["test"], report_dir=os.path.join(run_dir, "test_report"))
     labels = sorted(result.labels)
     rows = tfmm.predict(run_dir, paths["test"], k=len(labels))  # every label's (calibrated) score
-    probabilities = [[dict(zip(r["labels"], r["scores"]))[name] for name in labels] for r in rows]
+    scores = [dict(zip(r["labels"], r["scores"])) for r in rows]
+    probabilities = [[row[label] for label in labels] for row in scores]
     predicted, true = [r["labels"][0] for r in rows], [r["true_label"] for r in rows]
     return {"accuracy": float(test["accuracy"]), "f1_macro": float(test["f1_macro"]),
             "ece": test.get("ece"), "val_accuracy": best_val_accuracy(result.history), "seconds": seconds,

@@ -238,7 +238,8 @@ def fold_split(stamps: Sequence[Stamp], *, folds: int, fold: int, seed: int = 0)
         raise ValueError(f"{folds} folds need >= {folds} stamps per topic; these have fewer: {small}")
     parts = [test for _, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(stamps, labels)]
     test, val = set(parts[fold]), set(parts[(fold + 1) % folds])
-    chosen = {"train": [i for i in range(len(stamps)) if i not in test | val], "val": sorted(val),
+    held_out = test | val
+    chosen = {"train": [i for i in range(len(stamps)) if i not in held_out], "val": sorted(val),
               "test": sorted(test)}
     return {name: [stamps[i] for i in chosen[name]] for name in SPLITS}
 
